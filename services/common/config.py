@@ -1,0 +1,44 @@
+"""Settings shared by the services, read from flags and the environment; embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.paths import Paths, resolve_paths
+
+RUNTIME_ENV = "SKIFF_RUNTIME"
+DEFAULT_RUNTIME = "skiff-lowlevel"
+
+
+def resolve_runtime(name_or_path: str | None = None) -> list[str]:
+    """The argv prefix that runs an OCI runtime given by name (skiff-lowlevel, runc, crun) or path.
+
+    skiff-lowlevel runs through this interpreter directly: a PATH wrapper (pyenv's shim) costs
+    about 80 ms a call.
+    """
+    chosen = name_or_path or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
+    if chosen == DEFAULT_RUNTIME:
+        beside = Path(sys.executable).with_name(DEFAULT_RUNTIME)
+        if beside.exists():
+            return [str(beside)]
+        return [sys.executable, "-m", "services.lowlevel"]
+    if os.sep in chosen:
+        return [chosen]
+    found = shutil.which(chosen)
+    if found is None:
+        raise FileNotFoundError(f"OCI runtime `{chosen}` not found on PATH")
+    return [found]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    paths: Paths
+    runtime: str
+
+    @classmethod
+    def load(cls, root: str | None = None, runtime: str | None = None) -> Config:
+        return cls(paths=resolve_paths(root), runtime=runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME)
