@@ -110,7 +110,7 @@ def load_seccomp(config: dict) -> None:
     same). ``NO_NEW_PRIVS`` is left to the caller: the filter's own NNP attribute is turned off,
     so the process's ``noNewPrivileges`` setting stays the config's.
     """
-    default_action, arches, flag_attrs, rules = _parse(config)
+    default_action, arches, flags, rules = _parse(config)
     lib = _libseccomp()
     ctx = lib.seccomp_init(default_action)
     if not ctx:
@@ -120,8 +120,8 @@ def load_seccomp(config: dict) -> None:
         # an older libseccomp lacks the attribute, which only makes the errors vaguer.
         lib.seccomp_attr_set(ctx, _ATTR_API_SYSRAWRC, 1)
         _check(lib.seccomp_attr_set(ctx, _ATTR_CTL_NNP, 0), "seccomp_attr_set NO_NEW_PRIVS")
-        for attr in flag_attrs:
-            _check(lib.seccomp_attr_set(ctx, attr, 1), f"seccomp_attr_set {attr}")
+        for flag in flags:
+            _check(lib.seccomp_attr_set(ctx, _FLAGS[flag], 1), f"seccomp_attr_set {flag}")
         for arch in arches:
             token = lib.seccomp_arch_resolve_name(_ARCHES[arch].encode())
             if token == 0:
@@ -142,7 +142,7 @@ def load_seccomp(config: dict) -> None:
         lib.seccomp_release(ctx)
 
 
-def _parse(config: object) -> tuple[int, list[str], list[int], list[_Rule]]:
+def _parse(config: object) -> tuple[int, list[str], list[str], list[_Rule]]:
     """Turn the config into numbers, or raise InvalidArgument naming the offending field."""
     if not isinstance(config, dict):
         raise InvalidArgument("seccomp: expected an object")
@@ -154,12 +154,10 @@ def _parse(config: object) -> tuple[int, list[str], list[int], list[_Rule]]:
         if arch not in _ARCHES:
             raise InvalidArgument(f"seccomp.architectures: unknown architecture {arch!r}")
 
-    flag_attrs: list[int] = []
-    for flag in _string_list(config.get("flags"), "seccomp.flags"):
-        attr = _FLAGS.get(flag)
-        if attr is None:
+    flags = _string_list(config.get("flags"), "seccomp.flags")
+    for flag in flags:
+        if flag not in _FLAGS:
             raise InvalidArgument(f"seccomp.flags: flag {flag!r} is not supported")
-        flag_attrs.append(attr)
 
     syscalls = config.get("syscalls")
     if syscalls is None:
@@ -183,7 +181,7 @@ def _parse(config: object) -> tuple[int, list[str], list[int], list[_Rule]]:
             raise InvalidArgument(f"{field}.args: expected a list")
         conds = [_condition(arg, f"{field}.args[{j}]") for j, arg in enumerate(args)]
         rules.append((names, action, conds))
-    return default_action, arches, flag_attrs, rules
+    return default_action, arches, flags, rules
 
 
 def _action(name: object, errno_ret: int | None, field: str) -> int:

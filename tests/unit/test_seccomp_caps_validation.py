@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.lowlevel.capabilities import CAPABILITIES, last_cap, validate_capabilities
+from services.lowlevel.capabilities import CAPABILITIES, _mask, last_cap, validate_capabilities
 from services.lowlevel.seccomp import validate_seccomp
 
 GOOD_PROFILE: dict = {
@@ -139,3 +139,10 @@ def test_imports_stay_light() -> None:
     }
     assert set(out) <= allowed, set(out) - allowed
     assert lines[1] == "False", "libseccomp was opened at import"
+
+
+def test_caps_beyond_kernel_last_cap_are_ignored() -> None:
+    # As on a kernel whose cap_last_cap is 38: CAP_BPF and CAP_CHECKPOINT_RESTORE drop out.
+    caps = {"permitted": ["CAP_KILL", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"]}
+    assert _mask(caps, "permitted", 38) == 1 << 5
+    assert _mask(caps, "permitted", 40) == (1 << 5) | (1 << 39) | (1 << 40)

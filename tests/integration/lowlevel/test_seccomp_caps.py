@@ -58,7 +58,7 @@ def run_child(prepare: Callable[[], None], argv: list[str]) -> tuple[int, str]:
             os.dup2(write_fd, 2)
             prepare()
             os.execv(BUSYBOX, [BUSYBOX, *argv])
-        except BaseException as exc:  # noqa: BLE001 - report anything to the parent, then die
+        except BaseException as exc:  # whatever went wrong is told to the parent, then the child dies
             os.write(2, f"child failed: {exc!r}\n".encode())
         finally:
             os._exit(127)
