@@ -1,0 +1,314 @@
+"""Cgroups for the low-level runtime: one small protocol, a v1 and a v2 implementation behind it.
+
+``open_cgroup`` picks the implementation once per process, from one ``stat`` (a cgroup2 root has
+``cgroup.controllers``) and, for v1, one read of ``/proc/self/mountinfo``. Nothing here touches
+the file system at import time, and only ``os``/``errno``/``time`` are imported: every
+``skiff-lowlevel`` launch pays for this module.
+
+Order for the caller: ``create()`` → ``add(pid)`` → ``set(resources)``. ``set`` works before ``add``
+too, but v1 cpuset values must be valid before a task can join, which ``create`` guarantees by
+copying the parent's ``cpuset.cpus``/``cpuset.mems`` into empty folders.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import time
+
+from services.common.errors import ErrorKind, InvalidArgument, SyscallError
+
+# ``typing`` costs ~2.5 ms to import and is only for the type checker (annotations are strings
+# here): at run time ``Cgroup`` is a plain base with no behaviour.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Protocol
+else:
+    Protocol = object
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+# How long destroy/freeze wait for the kernel to settle (exiting tasks, FREEZING) before failing.
+SETTLE_SECONDS = 5.0
+_POLL_FIRST = 0.0005
+_POLL_MAX = 0.01
+
+
+class CgroupBusy(SyscallError):
+    """``rmdir`` still gives EBUSY after the deadline: tasks remain in the cgroup.
+
+    A precondition failure rather than a fault: the caller should kill the tasks first.
+    """
+
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class Cgroup(Protocol):
+    """A container's cgroup, the same surface for v1 and v2 (as youki's libcgroups)."""
+
+    version: int
+
+    def create(self) -> None: ...
+    def add(self, pid: int) -> None: ...
+    def set(self, resources: dict[str, Any]) -> None: ...
+    def pids(self) -> list[int]: ...
+    def freeze(self) -> None: ...
+    def thaw(self) -> None: ...
+    def frozen(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+    def oom_kills(self) -> int: ...
+    def kill_all(self, sig: int) -> None: ...
+    def destroy(self) -> None: ...
+    def paths(self) -> dict[str, str]: ...
+
+
+def open_cgroup(cgroups_path: str | None, container_id: str) -> Cgroup:
+    """The container's cgroup for this host's cgroup version (no folder is made until create)."""
+    rel = cgroup_relpath(cgroups_path, container_id)
+    if cgroup_version() == 2:
+        from services.lowlevel.cgroups.v2 import V2Cgroup
+
+        return V2Cgroup(CGROUP_ROOT + rel)
+    from services.lowlevel.cgroups.v1 import V1Cgroup, v1_mounts
+
+    return V1Cgroup(rel, v1_mounts())
+
+
+@functools.cache
+def cgroup_version() -> int:
+    """2 when /sys/fs/cgroup itself is cgroup2 (unified), else 1 (legacy or hybrid).
+
+    One stat instead of statfs (which the stdlib lacks): only a cgroup2 root has
+    ``cgroup.controllers``; a hybrid host's /sys/fs/cgroup is a tmpfs of v1 mounts.
+    """
+    return 2 if os.path.exists(CGROUP_ROOT + "/cgroup.controllers") else 1
+
+
+# --- paths -----------------------------------------------------------------------------------
+
+
+def cgroup_relpath(cgroups_path: str | None, container_id: str) -> str:
+    """The cgroup's path from each hierarchy's root, always "/a/b" form.
+
+    OCI says a relative path is under the runtime's own cgroup; we treat it like an absolute one
+    (simple, and what runc's cgroupfs driver ends up doing for a runtime in the root cgroup).
+    The systemd form ``slice:prefix:name`` maps to ``/<expanded slice>/<prefix>-<name>.scope``
+    without asking systemd, so a container lands where systemd's driver would have put it.
+    """
+    if not cgroups_path:
+        return _checked("/" + container_id, container_id)
+    if not cgroups_path.startswith("/") and cgroups_path.count(":") == 2:
+        slice_, prefix, name = cgroups_path.split(":")
+        if not name:
+            raise InvalidArgument(f"invalid cgroups path {cgroups_path!r}: empty unit name")
+        scope = f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
+        return _checked(expand_slice(slice_ or "system.slice", cgroups_path) + "/" + scope, cgroups_path)
+    return _checked("/" + cgroups_path.lstrip("/"), cgroups_path)
+
+
+def expand_slice(slice_: str, original: str) -> str:
+    """systemd nests dashed slices: "a-b.slice" is /a.slice/a-b.slice ("-.slice" is the root)."""
+    if not slice_.endswith(".slice") or "/" in slice_:
+        raise InvalidArgument(f"invalid cgroups path {original!r}: bad slice {slice_!r}")
+    base = slice_[: -len(".slice")]
+    if base in ("", "-"):
+        return ""
+    if base.startswith("-") or base.endswith("-") or "--" in base:
+        raise InvalidArgument(f"invalid cgroups path {original!r}: bad slice {slice_!r}")
+    out = ""
+    prefix = ""
+    for part in base.split("-"):
+        prefix = f"{prefix}-{part}" if prefix else part
+        out += f"/{prefix}.slice"
+    return out
+
+
+def _checked(path: str, original: str) -> str:
+    """Refuse what could escape or alias the hierarchy root (.., ., //, NUL, the root itself)."""
+    parts = path[1:].split("/")
+    for part in parts:
+        if part in ("", ".", "..") or "\0" in part:
+            raise InvalidArgument(f"invalid cgroups path {original!r}: bad component {part!r}")
+    return path
+
+
+# --- small file helpers, shared by v1 and v2 --------------------------------------------------
+
+
+def write_file(path: str, value: str) -> None:
+    """One write(2) of ``value``: cgroup files take one value per write, unbuffered."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SyscallError(f"write {value} to", path, e.errno) from None
+    try:
+        os.write(fd, value.encode())
+    except OSError as e:
+        raise SyscallError(f"write {value} to", path, e.errno) from None
+    finally:
+        os.close(fd)
+
+
+def read_file(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SyscallError("read", path, e.errno) from None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError as e:
+        raise SyscallError("read", path, e.errno) from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def read_optional(path: str) -> str | None:
+    """The file's text, or None when this kernel or controller does not provide it."""
+    try:
+        return read_file(path)
+    except SyscallError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
+def read_uint(path: str, default: int = 0) -> int:
+    """An integer file; "max" reads as 2**64-1 (Go's math.MaxUint64, as runc reports it)."""
+    text = read_optional(path)
+    if text is None:
+        return default
+    text = text.strip()
+    if text == "max":
+        return 2**64 - 1
+    return int(text) if text else default
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """A flat "key value" file (memory.stat, cpu.stat, cgroup.events...)."""
+    out: dict[str, int] = {}
+    text = read_optional(path)
+    if text is None:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def add_pid(folder: str, pid: int) -> None:
+    """Write the pid to cgroup.procs; EINVAL may mean the task is still TASK_NEW, so retry briefly."""
+    path = folder + "/cgroup.procs"
+    deadline = time.monotonic() + 0.5
+    while True:
+        try:
+            write_file(path, str(pid))
+            return
+        except SyscallError as e:
+            if e.errno != errno.EINVAL or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
+def walk_pids(folder: str) -> list[int]:
+    """Every pid in cgroup.procs of ``folder`` and its sub-folders; a missing folder has none."""
+    pids: list[int] = []
+    text = read_optional(folder + "/cgroup.procs")
+    if text is None:
+        return pids
+    pids.extend(int(line) for line in text.split())
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return pids
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            pids.extend(walk_pids(entry.path))
+    return pids
+
+
+def signal_pids(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # exited between listing and signalling: the goal is met
+
+
+def remove_tree(folder: str) -> None:
+    """rmdir ``folder`` and its sub-folders, deepest first.
+
+    A cgroup cannot be removed while the kernel still lists tasks, which lags a little behind
+    their exit, so EBUSY is retried with a deadline and then raised as CgroupBusy.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            remove_tree(entry.path)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    interval = _POLL_FIRST
+    while True:
+        try:
+            os.rmdir(folder)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise SyscallError("rmdir", folder, e.errno) from None
+            if time.monotonic() > deadline:
+                raise CgroupBusy("rmdir", folder, e.errno) from None
+        time.sleep(interval)
+        interval = min(interval * 2, _POLL_MAX)
+
+
+def wait_for(
+    check: Callable[[], bool], seconds: float = SETTLE_SECONDS, retry: Callable[[], None] | None = None
+) -> bool:
+    """Poll ``check()`` until true or the deadline; ``retry()`` runs every few polls. No blind sleep."""
+    deadline = time.monotonic() + seconds
+    interval = _POLL_FIRST
+    polls = 0
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+        interval = min(interval * 2, _POLL_MAX)
+        polls += 1
+        if retry is not None and polls % 10 == 0:
+            retry()
+    return True
+
+
+def device_rule(rule: dict[str, Any]) -> str:
+    """An OCI device rule as the kernel's "type major:minor access" ("*" for a missing/-1 number)."""
+    kind = rule.get("type") or "a"
+    if kind not in ("a", "b", "c"):
+        raise InvalidArgument(f"invalid device rule type {kind!r}")
+    major = rule.get("major")
+    minor = rule.get("minor")
+    access = rule.get("access") or "rwm"
+    if not set(access) <= set("rwm"):
+        raise InvalidArgument(f"invalid device rule access {access!r}")
+    maj = "*" if major is None or major == -1 else str(int(major))
+    mnr = "*" if minor is None or minor == -1 else str(int(minor))
+    return f"{kind} {maj}:{mnr} {access}"
+
+
+def parse_id_list(text: str) -> list[int]:
+    """A kernel list such as "0-3,5" as [0, 1, 2, 3, 5] (for cpuset stats)."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
