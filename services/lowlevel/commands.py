@@ -1,0 +1,383 @@
+"""One function per command: load what it needs, do it, print in runc's format."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.lowlevel import state
+from services.lowlevel.cli import Parsed
+
+IdGetter = Callable[..., str]
+
+
+def dispatch(p: Parsed, root: str, need_id: IdGetter) -> int:
+    handler = _HANDLERS[p.command]
+    return handler(p, root, need_id)
+
+
+def _create_options(p: Parsed, root: str, container_id: str) -> Any:
+    from services.lowlevel.create import CreateOptions
+
+    return CreateOptions(
+        root=root,
+        container_id=container_id,
+        bundle=p.flags.get("bundle") or os.getcwd(),
+        pid_file=_abs(p.flags.get("pid_file")),
+        console_socket=_abs(p.flags.get("console_socket")),
+        no_pivot=bool(p.flags.get("no_pivot")),
+        preserve_fds=_int_flag(p, "preserve_fds", 0),
+    )
+
+
+def _abs(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
+def _int_flag(p: Parsed, name: str, default: int) -> int:
+    value = p.flags.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid value {value!r} for --{name.replace('_', '-')}") from None
+
+
+def cmd_create(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel.create import create_container
+
+    create_container(_create_options(p, root, need_id(p)))
+    return 0
+
+
+def cmd_run(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel import lifecycle
+    from services.lowlevel import syscalls as sc
+    from services.lowlevel.create import create_container
+
+    container_id = need_id(p)
+    detach = bool(p.flags.get("detach"))
+    if not detach:
+        # The init's parent (the intermediate) exits at once: we adopt it to wait for it.
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    created = create_container(_create_options(p, root, container_id))
+    try:
+        lifecycle.start(root, container_id)
+    except BaseException:
+        lifecycle.delete(root, container_id, force=True)
+        raise
+    if detach:
+        return 0
+    from services.lowlevel.run import wait_forwarding_signals
+
+    code = wait_forwarding_signals(created.state.pid)
+    if not p.flags.get("keep"):
+        lifecycle.delete(root, container_id, force=True)
+    return code
+
+
+def cmd_start(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel import lifecycle
+
+    lifecycle.start(root, need_id(p))
+    return 0
+
+
+def cmd_state(p: Parsed, root: str, need_id: IdGetter) -> int:
+    st = state.load(root, need_id(p))
+    print(json.dumps(state.oci_state(root, st), indent=2))
+    return 0
+
+
+def cmd_kill(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel import lifecycle
+
+    container_id = need_id(p, 2)
+    sig = lifecycle.parse_signal(p.args[1]) if len(p.args) > 1 else 15
+    lifecycle.kill(root, container_id, sig, all_processes=bool(p.flags.get("all")))
+    return 0
+
+
+def cmd_delete(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel import lifecycle
+
+    lifecycle.delete(root, need_id(p), force=bool(p.flags.get("force")))
+    return 0
+
+
+def cmd_exec(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel import exec as exec_
+
+    container_id = p.args[0] if p.args else need_id(p)
+    if p.flags.get("process"):
+        process = exec_.load_process_file(p.flags["process"])
+    else:
+        if len(p.args) < 2:
+            raise InvalidArgument("exec: give a command after the container id, or --process")
+        spec = exec_.load_spec_of(root, container_id)
+        process = exec_.process_from_args(
+            spec,
+            p.args[1:],
+            tty=bool(p.flags.get("tty")),
+            cwd=p.flags.get("cwd"),
+            env=p.flags.get("env") or [],
+            user=p.flags.get("user"),
+            caps=p.flags.get("cap") or [],
+            no_new_privs=bool(p.flags.get("no_new_privs")),
+        )
+    if p.flags.get("tty"):
+        process["terminal"] = True
+    result = exec_.exec_in_container(
+        exec_.ExecOptions(
+            root=root,
+            container_id=container_id,
+            process=process,
+            console_socket=_abs(p.flags.get("console_socket")),
+            pid_file=_abs(p.flags.get("pid_file")),
+            detach=bool(p.flags.get("detach")),
+            preserve_fds=_int_flag(p, "preserve_fds", 0),
+        )
+    )
+    return 0 if p.flags.get("detach") else result
+
+
+def cmd_ps(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel.lifecycle import cgroup_of
+
+    container_id = p.args[0] if p.args else need_id(p)
+    st = state.load(root, container_id)
+    if state.current_status(root, st) is state.Status.STOPPED:
+        pids: list[int] = []
+    else:
+        pids = sorted(cgroup_of(st).pids())
+    fmt = p.flags.get("format") or "table"
+    if fmt == "json":
+        print(json.dumps(pids))
+        return 0
+    if fmt != "table":
+        raise InvalidArgument(f"invalid format option {fmt!r}")
+    import subprocess
+
+    # As runc: the host's ps draws the table; we keep the header and the container's rows.
+    ps_args = p.args[1:] or ["-ef"]
+    out = subprocess.run(["ps", *ps_args], capture_output=True, text=True, timeout=10, check=False)
+    if out.returncode != 0:
+        raise FailedPrecondition(f"ps {' '.join(ps_args)}: {out.stderr.strip()}")
+    lines = out.stdout.splitlines()
+    header = lines[0].split()
+    if "PID" not in header:
+        raise InvalidArgument("couldn't find PID field in ps output")
+    col = header.index("PID")
+    wanted = set(pids)
+    print(lines[0])
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) > col and fields[col].isdigit() and int(fields[col]) in wanted:
+            print(line)
+    return 0
+
+
+def cmd_list(p: Parsed, root: str, need_id: IdGetter) -> int:
+    entries: list[dict[str, Any]] = []
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        try:
+            st = state.load(root, name)
+        except (NotFound, InvalidArgument, ValueError, OSError):
+            continue
+        entries.append(state.oci_state(root, st))
+    fmt = p.flags.get("format") or "table"
+    if p.flags.get("quiet"):
+        for e in entries:
+            print(e["id"])
+    elif fmt == "json":
+        print(json.dumps(entries))
+    elif fmt == "table":
+        rows = [["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]]
+        rows += [
+            [e["id"], str(e["pid"]), e["status"], e["bundle"], e["created"], e["owner"] or "root"] for e in entries
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("   ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip())
+    else:
+        raise InvalidArgument(f"invalid format option {fmt!r}")
+    return 0
+
+
+def cmd_pause(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel import lifecycle
+
+    lifecycle.pause(root, need_id(p))
+    return 0
+
+
+def cmd_resume(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel import lifecycle
+
+    lifecycle.resume(root, need_id(p))
+    return 0
+
+
+def _update_resources(p: Parsed) -> dict[str, Any]:
+    source = p.flags.get("resources")
+    if source is not None:
+        if source == "-":
+            raw = sys.stdin.read()
+        else:
+            with open(source) as f:
+                raw = f.read()
+        try:
+            resources = json.loads(raw)
+        except ValueError as e:
+            raise InvalidArgument(f"update: resources are not valid JSON: {e}") from None
+        if not isinstance(resources, dict):
+            raise InvalidArgument("update: resources must be a JSON object")
+        return resources
+    resources: dict[str, Any] = {}
+
+    def put(section: str, key: str, flag: str, conv: Callable[[str], Any] = int) -> None:
+        if p.flags.get(flag) is not None:
+            try:
+                resources.setdefault(section, {})[key] = conv(p.flags[flag])
+            except ValueError:
+                raise InvalidArgument(f"invalid value {p.flags[flag]!r} for --{flag.replace('_', '-')}") from None
+
+    put("memory", "limit", "memory", _bytes)
+    put("memory", "reservation", "memory_reservation", _bytes)
+    put("memory", "swap", "memory_swap", _bytes)
+    put("cpu", "shares", "cpu_shares")
+    put("cpu", "quota", "cpu_quota")
+    put("cpu", "period", "cpu_period")
+    put("cpu", "cpus", "cpuset_cpus", str)
+    put("cpu", "mems", "cpuset_mems", str)
+    put("pids", "limit", "pids_limit")
+    put("blockIO", "weight", "blkio_weight")
+    return resources
+
+
+def _bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def cmd_update(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel.lifecycle import cgroup_of, load_spec_of
+
+    container_id = need_id(p)
+    st = state.load(root, container_id)
+    if state.current_status(root, st) is state.Status.STOPPED:
+        raise FailedPrecondition("container not running")
+    resources = _update_resources(p)
+    cgroup_of(st).set(resources)
+    # Keep the stored spec current, so that later commands see what is in force.
+    spec = load_spec_of(root, container_id)
+    current = spec.setdefault("linux", {}).setdefault("resources", {})
+    for section, values in resources.items():
+        if isinstance(values, dict) and isinstance(current.get(section), dict):
+            current[section].update(values)
+        else:
+            current[section] = values
+    path = os.path.join(state.container_dir(root, container_id), state.CONFIG_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(spec, f)
+    os.rename(path + ".tmp", path)
+    return 0
+
+
+def _interval(text: str | None) -> float:
+    if not text:
+        return 5.0
+    t = text.strip()
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if t.endswith(suffix):
+            return float(t[: -len(suffix)]) * scale
+    return float(t)
+
+
+def cmd_events(p: Parsed, root: str, need_id: IdGetter) -> int:
+    import time
+
+    from services.lowlevel.lifecycle import cgroup_of
+
+    container_id = need_id(p)
+    st = state.load(root, container_id)
+    if state.current_status(root, st) is state.Status.STOPPED:
+        raise FailedPrecondition("container not running")
+    cgroup = cgroup_of(st)
+    if p.flags.get("stats"):
+        print(json.dumps({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
+        return 0
+    interval = _interval(p.flags.get("interval"))
+    ooms = cgroup.oom_kills()
+    next_stats = time.monotonic() + interval
+    # Bounded by the container's life: the loop ends when the init is gone.
+    while state.init_alive(st):
+        now_ooms = cgroup.oom_kills()
+        if now_ooms > ooms:
+            ooms = now_ooms
+            print(json.dumps({"type": "oom", "id": container_id}), flush=True)
+        if time.monotonic() >= next_stats:
+            print(json.dumps({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
+            next_stats = time.monotonic() + interval
+        time.sleep(0.05)
+    if cgroup.oom_kills() > ooms:
+        print(json.dumps({"type": "oom", "id": container_id}), flush=True)
+    return 0
+
+
+def cmd_spec(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel.spec import default_spec
+
+    bundle = p.flags.get("bundle") or "."
+    path = os.path.join(bundle, "config.json")
+    spec = default_spec()
+    if p.flags.get("rootless"):
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": os.getuid(), "size": 1}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": os.getgid(), "size": 1}]
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except FileExistsError:
+        raise AlreadyExists(f"File {path} exists. Remove it first") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f, indent=2)
+        f.write("\n")
+    return 0
+
+
+def cmd_features(p: Parsed, root: str, need_id: IdGetter) -> int:
+    from services.lowlevel.features import features
+
+    print(json.dumps(features(), indent=4))
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[Parsed, str, IdGetter], int]] = {
+    "create": cmd_create,
+    "run": cmd_run,
+    "start": cmd_start,
+    "state": cmd_state,
+    "kill": cmd_kill,
+    "delete": cmd_delete,
+    "exec": cmd_exec,
+    "ps": cmd_ps,
+    "list": cmd_list,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "update": cmd_update,
+    "events": cmd_events,
+    "spec": cmd_spec,
+    "features": cmd_features,
+}

@@ -1,0 +1,407 @@
+"""A container's birth, top to bottom.
+
+Three processes, as in runc: the *parent* (this command) makes the state folder and the cgroup;
+the *intermediate* joins or unshares namespaces (the parent maps its user namespace) and forks
+the *init*, which becomes PID 1 of the new pid namespace, builds the root filesystem, tells the
+parent it is ready, and blocks on the exec fifo until ``start``. They speak over a SEQPACKET
+socket pair with the named messages of ``Sync``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError
+from services.lowlevel import hooks, mounts, state
+from services.lowlevel import syscalls as sc
+from services.lowlevel.cgroups import Cgroup, open_cgroup
+from services.lowlevel.process import (
+    exec_process,
+    mark_fds_cloexec,
+    preload_modules,
+    prepare_identity,
+    set_oom_score_adj,
+    validate_process,
+)
+from services.lowlevel.spec import load_spec, rootfs_path
+
+READY_TIMEOUT = 60.0
+_ERROR_CLASSES: dict[str, type[SkiffError]] = {c.__name__: c for c in (InvalidArgument, FailedPrecondition)}
+
+
+class Sync(enum.Enum):
+    """Messages between parent, intermediate and init."""
+
+    USERNS_CREATED = "userns-created"  # intermediate → parent: write my uid/gid maps
+    USERNS_MAPPED = "userns-mapped"  # parent → intermediate
+    GO = "go"  # parent → intermediate: you are in the cgroup, go on
+    INIT_PID = "init-pid"  # intermediate → parent: the init's host pid
+    RUN_HOOKS = "run-hooks"  # init → parent: run the createRuntime hooks now
+    HOOKS_DONE = "hooks-done"  # parent → init
+    READY = "ready"  # init → parent: waiting on the exec fifo
+    ERROR = "error"  # any → parent: the message explains
+
+
+def _send(sock: socket.socket, kind: Sync, payload: Any = None) -> None:
+    sock.send(json.dumps([kind.value, payload]).encode())
+
+
+def _recv(sock: socket.socket, timeout: float = READY_TIMEOUT) -> tuple[Sync, Any]:
+    sock.settimeout(timeout)
+    try:
+        raw = sock.recv(65536)
+    except TimeoutError:
+        raise Internal("container init did not answer in time") from None
+    if not raw:
+        raise Internal("container init exited before it was ready")
+    kind, payload = json.loads(raw)
+    return Sync(kind), payload
+
+
+def _expect(sock: socket.socket, wanted: Sync) -> Any:
+    kind, payload = _recv(sock)
+    if kind is Sync.ERROR:
+        cls = _ERROR_CLASSES.get(payload.get("kind", ""), Internal)
+        raise cls(payload["message"])
+    if kind is not wanted:
+        raise Internal(f"container init sent {kind.value}, expected {wanted.value}")
+    return payload
+
+
+@dataclass(slots=True)
+class CreateOptions:
+    root: str
+    container_id: str
+    bundle: str
+    pid_file: str | None = None
+    console_socket: str | None = None
+    no_pivot: bool = False
+    preserve_fds: int = 0
+
+
+@dataclass(slots=True)
+class Created:
+    state: state.ContainerState
+    spec: dict[str, Any]
+    cgroup: Cgroup
+
+
+def create_container(opts: CreateOptions) -> Created:
+    """Make the container up to the point where it waits for ``start``. Nothing is left on failure."""
+    state.validate_id(opts.container_id)
+    bundle = os.path.abspath(opts.bundle)
+    spec = load_spec_checked(bundle)
+    if (spec.get("process") or {}).get("terminal") and not opts.console_socket:
+        raise InvalidArgument("cannot allocate tty if runtime is not passed a --console-socket")
+    directory = state.make_container_dir(opts.root, opts.container_id)
+    linux = spec.get("linux") or {}
+    st = state.ContainerState(
+        id=opts.container_id,
+        bundle=bundle,
+        rootfs=str(rootfs_path(spec, _Path(bundle))),
+        created=state.now_rfc3339(),
+        annotations=spec.get("annotations") or {},
+        cgroups_path=linux.get("cgroupsPath") or "",
+        no_pivot=opts.no_pivot,
+    )
+    cgroup: Cgroup | None = None
+    init_pid = 0
+    try:
+        with open(os.path.join(directory, state.CONFIG_FILE), "w") as f:
+            json.dump(spec, f)
+        state.save(opts.root, st)
+        fifo = os.path.join(directory, state.EXEC_FIFO)
+        os.mkfifo(fifo, 0o622)
+        cgroup = open_cgroup(st.cgroups_path or None, opts.container_id)
+        cgroup.create()
+        cgroup.set(resources_with_default_devices(linux))
+        init_pid = _spawn(spec, st, cgroup, fifo, opts)
+        if opts.pid_file:
+            _write_pid_file(opts.pid_file, init_pid)
+    except BaseException:
+        _undo(opts.root, st, cgroup, init_pid)
+        raise
+    return Created(state=st, spec=spec, cgroup=cgroup)
+
+
+class _Path(str):
+    """A str with the one Path method rootfs_path needs, without importing pathlib."""
+
+    def __truediv__(self, other: str) -> str:
+        return os.path.join(self, other)
+
+
+# What runc allows on top of the spec's device rules: mknod of anything, the standard character
+# devices, ptys and tun.
+DEFAULT_ALLOWED_DEVICES: tuple[dict[str, Any], ...] = (
+    {"allow": True, "type": "c", "access": "m"},
+    {"allow": True, "type": "b", "access": "m"},
+    *({"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+      for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (10, 200))),
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+)
+
+
+def resources_with_default_devices(linux: dict[str, Any]) -> dict[str, Any]:
+    resources = dict(linux.get("resources") or {})
+    rules = list(resources.get("devices") or [])
+    rules += DEFAULT_ALLOWED_DEVICES
+    for d in linux.get("devices") or []:
+        rules.append({"allow": True, "type": d.get("type", "c"), "major": d.get("major"), "minor": d.get("minor"),
+                      "access": "rwm"})
+    resources["devices"] = rules
+    return resources
+
+
+def load_spec_checked(bundle: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    spec = load_spec(Path(bundle))
+    process = spec.get("process") or {}
+    validate_process(process)
+    seccomp = (spec.get("linux") or {}).get("seccomp")
+    if seccomp:
+        from services.lowlevel.seccomp import validate_seccomp
+
+        validate_seccomp(seccomp)
+    return spec
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def _undo(root: str, st: state.ContainerState, cgroup: Cgroup | None, init_pid: int) -> None:
+    import shutil
+
+    if init_pid > 0:
+        try:
+            os.kill(init_pid, 9)
+        except ProcessLookupError:
+            pass
+        wait_gone(init_pid, None)
+    if cgroup is not None:
+        try:
+            cgroup.kill_all(9)
+            cgroup.destroy()
+        except SkiffError:
+            pass
+    shutil.rmtree(state.container_dir(root, st.id), ignore_errors=True)
+
+
+def wait_gone(pid: int, start_time: int | None, timeout: float = 10.0) -> bool:
+    """Poll until the process has exited (a zombie counts as gone), bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        now = state.proc_start_time(pid)
+        if now is None or (start_time is not None and now != start_time):
+            return True
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return False
+
+
+def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo: str, opts: CreateOptions) -> int:
+    linux = spec.get("linux") or {}
+    namespaces = linux.get("namespaces") or []
+    new_user = any(ns["type"] == "user" and not ns.get("path") for ns in namespaces)
+    console = None
+    if (spec.get("process") or {}).get("terminal"):
+        from services.lowlevel.console import connect_console_socket
+
+        console = connect_console_socket(opts.console_socket or "")
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # the intermediate
+        parent_sock.close()
+        _child_main(child_sock, lambda: _intermediate(child_sock, spec, st, cgroup, fifo, opts, console, new_user))
+    child_sock.close()
+    if console is not None:
+        console.close()
+    init_pid = 0
+    try:
+        if new_user:
+            _expect(parent_sock, Sync.USERNS_CREATED)
+            _write_id_maps(pid, linux)
+            _send(parent_sock, Sync.USERNS_MAPPED)
+        cgroup.add(pid)
+        _send(parent_sock, Sync.GO)
+        init_pid = int(_expect(parent_sock, Sync.INIT_PID))
+        os.waitpid(pid, 0)
+        st.pid = init_pid
+        st.pid_start = state.proc_start_time(init_pid) or 0
+        kind, payload = _recv(parent_sock)
+        if kind is Sync.RUN_HOOKS:
+            hooks.run_hooks(spec, "prestart", state.oci_state(opts.root, st, state.Status.CREATING))
+            hooks.run_hooks(spec, "createRuntime", state.oci_state(opts.root, st, state.Status.CREATING))
+            _send(parent_sock, Sync.HOOKS_DONE)
+            _expect(parent_sock, Sync.READY)
+        elif kind is Sync.ERROR:
+            cls = _ERROR_CLASSES.get(payload.get("kind", ""), Internal)
+            raise cls(payload["message"])
+        elif kind is not Sync.READY:
+            raise Internal(f"container init sent {kind.value}, expected {Sync.READY.value}")
+        if "oomScoreAdj" in (spec.get("process") or {}):
+            pass  # written by the init itself, while it still had the privilege
+        st.status = state.Status.CREATED.value
+        state.save(opts.root, st)
+        return init_pid
+    except BaseException:
+        if init_pid == 0:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        else:
+            st.pid = init_pid
+        if init_pid:
+            try:
+                os.kill(init_pid, 9)
+            except ProcessLookupError:
+                pass
+            wait_gone(init_pid, None)
+        raise
+    finally:
+        parent_sock.close()
+
+
+def _write_id_maps(pid: int, linux: dict[str, Any]) -> None:
+    for kind, key in (("uid", "uidMappings"), ("gid", "gidMappings")):
+        lines = "".join(
+            f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in linux.get(key) or []
+        )
+        if not lines:
+            raise InvalidArgument(f"config.json: a new user namespace needs linux.{key}")
+        path = f"/proc/{pid}/{kind}_map"
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, lines.encode())
+        except OSError as e:
+            raise InvalidArgument(f"write {path}: {os.strerror(e.errno or 0)} ({lines.strip()!r})") from None
+        finally:
+            os.close(fd)
+
+
+def _child_main(sock: socket.socket, body: Any) -> None:
+    """Run ``body`` in a forked child; any failure becomes an ERROR message, never a traceback."""
+    code = 1
+    try:
+        body()
+        code = 0
+    except SkiffError as e:
+        _try_send_error(sock, type(e).__name__, e.message)
+    except OSError as e:
+        _try_send_error(sock, "Internal", f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+    except BaseException as e:  # noqa: BLE001 - a forked child must never return into the caller
+        _try_send_error(sock, "Internal", f"{type(e).__name__}: {e}")
+    finally:
+        os._exit(code)
+
+
+def _try_send_error(sock: socket.socket, kind: str, message: str) -> None:
+    try:
+        _send(sock, Sync.ERROR, {"kind": kind, "message": message})
+    except OSError:
+        pass
+
+
+def _intermediate(sock: socket.socket, spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup,
+                  fifo: str, opts: CreateOptions, console: socket.socket | None, new_user: bool) -> None:
+    linux = spec.get("linux") or {}
+    namespaces = linux.get("namespaces") or []
+    # Open every namespace to join first: paths may stop resolving once we switch namespaces.
+    joins: list[tuple[int, int, str]] = []
+    for ns in namespaces:
+        if ns.get("path"):
+            try:
+                fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise InvalidArgument(f"open namespace {ns['type']} {ns['path']}: {e.strerror}") from None
+            joins.append((fd, sc.NAMESPACE_FLAGS[ns["type"]], ns["path"]))
+    joins.sort(key=lambda j: (j[1] != sc.CLONE_NEWUSER, j[1] == sc.CLONE_NEWNS))
+    for fd, flag, path in joins:
+        sc.setns(fd, flag, path)
+        os.close(fd)
+    if new_user:
+        sc.unshare(sc.CLONE_NEWUSER)
+        _send(sock, Sync.USERNS_CREATED)
+        _expect(sock, Sync.USERNS_MAPPED)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    _expect(sock, Sync.GO)
+    flags = 0
+    for ns in namespaces:
+        if not ns.get("path") and ns["type"] != "user":
+            flags |= sc.NAMESPACE_FLAGS[ns["type"]]
+    if flags:
+        sc.unshare(flags)
+    pid = os.fork()
+    if pid != 0:
+        _send(sock, Sync.INIT_PID, pid)
+        return
+    _child_main(sock, lambda: _init(sock, spec, st, fifo, opts, console, new_user, cgroup))
+
+
+def _init(sock: socket.socket, spec: dict[str, Any], st: state.ContainerState, fifo: str, opts: CreateOptions,
+          console: socket.socket | None, in_userns: bool, cgroup: Cgroup) -> None:
+    """PID 1 of the container: filesystem, identity, then wait on the exec fifo and execve."""
+    linux = spec.get("linux") or {}
+    process = spec.get("process") or {}
+    os.setsid()
+    ns_types = {ns["type"] for ns in linux.get("namespaces") or []}
+    fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+    preload_modules(process, linux.get("seccomp"), spec.get("hooks"))
+    if "mount" in ns_types:
+        mounts.setup_rootfs(spec, st.rootfs, st.bundle, cgroup.paths(), in_userns=in_userns)
+    _send(sock, Sync.RUN_HOOKS)
+    _expect(sock, Sync.HOOKS_DONE)
+    hooks.run_hooks(spec, "createContainer", state.oci_state(opts.root, st, state.Status.CREATING))
+    if "mount" in ns_types:
+        mounts.enter_rootfs(st.rootfs, no_pivot=opts.no_pivot)
+    else:
+        os.chroot(st.rootfs)
+        os.chdir("/")
+    if console is not None:
+        from services.lowlevel.console import setup_console
+
+        setup_console(console, process.get("consoleSize"))
+    if "mount" in ns_types:
+        mounts.mask_paths(linux.get("maskedPaths") or [])
+        mounts.readonly_paths(linux.get("readonlyPaths") or [])
+    if "uts" in ns_types:
+        if spec.get("hostname"):
+            sc.sethostname(spec["hostname"])
+        if spec.get("domainname"):
+            sc.setdomainname(spec["domainname"])
+    if linux.get("sysctl"):
+        mounts.apply_sysctl(linux["sysctl"])
+    if (spec.get("root") or {}).get("readonly"):
+        mounts.readonly_root()
+    set_oom_score_adj(process.get("oomScoreAdj"))
+    mark_fds_cloexec(3 + opts.preserve_fds)
+    seccomp = linux.get("seccomp")
+    path, env = prepare_identity(process, seccomp)
+    _send(sock, Sync.READY)
+    sock.close()
+    # Blocks until ``start`` opens the other end.
+    wfd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(wfd, b"0")
+    os.close(wfd)
+    os.close(fifo_fd)
+    hooks.run_hooks(spec, "startContainer", state.oci_state(opts.root, st, state.Status.CREATED))
+    exec_process(process, path, env, seccomp)

@@ -1,0 +1,144 @@
+"""start, kill, delete, pause and resume of an existing container."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+from typing import Any
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
+from services.lowlevel import hooks, state
+from services.lowlevel.cgroups import Cgroup, open_cgroup
+from services.lowlevel.create import wait_gone
+
+START_TIMEOUT = 10.0
+
+
+def load_spec_of(root: str, container_id: str) -> dict[str, Any]:
+    with open(os.path.join(state.container_dir(root, container_id), state.CONFIG_FILE), "rb") as f:
+        return json.loads(f.read())
+
+
+def cgroup_of(st: state.ContainerState) -> Cgroup:
+    return open_cgroup(st.cgroups_path or None, st.id)
+
+
+def start(root: str, container_id: str) -> state.ContainerState:
+    st = state.load(root, container_id)
+    status = state.current_status(root, st)
+    if status is state.Status.STOPPED:
+        raise FailedPrecondition("cannot start a container that has stopped")
+    if status is not state.Status.CREATED:
+        raise FailedPrecondition(f"cannot start an already {status.value} container")
+    fifo = os.path.join(state.container_dir(root, container_id), state.EXEC_FIFO)
+    # Non-blocking open and a bounded poll: an init that died must not hang ``start``.
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        ready, _, _ = select.select([fd], [], [], START_TIMEOUT)
+        data = os.read(fd, 1) if ready else b""
+    finally:
+        os.close(fd)
+    if data != b"0":
+        raise FailedPrecondition("cannot start container: its init process is gone")
+    os.unlink(fifo)
+    st.status = state.Status.RUNNING.value
+    state.save(root, st)
+    spec = load_spec_of(root, container_id)
+    try:
+        hooks.run_hooks(spec, "poststart", state.oci_state(root, st, state.Status.RUNNING))
+    except SkiffError:
+        # As runc: a failing poststart hook stops the container it was meant to follow.
+        kill(root, container_id, signal.SIGKILL, all_processes=True)
+        raise
+    return st
+
+
+def parse_signal(value: str) -> int:
+    text = value.upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {value!r}") from None
+
+
+def kill(root: str, container_id: str, sig: int, *, all_processes: bool = False) -> None:
+    st = state.load(root, container_id)
+    status = state.current_status(root, st)
+    if status is state.Status.STOPPED and not all_processes:
+        raise FailedPrecondition("container not running")
+    if all_processes:
+        cgroup = cgroup_of(st)
+        if status is state.Status.PAUSED:
+            cgroup.kill_all(sig)
+            cgroup.thaw()
+        else:
+            cgroup.kill_all(sig)
+        return
+    try:
+        os.kill(st.pid, sig)
+    except ProcessLookupError:
+        raise FailedPrecondition("container not running") from None
+
+
+def delete(root: str, container_id: str, *, force: bool) -> None:
+    try:
+        st = state.load(root, container_id)
+    except NotFound:
+        if force:
+            return
+        raise
+    status = state.current_status(root, st)
+    if status in (state.Status.RUNNING, state.Status.PAUSED) and not force:
+        raise FailedPrecondition(f"cannot delete container {container_id} that is not stopped: {status.value}")
+    cgroup = cgroup_of(st)
+    if status is not state.Status.STOPPED:
+        cgroup.kill_all(signal.SIGKILL)
+        if status is state.Status.PAUSED:
+            cgroup.thaw()
+        try:
+            os.kill(st.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if not wait_gone(st.pid, st.pid_start):
+            raise FailedPrecondition(f"container {container_id}: init {st.pid} did not exit after SIGKILL")
+    _wait_cgroup_empty(cgroup)
+    cgroup.destroy()
+    spec = load_spec_of(root, container_id)
+    try:
+        hooks.run_hooks(spec, "poststop", state.oci_state(root, st, state.Status.STOPPED))
+    finally:
+        import shutil
+
+        shutil.rmtree(state.container_dir(root, container_id), ignore_errors=True)
+
+
+def _wait_cgroup_empty(cgroup: Cgroup) -> None:
+    """Processes the init left behind (its pid namespace takes them when it dies) are killed too."""
+    if cgroup.pids():
+        cgroup.kill_all(signal.SIGKILL)
+
+
+def pause(root: str, container_id: str) -> None:
+    st = state.load(root, container_id)
+    status = state.current_status(root, st)
+    if status is not state.Status.RUNNING:
+        raise FailedPrecondition(f"container not running: {status.value}")
+    cgroup_of(st).freeze()
+    st.status = state.Status.PAUSED.value
+    state.save(root, st)
+
+
+def resume(root: str, container_id: str) -> None:
+    st = state.load(root, container_id)
+    status = state.current_status(root, st)
+    if status is not state.Status.PAUSED:
+        raise FailedPrecondition(f"container not paused: {status.value}")
+    cgroup_of(st).thaw()
+    st.status = state.Status.RUNNING.value
+    state.save(root, st)

@@ -1,0 +1,146 @@
+"""The last steps before execve, shared by a container's init and by ``exec``.
+
+The order mirrors runc: rlimits and oom score while still privileged, then (seccomp first when
+no_new_privs is off) the bounding set, the uid/gid switch, the capability sets, the working
+folder; the executable is looked up before the parent is told all went well.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from services.common.errors import InvalidArgument, NotFound, SyscallError
+from services.lowlevel import capabilities
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_RLIMITS = {
+    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
+}
+
+
+def preload_modules(process: dict[str, Any], seccomp: dict[str, Any] | None, spec_hooks: dict[str, Any] | None) -> None:
+    """Import now what the last steps need: after pivot_root or setns the stdlib is out of sight."""
+    if process.get("rlimits"):
+        import resource  # noqa: F401
+    if seccomp:
+        import services.lowlevel.seccomp  # noqa: F401
+    if process.get("terminal"):
+        import services.lowlevel.console  # noqa: F401
+    if spec_hooks and spec_hooks.get("startContainer"):
+        import subprocess  # noqa: F401
+
+
+def validate_process(process: dict[str, Any]) -> None:
+    for rl in process.get("rlimits") or []:
+        if rl.get("type") not in _RLIMITS:
+            raise InvalidArgument(f"config.json: unknown rlimit type {rl.get('type')!r}")
+    if process.get("capabilities"):
+        capabilities.validate_capabilities(process["capabilities"])
+
+
+def env_dict(process: dict[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in process.get("env") or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def set_rlimits(process: dict[str, Any]) -> None:
+    import resource
+
+    for rl in process.get("rlimits") or []:
+        try:
+            resource.setrlimit(_RLIMITS[rl["type"]], (int(rl["soft"]), int(rl["hard"])))
+        except (ValueError, OSError) as e:
+            raise InvalidArgument(f"setrlimit {rl['type']}: {e}") from None
+
+
+def set_oom_score_adj(value: int | None) -> None:
+    if value is None:
+        return
+    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(int(value)).encode())
+    finally:
+        os.close(fd)
+
+
+def home_of(uid: int) -> str:
+    try:
+        with open("/etc/passwd", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+def lookup_executable(name: str, env: dict[str, str]) -> str:
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in env.get("PATH", DEFAULT_PATH).split(":")]
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    if "/" in name:
+        raise NotFound(f'exec: "{name}": stat {name}: no such file or directory')
+    raise NotFound(f'exec: "{name}": executable file not found in $PATH')
+
+
+def prepare_identity(process: dict[str, Any], seccomp: dict[str, Any] | None) -> tuple[str, dict[str, str]]:
+    """Everything that needs privilege: returns the executable path and the environment."""
+    set_rlimits(process)
+    nnp = bool(process.get("noNewPrivileges"))
+    if nnp:
+        capabilities.set_no_new_privs()
+    elif seccomp:
+        # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before dropping it.
+        from services.lowlevel.seccomp import load_seccomp
+
+        load_seccomp(seccomp)
+    caps = process.get("capabilities")
+    if caps is not None:
+        capabilities.drop_bounding(caps)
+    user = process.get("user") or {}
+    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    capabilities.switch_user(uid, gid, [int(g) for g in user.get("additionalGids") or []])
+    if caps is not None:
+        capabilities.set_capabilities(caps)
+    os.umask(int(user["umask"]) if user.get("umask") is not None else 0o022)
+    cwd = process.get("cwd") or "/"
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise SyscallError("chdir to cwd", cwd, e.errno or 0) from None
+    env = env_dict(process)
+    if "HOME" not in env:
+        env["HOME"] = home_of(uid)
+    return lookup_executable(process["args"][0], env), env
+
+
+def exec_process(process: dict[str, Any], path: str, env: dict[str, str], seccomp: dict[str, Any] | None) -> None:
+    if seccomp and process.get("noNewPrivileges"):
+        from services.lowlevel.seccomp import load_seccomp
+
+        load_seccomp(seccomp)
+    os.execve(path, process["args"], env)
+
+
+def mark_fds_cloexec(keep_below: int) -> None:
+    """No descriptor of the runtime's callers leaks into the container."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd >= keep_below:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
