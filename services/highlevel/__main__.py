@@ -1,0 +1,33 @@
+"""``skiff-highlevel [--root PREFIX] [--runtime NAME]``: the high-level runtime, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from services.common.config import Config
+from services.common.logging import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="skiff-highlevel", description=__doc__)
+    parser.add_argument("--root", help="state prefix (default: $SKIFF_ROOT, else /)")
+    parser.add_argument("--runtime", help="default OCI runtime: skiff-lowlevel, runc, crun or a path")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging("highlevel", level=args.log_level)
+    from services.highlevel.server import serve
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(Config.load(args.root, args.runtime)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The highlevel runtime's gRPC server on ``<run>/highlevel.sock``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+from typing import Any
+
+import structlog
+from grpclib.server import Server
+
+from services.common.config import Config
+from services.highlevel.containers import ContainersService, ContainerStore
+from services.highlevel.events import EventBus
+from services.highlevel.tasks import TaskManager
+from services.highlevel.tasks_service import TasksService
+
+log = structlog.get_logger(service="highlevel")
+
+# Other parts of highlevel (images, content, snapshots) plug in here: a module with
+# ``make_services(config) -> list[service]`` is loaded when present, not imported ad hoc.
+PLUGIN_MODULES = ("services.highlevel.images.service",)
+
+
+def plugin_services(config: Config) -> list[Any]:
+    found: list[Any] = []
+    for name in PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        found.extend(module.make_services(config))
+    return found
+
+
+async def serve(config: Config) -> None:
+    paths = config.paths
+    for folder in (paths.run, paths.highlevel_run, paths.highlevel_lib):
+        folder.mkdir(parents=True, exist_ok=True)
+    events = EventBus()
+    containers = ContainerStore(paths.highlevel_lib / "containers")
+    manager = TaskManager(paths, config.runtime, containers, events)
+    await manager.recover()
+    server = Server([TasksService(manager, events), ContainersService(containers), *plugin_services(config)])
+    socket_path = str(paths.highlevel_socket)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
+    await server.start(path=socket_path)
+    log.info("serving", socket=socket_path, runtime=config.runtime, tasks=len(manager.tasks))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Stopping highlevel never stops a container: the shims stay, and the next start finds them.
+    server.close()
+    await server.wait_closed()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
+    log.info("stopped")

@@ -1,0 +1,1 @@
+"""skiff-shim: one small synchronous process per container (stdio, log, exit status, reaping)."""

@@ -1,0 +1,110 @@
+"""``skiff-shim STATE_DIR``: detaches, creates the container, then serves its socket.
+
+The state folder holds ``bootstrap.json`` (written by highlevel: id, bundle, runtime argv and
+root, socket path, stdio and log settings). The launching process exits once the container is
+created (status 0, ``{"pid": N}`` on stdout) or creation failed (status 1, ``{"error": ...}``);
+the shim itself lives on in its own session, re-parented to init, in the root cgroups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    # ctypes is imported here only, in the detached shim: the launcher never pays for it.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _leave_cgroups() -> None:
+    """Moves the shim to every hierarchy's root, so stopping the caller's cgroup spares it."""
+    base = "/sys/fs/cgroup"
+    candidates = [base] + [os.path.join(base, name) for name in os.listdir(base)]
+    pid = str(os.getpid()).encode()
+    for folder in candidates:
+        procs = os.path.join(folder, "cgroup.procs")
+        if not os.path.exists(procs):
+            continue
+        try:
+            fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        except OSError:
+            # A hierarchy that refuses (cgroup v2 threaded/domain rules) keeps the shim: harmless.
+            continue
+
+
+def _detach_stdio(state_dir: str) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    log = os.open(os.path.join(state_dir, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: skiff-shim STATE_DIR", file=sys.stderr)
+        return 2
+    state_dir = os.path.abspath(args[0])
+    with open(os.path.join(state_dir, "bootstrap.json")) as f:
+        boot = json.load(f)
+
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    first = os.fork()
+    if first:
+        os.close(ready_w)
+        chunks = []
+        while chunk := os.read(ready_r, 65536):
+            chunks.append(chunk)
+        os.waitpid(first, 0)
+        answer = b"".join(chunks) or b'{"error": {"kind": "internal", "message": "shim died during create"}}'
+        sys.stdout.write(answer.decode() + "\n")
+        sys.stdout.flush()
+        return 0 if b'"error"' not in answer else 1
+
+    os.close(ready_r)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    return _serve(state_dir, boot, ready_w)
+
+
+def _serve(state_dir: str, boot: dict, ready_w: int) -> int:
+    from services.shim.server import Shim, ShimError
+
+    _detach_stdio(state_dir)
+    try:
+        _leave_cgroups()
+        _become_subreaper()
+        with open(os.path.join(state_dir, "shim.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        shim = Shim(state_dir, boot)
+        pid = shim.create()
+    except ShimError as exc:
+        os.write(ready_w, json.dumps({"error": {"kind": exc.kind, "message": exc.message}}).encode())
+        os._exit(1)
+    except Exception as exc:  # noqa: BLE001 - reported to highlevel, which owns the clean-up
+        os.write(ready_w, json.dumps({"error": {"kind": "internal", "message": f"shim: {exc!r}"}}).encode())
+        os._exit(1)
+    os.write(ready_w, json.dumps({"pid": pid, "shim_pid": os.getpid()}).encode())
+    os.close(ready_w)
+    shim.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

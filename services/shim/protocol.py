@@ -1,0 +1,71 @@
+"""The shim's wire protocol: frames on a UNIX stream socket (see proto/skiff/shim/v1/README.md).
+
+Each frame is a 5-byte header, ``kind`` (1 byte) and ``length`` (4 bytes, big endian), then
+``length`` bytes. Requests and replies are JSON objects; attached streams carry raw bytes so that
+output never pays a base64 or JSON cost. Stdlib only: the shim imports this on every launch and
+the highlevel runtime shares it, so both ends agree by construction.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from typing import Any
+
+HEADER = struct.Struct(">BI")
+MAX_FRAME = 16 * 1024 * 1024
+
+
+class FrameKind(enum.IntEnum):
+    JSON = 1  # a request (client → shim) or a reply/notice (shim → client)
+    STDOUT = 2  # output bytes, shim → attached client
+    STDERR = 3
+    STDIN = 4  # input bytes, client → shim
+    STDIN_CLOSE = 5  # client → shim: close the process's stdin (once)
+    EOF = 6  # shim → client: the process's output has ended
+
+
+class Op(enum.Enum):
+    STATE = "state"
+    START = "start"
+    WAIT = "wait"
+    KILL = "kill"
+    RESIZE = "resize"
+    ATTACH = "attach"
+    EXEC = "exec"
+    CLOSE_STDIN = "close_stdin"
+    PAUSE = "pause"
+    RESUME = "resume"
+    DELETE = "delete"
+    SHUTDOWN = "shutdown"
+
+
+class ProcStatus(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+def encode(kind: FrameKind, payload: bytes) -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def encode_json(message: dict[str, Any]) -> bytes:
+    return encode(FrameKind.JSON, json.dumps(message, separators=(",", ":")).encode())
+
+
+def decode_frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    """Takes every complete frame off the front of ``buf`` (in place)."""
+    frames: list[tuple[int, bytes]] = []
+    while len(buf) >= HEADER.size:
+        kind, length = HEADER.unpack_from(buf)
+        if length > MAX_FRAME:
+            raise ValueError(f"shim frame of {length} bytes exceeds {MAX_FRAME}")
+        end = HEADER.size + length
+        if len(buf) < end:
+            break
+        frames.append((kind, bytes(buf[HEADER.size : end])))
+        del buf[:end]
+    return frames

@@ -1,0 +1,859 @@
+"""The shim's single-threaded loop: stdio, reaping, exit records and the socket protocol.
+
+One ``selectors`` loop owns every file descriptor. SIGCHLD arrives through the signal wakeup fd, so
+reaping, output and requests never race. Runtime commands run to completion inside the loop (they
+take tens of milliseconds; the pipes buffer the container's output meanwhile).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import time
+from typing import Any
+
+from services.shim.logfile import JsonFileLog, rfc3339_nano
+from services.shim.protocol import (
+    FrameKind,
+    Op,
+    ProcStatus,
+    decode_frames,
+    encode,
+    encode_json,
+)
+
+READ_CHUNK = 65536
+# Output still flowing this long after the process ended (a daemonised grandchild holding the
+# pipe) no longer delays the exit report.
+OUTPUT_GRACE = 2.0
+RUNTIME_TIMEOUT = 60.0
+# An attached client this far behind is dropped rather than let the shim grow without bound.
+MAX_CLIENT_BACKLOG = 8 * 1024 * 1024
+# Output of an exec nobody has attached to yet, kept for its first attacher.
+MAX_PENDING = 1024 * 1024
+
+
+class ShimError(Exception):
+    """Carries an error kind of services.common.errors (by value) across the socket."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+class Proc:
+    """The container's init (exec_id "") or one exec'd process."""
+
+    __slots__ = (
+        "exec_id", "pid", "status", "terminal", "stdin_once", "stdin_fd", "stdin_buf", "stdin_closing",
+        "outputs", "master", "log", "attachers", "waiters", "pending", "exit", "exited_at_mono",
+        "finalized", "process", "started_at",
+    )
+
+    def __init__(self, exec_id: str, terminal: bool, stdin_once: bool) -> None:
+        self.exec_id = exec_id
+        self.pid = 0
+        self.status = ProcStatus.CREATED
+        self.terminal = terminal
+        self.stdin_once = stdin_once
+        self.stdin_fd = -1
+        self.stdin_buf = bytearray()
+        self.stdin_closing = False
+        self.outputs: dict[int, str] = {}  # read fd → stream name
+        self.master = -1
+        self.log: JsonFileLog | None = None
+        self.attachers: list[Conn] = []
+        self.waiters: list[Conn] = []
+        self.pending: bytearray | None = None if exec_id == "" else bytearray()
+        self.exit: dict[str, Any] | None = None
+        self.exited_at_mono = 0.0
+        self.finalized = False
+        self.process: dict[str, Any] | None = None
+        self.started_at = ""
+
+
+class Conn:
+    __slots__ = ("sock", "rbuf", "wbuf", "attached", "streams", "stdin", "closing")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.rbuf = bytearray()
+        self.wbuf = bytearray()
+        self.attached: Proc | None = None
+        self.streams: tuple[bool, bool] = (True, True)
+        self.stdin = False
+        self.closing = False
+
+
+class Shim:
+    def __init__(self, state_dir: str, boot: dict[str, Any]) -> None:
+        self.dir = state_dir
+        self.boot = boot
+        self.id: str = boot["id"]
+        self.runtime: list[str] = list(boot["runtime"]) + ["--root", boot["runtime_root"]]
+        self.sel = selectors.DefaultSelector()
+        self.procs: dict[str, Proc] = {}
+        self.reaped: dict[int, int] = {}
+        self.conns: dict[int, Conn] = {}
+        self.memory_cgroup = ""
+        self.deleted = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        # A Python handler is needed for the wakeup fd to fire; reaping happens in the loop.
+        signal.signal(signal.SIGCHLD, lambda _s, _f: None)
+        signal.signal(signal.SIGTERM, lambda _s, _f: None)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.unlink(boot["socket"])
+        except FileNotFoundError:
+            pass
+        self.listener.bind(boot["socket"])
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, ("listen", None))
+
+    # ---- runtime commands -------------------------------------------------------------------
+
+    def run_runtime(self, args: list[str], stdio: tuple[int, int, int] | None = None,
+                    timeout: float = RUNTIME_TIMEOUT) -> tuple[int, str]:
+        """Runs ``<runtime> --root R args...``; returns (exit code, stderr). Reaps while waiting."""
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        fds = stdio or (null, null, err_w)
+        actions = [(os.POSIX_SPAWN_DUP2, fds[0], 0), (os.POSIX_SPAWN_DUP2, fds[1], 1),
+                   (os.POSIX_SPAWN_DUP2, err_w if stdio is None else fds[2], 2)]
+        argv = self.runtime + args
+        try:
+            pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions,
+                                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM))
+        except OSError as exc:
+            os.close(err_r)
+            os.close(err_w)
+            os.close(null)
+            raise ShimError("failed_precondition", f"run runtime `{argv[0]}`: {exc.strerror}") from exc
+        os.close(err_w)
+        os.close(null)
+        deadline = time.monotonic() + timeout
+        chunks: list[bytes] = []
+        err_open = True
+        while True:
+            self.reap()
+            if pid in self.reaped:
+                status = self.reaped.pop(pid)
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+                continue
+            watch = [self.wake_r] + ([err_r] if err_open else [])
+            ready = select.select(watch, [], [], min(left, 1.0))[0]
+            if self.wake_r in ready:
+                self._drain_wakeup()
+            if err_open and err_r in ready:
+                data = os.read(err_r, READ_CHUNK)
+                if data:
+                    chunks.append(data)
+                else:
+                    err_open = False
+        if err_open:
+            os.set_blocking(err_r, False)
+            try:
+                while data := os.read(err_r, READ_CHUNK):
+                    chunks.append(data)
+            except BlockingIOError:
+                pass
+        os.close(err_r)
+        return os.waitstatus_to_exitcode(status), runtime_message(b"".join(chunks))
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.reaped[pid] = status
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ---- stdio ------------------------------------------------------------------------------
+
+    def _console_socket(self, name: str) -> tuple[socket.socket, str]:
+        path = os.path.join(self.dir, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(path)
+        sock.listen(1)
+        return sock, path
+
+    def _receive_master(self, sock: socket.socket, path: str) -> int:
+        """The runtime sent the pty master over the console socket (SCM_RIGHTS) while it ran."""
+        sock.settimeout(5)
+        try:
+            conn, _ = sock.accept()
+            with conn:
+                _msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 1)
+        except OSError as exc:
+            raise ShimError("internal", f"receive console from runtime: {exc}") from exc
+        finally:
+            sock.close()
+            os.unlink(path)
+        if not fds:
+            raise ShimError("internal", "runtime sent no console file descriptor")
+        os.set_inheritable(fds[0], False)
+        return fds[0]
+
+    def _make_pipes(self, proc: Proc, want_stdin: bool) -> tuple[int, int, int]:
+        """Pipes for a non-terminal process; returns the ends the child gets."""
+        if want_stdin:
+            child_in, proc.stdin_fd = os.pipe2(os.O_CLOEXEC)
+        else:
+            child_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        proc.outputs = {out_r: "stdout", err_r: "stderr"}
+        return child_in, out_w, err_w
+
+    def _watch_outputs(self, proc: Proc) -> None:
+        for fd in proc.outputs:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, ("out", proc))
+        if proc.stdin_fd >= 0:
+            os.set_blocking(proc.stdin_fd, False)
+
+    def _launch(self, proc: Proc, args: list[str], want_stdin: bool) -> None:
+        """Runs a runtime ``create`` or ``exec`` with the process's stdio wired up."""
+        pid_file = os.path.join(self.dir, f"{proc.exec_id or 'init'}.pid")
+        extra = ["--pid-file", pid_file]
+        console: tuple[socket.socket, str] | None = None
+        child: tuple[int, int, int]
+        if proc.terminal:
+            console = self._console_socket("c.sock")
+            extra += ["--console-socket", console[1]]
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            child = (null, null, null)
+        else:
+            child = self._make_pipes(proc, want_stdin)
+        argv = args[:1] + extra + args[1:]
+        try:
+            code, message = self.run_runtime(argv, stdio=child)
+        finally:
+            for fd in set(child):
+                os.close(fd)
+        if code != 0:
+            if console:
+                console[0].close()
+                os.unlink(console[1])
+            self._close_stdio(proc)
+            raise ShimError(classify(message), message or f"runtime {args[0]} exited with {code}")
+        if console:
+            proc.master = self._receive_master(*console)
+            proc.outputs = {proc.master: "stdout"}
+            if want_stdin:
+                proc.stdin_fd = os.dup(proc.master)
+                os.set_inheritable(proc.stdin_fd, False)
+        with open(pid_file) as f:
+            proc.pid = int(f.read().strip())
+        self._watch_outputs(proc)
+
+    def _close_stdio(self, proc: Proc) -> None:
+        for fd in list(proc.outputs):
+            self._close_output(proc, fd)
+        if proc.stdin_fd >= 0:
+            os.close(proc.stdin_fd)
+            proc.stdin_fd = -1
+
+    def _close_output(self, proc: Proc, fd: int) -> None:
+        stream = proc.outputs.pop(fd, None)
+        if stream is None:
+            return
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        os.close(fd)
+        if proc.log:
+            proc.log.flush(stream)
+
+    def _on_output(self, proc: Proc, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            # EIO on a pty master: every slave end is closed.
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if not data:
+            self._close_output(proc, fd)
+            self._maybe_finalize(proc)
+            return
+        stream = proc.outputs[fd]
+        if proc.log:
+            proc.log.write(stream, data)
+        if proc.attachers:
+            frame = encode(FrameKind.STDOUT if stream == "stdout" else FrameKind.STDERR, data)
+            for conn in list(proc.attachers):
+                if conn.streams[0 if stream == "stdout" else 1]:
+                    self._send(conn, frame)
+        elif proc.pending is not None and len(proc.pending) < MAX_PENDING:
+            proc.pending += encode(FrameKind.STDOUT if stream == "stdout" else FrameKind.STDERR, data)
+
+    def _write_stdin(self, proc: Proc, data: bytes) -> None:
+        if proc.stdin_fd < 0 or proc.stdin_closing:
+            return
+        proc.stdin_buf += data
+        self._flush_stdin(proc)
+
+    def _flush_stdin(self, proc: Proc) -> None:
+        while proc.stdin_buf and proc.stdin_fd >= 0:
+            try:
+                n = os.write(proc.stdin_fd, proc.stdin_buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                # The reader is gone (EPIPE): nothing more can be delivered.
+                proc.stdin_buf.clear()
+                break
+            del proc.stdin_buf[:n]
+        if proc.stdin_fd < 0:
+            return
+        key = self._key(proc.stdin_fd)
+        if proc.stdin_buf and key is None:
+            self.sel.register(proc.stdin_fd, selectors.EVENT_WRITE, ("stdin", proc))
+        elif not proc.stdin_buf:
+            if key is not None:
+                self.sel.unregister(proc.stdin_fd)
+            if proc.stdin_closing:
+                self._really_close_stdin(proc)
+
+    def _close_stdin(self, proc: Proc) -> None:
+        if proc.stdin_fd < 0 or proc.stdin_closing:
+            return
+        proc.stdin_closing = True
+        self._flush_stdin(proc)
+
+    def _really_close_stdin(self, proc: Proc) -> None:
+        if proc.master >= 0:
+            # A terminal has no half-close: end-of-file is the line discipline's ^D.
+            try:
+                os.write(proc.stdin_fd, b"\x04")
+            except OSError:
+                pass
+        os.close(proc.stdin_fd)
+        proc.stdin_fd = -1
+
+    def _key(self, fd: int) -> selectors.SelectorKey | None:
+        try:
+            return self.sel.get_key(fd)
+        except KeyError:
+            return None
+
+    # ---- exits ------------------------------------------------------------------------------
+
+    def process_exits(self) -> None:
+        if not self.reaped:
+            return
+        by_pid = {p.pid: p for p in self.procs.values() if p.pid and p.exit is None}
+        for pid, status in list(self.reaped.items()):
+            del self.reaped[pid]
+            proc = by_pid.get(pid)
+            if proc is not None:
+                self._on_exit(proc, status)
+
+    def _on_exit(self, proc: Proc, status: int) -> None:
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        code = 128 + sig if sig else os.WEXITSTATUS(status)
+        oom = proc.exec_id == "" and sig == signal.SIGKILL and self._oom_killed()
+        proc.exit = {"exit_code": code, "signal": sig, "oom_killed": oom, "exited_at": rfc3339_nano()}
+        proc.status = ProcStatus.STOPPED
+        proc.exited_at_mono = time.monotonic()
+        if proc.exec_id == "":
+            # Recorded before anyone is told: a highlevel runtime that comes back reads it here.
+            self.save_state()
+        self._maybe_finalize(proc)
+
+    def _oom_killed(self) -> bool:
+        if not self.memory_cgroup:
+            return False
+        for name in ("memory.oom_control", "memory.events"):
+            try:
+                with open(os.path.join(self.memory_cgroup, name)) as f:
+                    for line in f:
+                        key, _, value = line.partition(" ")
+                        if key == "oom_kill" and int(value) > 0:
+                            return True
+            except OSError:
+                continue
+        return False
+
+    def _find_memory_cgroup(self, pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return ""
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                return "/sys/fs/cgroup/memory" + path
+        for line in lines:
+            if line.startswith("0::"):
+                base = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"
+                return base + line[3:]
+        return ""
+
+    def _maybe_finalize(self, proc: Proc, force: bool = False) -> None:
+        if proc.finalized or proc.exit is None:
+            return
+        if proc.outputs and not force:
+            return
+        proc.finalized = True
+        for fd in list(proc.outputs):
+            self._close_output(proc, fd)
+        if proc.stdin_fd >= 0:
+            if self._key(proc.stdin_fd):
+                self.sel.unregister(proc.stdin_fd)
+            os.close(proc.stdin_fd)
+            proc.stdin_fd = -1
+        for conn in proc.attachers:
+            self._send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
+            conn.closing = True
+        proc.attachers.clear()
+        for conn in proc.waiters:
+            self._reply(conn, self._proc_state(proc))
+        proc.waiters.clear()
+
+    def _check_grace(self) -> float | None:
+        """Finalizes processes whose output outlived them too long; returns the next timeout."""
+        now = time.monotonic()
+        soonest: float | None = None
+        for proc in self.procs.values():
+            if proc.exit is not None and not proc.finalized:
+                left = proc.exited_at_mono + OUTPUT_GRACE - now
+                if left <= 0:
+                    self._maybe_finalize(proc, force=True)
+                else:
+                    soonest = left if soonest is None else min(soonest, left)
+        return soonest
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def _proc_state(self, proc: Proc) -> dict[str, Any]:
+        return {
+            "id": self.id, "exec_id": proc.exec_id, "pid": proc.pid, "status": proc.status.value,
+            "terminal": proc.terminal, "exit": proc.exit if proc.finalized else None,
+            "started_at": proc.started_at, "shim_pid": os.getpid(),
+        }
+
+    def save_state(self) -> None:
+        init = self.procs[""]
+        record = {"id": self.id, "pid": init.pid, "status": init.status.value, "exit": init.exit,
+                  "started_at": init.started_at}
+        atomic_write(os.path.join(self.dir, "status.json"), json.dumps(record).encode())
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def create(self) -> int:
+        boot = self.boot
+        init = Proc("", bool(boot.get("terminal")), bool(boot.get("stdin_once")))
+        if boot.get("log_path"):
+            init.log = JsonFileLog(boot["log_path"], int(boot.get("log_max_size") or 0),
+                                   int(boot.get("log_max_file") or 1))
+        self.procs[""] = init
+        self._launch(init, ["create", "--bundle", boot["bundle"], self.id], bool(boot.get("stdin")))
+        self.memory_cgroup = self._find_memory_cgroup(init.pid)
+        self.save_state()
+        return init.pid
+
+    def _get(self, exec_id: str) -> Proc:
+        proc = self.procs.get(exec_id)
+        if proc is None:
+            raise ShimError("not_found", f"process `{exec_id}` of container {self.id}: not found")
+        return proc
+
+    def op_start(self, req: dict[str, Any]) -> dict[str, Any]:
+        proc = self._get(req.get("exec_id", ""))
+        if proc.status != ProcStatus.CREATED:
+            raise ShimError("failed_precondition", f"{describe(proc, self.id)} is {proc.status.value}, not created")
+        if proc.exec_id == "":
+            code, message = self.run_runtime(["start", self.id])
+            if code != 0:
+                raise ShimError(classify(message), message or f"runtime start exited with {code}")
+        else:
+            init = self.procs[""]
+            if init.status not in (ProcStatus.RUNNING, ProcStatus.PAUSED):
+                raise ShimError("failed_precondition", f"container {self.id} is not running")
+            process_file = os.path.join(self.dir, f"{proc.exec_id}.json")
+            atomic_write(process_file, json.dumps(proc.process).encode())
+            want_stdin = proc.stdin_fd == -2
+            proc.stdin_fd = -1
+            self._launch(proc, ["exec", "--process", process_file, "--detach", self.id], want_stdin)
+        proc.started_at = rfc3339_nano()
+        if proc.exit is None:
+            proc.status = ProcStatus.RUNNING
+        if proc.exec_id == "":
+            self.save_state()
+        return self._proc_state(proc)
+
+    def op_exec(self, req: dict[str, Any]) -> dict[str, Any]:
+        exec_id = req.get("exec_id") or ""
+        if not exec_id:
+            raise ShimError("invalid_argument", "exec needs an exec id")
+        if exec_id in self.procs:
+            raise ShimError("already_exists", f"exec `{exec_id}` of container {self.id} already exists")
+        init = self.procs[""]
+        if init.status not in (ProcStatus.RUNNING, ProcStatus.PAUSED):
+            raise ShimError("failed_precondition", f"container {self.id} is not running")
+        process = req.get("process")
+        if not isinstance(process, dict) or not process.get("args"):
+            raise ShimError("invalid_argument", "exec needs a process spec with args")
+        proc = Proc(exec_id, bool(req.get("terminal")), bool(req.get("stdin_once")))
+        process["terminal"] = proc.terminal
+        proc.process = process
+        # -2 marks "stdin wanted" until start creates the real pipe.
+        proc.stdin_fd = -2 if req.get("stdin") else -1
+        self.procs[exec_id] = proc
+        return self._proc_state(proc)
+
+    def op_kill(self, req: dict[str, Any]) -> dict[str, Any]:
+        proc = self._get(req.get("exec_id", ""))
+        sig = int(req.get("signal") or signal.SIGTERM)
+        if proc.exit is not None or proc.pid == 0:
+            raise ShimError("failed_precondition", f"{describe(proc, self.id)} is not running")
+        if proc.exec_id == "":
+            args = ["kill"] + (["--all"] if req.get("all") else []) + [self.id, str(sig)]
+            code, message = self.run_runtime(args)
+            if code != 0:
+                self.reap()
+                self.process_exits()
+                if proc.exit is not None:
+                    raise ShimError("failed_precondition", f"{describe(proc, self.id)} is not running")
+                raise ShimError(classify(message), message or f"runtime kill exited with {code}")
+        else:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError as exc:
+                raise ShimError("failed_precondition", f"{describe(proc, self.id)} is not running") from exc
+        return {}
+
+    def op_pause(self, pause: bool) -> dict[str, Any]:
+        init = self.procs[""]
+        want, new = (ProcStatus.RUNNING, ProcStatus.PAUSED) if pause else (ProcStatus.PAUSED, ProcStatus.RUNNING)
+        if init.status != want:
+            raise ShimError("failed_precondition", f"container {self.id} is {init.status.value}, not {want.value}")
+        code, message = self.run_runtime(["pause" if pause else "resume", self.id])
+        if code != 0:
+            raise ShimError(classify(message), message or f"runtime pause exited with {code}")
+        init.status = new
+        self.save_state()
+        return self._proc_state(init)
+
+    def op_resize(self, req: dict[str, Any]) -> dict[str, Any]:
+        import fcntl
+        import struct
+        import termios
+
+        proc = self._get(req.get("exec_id", ""))
+        if proc.master < 0:
+            raise ShimError("failed_precondition", f"{describe(proc, self.id)} has no terminal")
+        size = struct.pack("HHHH", int(req.get("height", 0)), int(req.get("width", 0)), 0, 0)
+        fcntl.ioctl(proc.master, termios.TIOCSWINSZ, size)
+        return {}
+
+    def op_delete(self, req: dict[str, Any]) -> dict[str, Any]:
+        exec_id = req.get("exec_id", "")
+        proc = self._get(exec_id)
+        if exec_id:
+            if proc.status in (ProcStatus.RUNNING, ProcStatus.PAUSED) and proc.exit is None:
+                raise ShimError("failed_precondition", f"{describe(proc, self.id)} is running")
+            self._close_stdio(proc)
+            del self.procs[exec_id]
+            return self._proc_state(proc)
+        if proc.exit is None and proc.status != ProcStatus.CREATED and not req.get("force"):
+            raise ShimError("failed_precondition", f"container {self.id} is {proc.status.value}: stop it first")
+        force = proc.exit is None
+        code, message = self.run_runtime(["delete"] + (["--force"] if force else []) + [self.id])
+        if code != 0 and "does not exist" not in message and "not exist" not in message:
+            raise ShimError(classify(message), message or f"runtime delete exited with {code}")
+        if proc.exit is None and proc.pid:
+            self._wait_exit(proc)
+        self.deleted = True
+        return self._proc_state(proc)
+
+    def _wait_exit(self, proc: Proc) -> None:
+        """After a forced delete: collect the killed init so its status is recorded."""
+        deadline = time.monotonic() + 5
+        while proc.exit is None and time.monotonic() < deadline:
+            self.reap()
+            self.process_exits()
+            if proc.exit is None:
+                select.select([self.wake_r], [], [], 0.05)
+                self._drain_wakeup()
+        self._maybe_finalize(proc, force=True)
+
+    # ---- connections ------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        conn = Conn(sock)
+        self.conns[sock.fileno()] = conn
+        self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+
+    def _on_conn(self, conn: Conn, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._flush_conn(conn)
+        if not events & selectors.EVENT_READ:
+            return
+        try:
+            data = conn.sock.recv(READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        conn.rbuf += data
+        try:
+            frames = decode_frames(conn.rbuf)
+        except ValueError:
+            self._drop(conn)
+            return
+        for kind, payload in frames:
+            self._on_frame(conn, kind, payload)
+            if self.deleted:
+                return
+
+    def _on_frame(self, conn: Conn, kind: int, payload: bytes) -> None:
+        if kind == FrameKind.STDIN and conn.attached is not None:
+            self._write_stdin(conn.attached, payload)
+            return
+        if kind == FrameKind.STDIN_CLOSE and conn.attached is not None:
+            self._close_stdin(conn.attached)
+            return
+        if kind != FrameKind.JSON:
+            return
+        try:
+            req = json.loads(payload)
+            op = Op(req.get("op"))
+        except (ValueError, AttributeError):
+            self._reply(conn, {"error": {"kind": "invalid_argument", "message": "bad shim request"}})
+            return
+        try:
+            reply = self._dispatch(conn, op, req)
+        except ShimError as exc:
+            reply = {"error": {"kind": exc.kind, "message": exc.message}}
+        except OSError as exc:
+            reply = {"error": {"kind": "internal", "message": f"{op.value}: {exc}"}}
+        if reply is not None:
+            self._reply(conn, reply)
+        if self.deleted:
+            self._finish(conn)
+
+    def _dispatch(self, conn: Conn, op: Op, req: dict[str, Any]) -> dict[str, Any] | None:
+        exec_id = req.get("exec_id", "")
+        if op is Op.STATE:
+            return self._proc_state(self._get(exec_id))
+        if op is Op.START:
+            return self.op_start(req)
+        if op is Op.WAIT:
+            proc = self._get(exec_id)
+            if proc.finalized:
+                return self._proc_state(proc)
+            proc.waiters.append(conn)
+            return None
+        if op is Op.KILL:
+            return self.op_kill(req)
+        if op is Op.RESIZE:
+            return self.op_resize(req)
+        if op is Op.ATTACH:
+            return self._attach(conn, self._get(exec_id), req)
+        if op is Op.EXEC:
+            return self.op_exec(req)
+        if op is Op.CLOSE_STDIN:
+            self._close_stdin(self._get(exec_id))
+            return {}
+        if op is Op.PAUSE or op is Op.RESUME:
+            return self.op_pause(op is Op.PAUSE)
+        if op is Op.DELETE:
+            return self.op_delete(req)
+        if op is Op.SHUTDOWN:
+            return self.op_delete({"force": True})
+        raise ShimError("invalid_argument", f"unknown op {op}")
+
+    def _attach(self, conn: Conn, proc: Proc, req: dict[str, Any]) -> dict[str, Any]:
+        conn.attached = proc
+        conn.streams = (bool(req.get("stdout", True)), bool(req.get("stderr", True)))
+        conn.stdin = bool(req.get("stdin"))
+        self._reply(conn, self._proc_state(proc))
+        if proc.finalized:
+            self._send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
+            conn.closing = True
+            return None  # type: ignore[return-value]
+        if proc.pending:
+            self._send(conn, bytes(proc.pending))
+            proc.pending = None
+        proc.attachers.append(conn)
+        return None  # type: ignore[return-value]
+
+    def _reply(self, conn: Conn, message: dict[str, Any]) -> None:
+        self._send(conn, encode_json(message))
+
+    def _send(self, conn: Conn, frame: bytes) -> None:
+        if len(conn.wbuf) > MAX_CLIENT_BACKLOG:
+            self._drop(conn)
+            return
+        conn.wbuf += frame
+        self._flush_conn(conn)
+
+    def _flush_conn(self, conn: Conn) -> None:
+        fd = conn.sock.fileno()
+        if fd < 0:
+            return
+        try:
+            while conn.wbuf:
+                n = conn.sock.send(conn.wbuf)
+                del conn.wbuf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._drop(conn)
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.wbuf else 0)
+        if not conn.wbuf and conn.closing:
+            self._drop(conn)
+            return
+        if self.sel.get_key(fd).events != want:
+            self.sel.modify(fd, want, ("conn", conn))
+
+    def _drop(self, conn: Conn) -> None:
+        fd = conn.sock.fileno()
+        if fd < 0:
+            return
+        self.sel.unregister(fd)
+        self.conns.pop(fd, None)
+        conn.sock.close()
+        proc = conn.attached
+        if proc is not None and conn in proc.attachers:
+            proc.attachers.remove(conn)
+            if conn.stdin and proc.stdin_once:
+                self._close_stdin(proc)
+        for p in self.procs.values():
+            if conn in p.waiters:
+                p.waiters.remove(conn)
+
+    def _finish(self, conn: Conn) -> None:
+        """After delete: the answer goes out, then the shim removes its traces and exits."""
+        conn.sock.setblocking(True)
+        try:
+            conn.sock.sendall(conn.wbuf)
+        except OSError:
+            pass
+        for proc in self.procs.values():
+            self._close_stdio(proc)
+            if proc.log:
+                proc.log.close()
+        self.listener.close()
+        for name in os.listdir(self.dir):
+            try:
+                os.unlink(os.path.join(self.dir, name))
+            except OSError:
+                pass
+        try:
+            os.unlink(self.boot["socket"])
+        except OSError:
+            pass
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            pass
+        os._exit(0)
+
+    # ---- loop -------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        while True:
+            timeout = self._check_grace()
+            for key, events in self.sel.select(timeout):
+                kind, obj = key.data
+                if kind == "wake":
+                    self._drain_wakeup()
+                    self.reap()
+                elif kind == "out":
+                    if key.fd in obj.outputs:
+                        self._on_output(obj, key.fd)
+                elif kind == "stdin":
+                    self._flush_stdin(obj)
+                elif kind == "listen":
+                    self._accept()
+                elif kind == "conn":
+                    self._on_conn(obj, events)
+            self.process_exits()
+
+
+def describe(proc: Proc, container_id: str) -> str:
+    return f"exec `{proc.exec_id}` of container {container_id}" if proc.exec_id else f"container {container_id}"
+
+
+def runtime_message(stderr: bytes) -> str:
+    """The runtime's own words: runc/crun print plain text or JSON log lines ({"msg": ...})."""
+    lines: list[str] = []
+    for raw in stderr.decode("utf-8", "replace").splitlines():
+        raw = raw.strip()
+        if not raw:
+            continue
+        if raw.startswith("{"):
+            try:
+                entry = json.loads(raw)
+                raw = str(entry.get("msg") or entry.get("message") or raw)
+            except ValueError:
+                pass
+        lines.append(raw)
+    return "; ".join(lines[-3:])
+
+
+def classify(message: str) -> str:
+    """Which error kind a runtime failure is: a bundle it rejects is the caller's mistake."""
+    lowered = message.lower()
+    if "does not exist" in lowered or "not found" in lowered and "container" in lowered:
+        return "not_found"
+    if "already exists" in lowered:
+        return "already_exists"
+    if any(word in lowered for word in ("invalid", "config.json", "no such file", "executable file",
+                                         "not a directory", "permission denied", "exec format")):
+        return "invalid_argument"
+    return "failed_precondition"
