@@ -1,0 +1,370 @@
+"""A distribution v2 registry client over aiohttp: pull and push, token and basic auth, TLS.
+
+Every network wait is bounded (connect and read timeouts) and every retry loop is bounded; a
+broken blob download resumes with ``Range`` when the registry allows it, else restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import re
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin
+
+import aiohttp
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError, Unavailable
+from services.highlevel.content.store import BlobWriter, DigestMismatch
+from services.highlevel.images.manifest import ACCEPT, Descriptor, sha256_digest
+from services.highlevel.images.progress import ProgressEvent, ProgressFn, ProgressStatus, no_progress, short_id
+from services.highlevel.images.reference import DEFAULT_DOMAIN, Reference
+
+DOCKER_HUB_HOST = "registry-1.docker.io"
+MAX_MANIFEST_BYTES = 4 << 20
+_CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+_NETWORK_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    ca_file: Path | None = None
+    # None: https, and for a loopback host only, plain http when https does not answer (as Docker).
+    plain_http: bool | None = None
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    retries: int = 3
+    backoff: float = 0.2
+    concurrency: int = 3
+    chunk_size: int = 8 << 20
+    progress_step: int = 512 << 10
+
+
+class RegistryError(Unavailable):
+    pass
+
+
+class AuthError(FailedPrecondition):
+    pass
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class _HostState:
+    base: str | None = None
+    basic: str | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
+
+
+class RegistryClient:
+    def __init__(self, options: RegistryOptions | None = None,
+                 credentials: dict[str, Credentials] | None = None) -> None:
+        self.options = options or RegistryOptions()
+        self.credentials = credentials or {}
+        self._session: aiohttp.ClientSession | None = None
+        self._hosts: dict[str, _HostState] = {}
+
+    async def __aenter__(self) -> RegistryClient:
+        ctx: ssl.SSLContext | bool = True
+        if self.options.ca_file is not None:
+            ctx = ssl.create_default_context(cafile=str(self.options.ca_file))
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.options.connect_timeout, sock_connect=self.options.connect_timeout,
+            sock_read=self.options.read_timeout,
+        )
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(ssl=ctx, limit=16), auto_decompress=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("RegistryClient used outside `async with`")
+        return self._session
+
+    # -- endpoints and auth -------------------------------------------------------------------
+    @staticmethod
+    def host_of(ref: Reference) -> str:
+        return DOCKER_HUB_HOST if ref.domain == DEFAULT_DOMAIN else ref.domain
+
+    async def _base(self, host: str) -> str:
+        state = self._hosts.setdefault(host, _HostState())
+        if state.base is not None:
+            return state.base
+        plain = self.options.plain_http
+        if plain is None and _is_loopback(host):
+            # Try TLS first; a loopback registry without it is still reachable (Docker does this).
+            try:
+                async with self.session.get(f"https://{host}/v2/", allow_redirects=False) as resp:
+                    await resp.read()
+                plain = False
+            except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError, aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError):
+                plain = True
+            except TimeoutError:
+                raise RegistryError(f"registry {host} did not answer within the timeout") from None
+        state.base = f"{'http' if plain else 'https'}://{host}"
+        return state.base
+
+    def _creds(self, host: str) -> Credentials | None:
+        return self.credentials.get(host) or (
+            self.credentials.get(DEFAULT_DOMAIN) if host == DOCKER_HUB_HOST else None)
+
+    async def _authenticate(self, host: str, challenge: str, scopes: list[str]) -> None:
+        state = self._hosts[host]
+        scheme, _, params_text = challenge.partition(" ")
+        params = dict(_CHALLENGE_RE.findall(params_text))
+        creds = self._creds(host)
+        if scheme.lower() == "basic":
+            if creds is None or not creds.username:
+                raise AuthError(f"registry {host} wants credentials: no basic auth configured (docker login)")
+            state.basic = "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            return
+        if scheme.lower() != "bearer" or "realm" not in params:
+            raise AuthError(f"registry {host}: unsupported authentication challenge `{challenge}`")
+        query: list[tuple[str, str]] = []
+        if "service" in params:
+            query.append(("service", params["service"]))
+        query += [("scope", s) for s in scopes]
+        headers = {}
+        if creds is not None and creds.username:
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                f"{creds.username}:{creds.password}".encode()).decode()
+        url = params["realm"] + ("?" + urlencode(query) if query else "")
+        try:
+            async with self.session.get(url, headers=headers) as resp:
+                body = await resp.read()
+                if resp.status in (401, 403):
+                    raise AuthError(f"registry {host}: authentication refused by {params['realm']}")
+                if resp.status != 200:
+                    raise RegistryError(f"registry {host}: token endpoint answered {resp.status}")
+        except _NETWORK_ERRORS as exc:
+            raise RegistryError(f"registry {host}: token endpoint unreachable: {exc!r}") from None
+        doc = json.loads(body)
+        token = doc.get("token") or doc.get("access_token")
+        if not token:
+            raise AuthError(f"registry {host}: token endpoint gave no token")
+        state.tokens[" ".join(scopes)] = f"Bearer {token}"
+
+    def _auth_header(self, host: str, scopes: list[str]) -> dict[str, str]:
+        state = self._hosts[host]
+        token = state.tokens.get(" ".join(scopes)) or state.basic
+        return {"Authorization": token} if token else {}
+
+    async def _request(
+        self, method: str, host: str, path_or_url: str, scopes: list[str], *,
+        headers: dict[str, str] | None = None, data: Any = None, ok: tuple[int, ...] = (200,),
+    ) -> aiohttp.ClientResponse:
+        """One request with auth; the caller reads (and releases) the response."""
+        base = await self._base(host)
+        url = path_or_url if path_or_url.startswith("http") else base + path_or_url
+        for attempt in range(2):
+            all_headers = {**(headers or {}), **self._auth_header(host, scopes)}
+            resp = await self.session.request(method, url, headers=all_headers, data=data)
+            if resp.status == 401 and attempt == 0 and "WWW-Authenticate" in resp.headers:
+                challenge = resp.headers["WWW-Authenticate"]
+                resp.release()
+                await self._authenticate(host, challenge, scopes)
+                continue
+            if resp.status in ok:
+                return resp
+            body = (await resp.read())[:400].decode(errors="replace")
+            resp.release()
+            raise _status_error(resp.status, f"{method} {url}", body)
+        raise AuthError(f"registry {host}: unauthorized for {' '.join(scopes)}")
+
+    async def _retrying(self, what: str, host: str, fn: Any) -> Any:
+        """Bounded retries of an idempotent request on network errors and timeouts."""
+        for attempt in range(self.options.retries + 1):
+            try:
+                return await fn()
+            except _NETWORK_ERRORS as exc:
+                if attempt >= self.options.retries:
+                    raise RegistryError(
+                        f"{what} from {host}: {_describe(exc)} (gave up after {attempt + 1} attempts)"
+                    ) from None
+                await asyncio.sleep(self.options.backoff * (2 ** attempt))
+        raise AssertionError("unreachable")
+
+    # -- pull ---------------------------------------------------------------------------------
+    async def get_manifest(self, ref: Reference, obj: str | None = None) -> tuple[bytes, str, str]:
+        """(raw bytes, media type header, digest); the bytes are checked against every digest claimed."""
+        host = self.host_of(ref)
+        scopes = [f"repository:{ref.path}:pull"]
+        target = obj or ref.object
+
+        async def once() -> tuple[bytes, str, str]:
+            resp = await self._request("GET", host, f"/v2/{ref.path}/manifests/{target}", scopes,
+                                       headers={"Accept": ACCEPT})
+            async with resp:
+                if (resp.content_length or 0) > MAX_MANIFEST_BYTES:
+                    raise InvalidArgument(f"manifest of {ref} is larger than {MAX_MANIFEST_BYTES} bytes")
+                raw = await resp.content.read(MAX_MANIFEST_BYTES + 1)
+                if len(raw) > MAX_MANIFEST_BYTES:
+                    raise InvalidArgument(f"manifest of {ref} is larger than {MAX_MANIFEST_BYTES} bytes")
+                return raw, resp.headers.get("Content-Type", ""), resp.headers.get("Docker-Content-Digest", "")
+
+        raw, ctype, claimed = await self._retrying(f"manifest {ref}", host, once)
+        digest = sha256_digest(raw)
+        if target.startswith("sha256:") and digest != target:
+            raise DigestMismatch(f"manifest of {ref}: asked for {target}, content hashes to {digest}")
+        if claimed and claimed != digest:
+            raise DigestMismatch(f"manifest of {ref}: registry claims {claimed}, content hashes to {digest}")
+        return raw, ctype, digest
+
+    async def fetch_blob(self, ref: Reference, desc: Descriptor, writer: BlobWriter,
+                         progress: ProgressFn = no_progress) -> None:
+        """Stream a blob into ``writer``, resuming with Range after a broken connection."""
+        host = self.host_of(ref)
+        scopes = [f"repository:{ref.path}:pull"]
+        lid = short_id(desc.digest)
+        step = self.options.progress_step
+        for attempt in range(self.options.retries + 1):
+            headers = {"Range": f"bytes={writer.offset}-"} if writer.offset else {}
+            try:
+                resp = await self._request("GET", host, f"/v2/{ref.path}/blobs/{desc.digest}", scopes,
+                                           headers=headers, ok=(200, 206))
+                async with resp:
+                    if resp.status == 200 and writer.offset:
+                        await asyncio.to_thread(writer.reset)
+                    last = writer.offset
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        await asyncio.to_thread(writer.write, chunk)
+                        if writer.offset - last >= step:
+                            last = writer.offset
+                            progress(ProgressEvent(lid, ProgressStatus.DOWNLOADING, writer.offset, desc.size))
+                return
+            except _NETWORK_ERRORS as exc:
+                if attempt >= self.options.retries:
+                    raise RegistryError(
+                        f"blob {desc.digest} from {host}: {_describe(exc)} "
+                        f"(gave up after {attempt + 1} attempts, {writer.offset}/{desc.size} bytes)"
+                    ) from None
+                progress(ProgressEvent(lid, ProgressStatus.RETRYING, writer.offset, desc.size,
+                                       f"{_describe(exc)}; attempt {attempt + 2}"))
+                await asyncio.sleep(self.options.backoff * (2 ** attempt))
+
+    # -- push ---------------------------------------------------------------------------------
+    async def blob_exists(self, ref: Reference, digest: str) -> bool:
+        host = self.host_of(ref)
+        scopes = [f"repository:{ref.path}:pull,push"]
+
+        async def once() -> bool:
+            try:
+                resp = await self._request("HEAD", host, f"/v2/{ref.path}/blobs/{digest}", scopes)
+            except NotFound:
+                return False
+            resp.release()
+            return True
+
+        return bool(await self._retrying(f"blob {digest}", host, once))
+
+    async def mount_blob(self, ref: Reference, digest: str, from_repo: str) -> str | None:
+        """Cross-repository mount; None if mounted, else the upload location the registry opened."""
+        host = self.host_of(ref)
+        scopes = [f"repository:{ref.path}:pull,push", f"repository:{from_repo}:pull"]
+        q = urlencode({"mount": digest, "from": from_repo})
+        resp = await self._request("POST", host, f"/v2/{ref.path}/blobs/uploads/?{q}", scopes, ok=(201, 202))
+        async with resp:
+            if resp.status == 201:
+                return None
+            return urljoin(str(resp.url), resp.headers["Location"])
+
+    async def upload_blob(self, ref: Reference, digest: str, path: Path, size: int,
+                          location: str | None = None, progress: ProgressFn = no_progress) -> None:
+        """Monolithic PUT for a small blob; chunked PATCHes then a closing PUT for a large one."""
+        host = self.host_of(ref)
+        scopes = [f"repository:{ref.path}:pull,push"]
+        lid = short_id(digest)
+        if location is None:
+            resp = await self._request("POST", host, f"/v2/{ref.path}/blobs/uploads/", scopes, ok=(202,))
+            async with resp:
+                location = urljoin(str(resp.url), resp.headers["Location"])
+        chunk = self.options.chunk_size
+        octet = {"Content-Type": "application/octet-stream"}
+        if size <= chunk:
+            data = await asyncio.to_thread(path.read_bytes)
+            resp = await self._request("PUT", host, _with_query(location, digest=digest), scopes,
+                                       headers={**octet, "Content-Length": str(size)}, data=data, ok=(201,))
+            resp.release()
+            progress(ProgressEvent(lid, ProgressStatus.PUSHING, size, size))
+            return
+        offset = 0
+        with open(path, "rb") as f:
+            while offset < size:
+                data = await asyncio.to_thread(f.read, chunk)
+                end = offset + len(data) - 1
+                resp = await self._request(
+                    "PATCH", host, location, scopes, data=data, ok=(202,),
+                    headers={**octet, "Content-Range": f"{offset}-{end}", "Content-Length": str(len(data))},
+                )
+                async with resp:
+                    location = urljoin(str(resp.url), resp.headers["Location"])
+                offset = end + 1
+                progress(ProgressEvent(lid, ProgressStatus.PUSHING, offset, size))
+        resp = await self._request("PUT", host, _with_query(location, digest=digest), scopes,
+                                   headers={"Content-Length": "0"}, ok=(201,))
+        resp.release()
+
+    async def put_manifest(self, ref: Reference, raw: bytes, media_type: str, tag: str) -> str:
+        host = self.host_of(ref)
+        scopes = [f"repository:{ref.path}:pull,push"]
+        resp = await self._request("PUT", host, f"/v2/{ref.path}/manifests/{tag}", scopes,
+                                   headers={"Content-Type": media_type}, data=raw, ok=(201, 200))
+        async with resp:
+            return resp.headers.get("Docker-Content-Digest") or sha256_digest(raw)
+
+    async def catalog(self, host: str) -> AsyncIterator[str]:  # pragma: no cover - convenience
+        resp = await self._request("GET", host, "/v2/_catalog", ["registry:catalog:*"])
+        async with resp:
+            for name in (await resp.json()).get("repositories", []):
+                yield name
+
+
+def _with_query(location: str, **params: str) -> str:
+    return location + ("&" if "?" in location else "?") + urlencode(params)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out waiting for the registry"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _status_error(status: int, what: str, body: str) -> SkiffError:
+    msg = f"{what}: HTTP {status}: {body.strip()}"
+    if status == 404:
+        return NotFound(msg)
+    if status in (401, 403):
+        return AuthError(msg)
+    if status in (400, 405, 413, 415):
+        return InvalidArgument(msg)
+    return RegistryError(msg)
