@@ -22,10 +22,9 @@ def resolve_runtime(name_or_path: str | None = None) -> list[str]:
     """
     chosen = name_or_path or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
     if chosen == DEFAULT_RUNTIME:
-        beside = Path(sys.executable).with_name(DEFAULT_RUNTIME)
-        if beside.exists():
-            return [str(beside)]
-        return [sys.executable, "-m", "services.lowlevel"]
+        # -I -S: no site, no user paths; __main__ puts the source folder on sys.path itself.
+        main = Path(__file__).resolve().parents[1] / "lowlevel" / "__main__.py"
+        return [sys.executable, "-I", "-S", str(main)]
     if os.sep in chosen:
         return [chosen]
     found = shutil.which(chosen)

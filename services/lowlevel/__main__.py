@@ -1,8 +1,18 @@
-"""Entry point of skiff-lowlevel, an OCI runtime with runc's command line."""
+"""Entry point of skiff-lowlevel, an OCI runtime with runc's command line.
+
+The fast way to start it is ``python -I -S <this file>``: no ``site`` (about 5 ms a launch) and
+no console-script wrapper (pip's imports ``re``, about 13 ms). The folder holding ``services``
+is then put on ``sys.path`` by hand.
+"""
 
 import sys
 
-from services.lowlevel.cli import main
+if __name__ == "__main__" and __package__ in (None, ""):
+    _here = __file__.rsplit("/", 3)[0]
+    if _here not in sys.path:
+        sys.path.insert(0, _here)
+
+from services.lowlevel.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

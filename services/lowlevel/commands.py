@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.lowlevel import jsonio as json
 from services.lowlevel import state
 from services.lowlevel.cli import Parsed
 
-IdGetter = Callable[..., str]
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    IdGetter = Callable[..., str]
 
 
 def dispatch(p: Parsed, root: str, need_id: IdGetter) -> int:
@@ -151,7 +155,7 @@ def cmd_ps(p: Parsed, root: str, need_id: IdGetter) -> int:
 
     container_id = p.args[0] if p.args else need_id(p)
     st = state.load(root, container_id)
-    if state.current_status(root, st) is state.Status.STOPPED:
+    if state.current_status(root, st) == state.Status.STOPPED:
         pids: list[int] = []
     else:
         pids = sorted(cgroup_of(st).pids())
@@ -277,7 +281,7 @@ def cmd_update(p: Parsed, root: str, need_id: IdGetter) -> int:
 
     container_id = need_id(p)
     st = state.load(root, container_id)
-    if state.current_status(root, st) is state.Status.STOPPED:
+    if state.current_status(root, st) == state.Status.STOPPED:
         raise FailedPrecondition("container not running")
     resources = _update_resources(p)
     cgroup_of(st).set(resources)
@@ -291,7 +295,7 @@ def cmd_update(p: Parsed, root: str, need_id: IdGetter) -> int:
             current[section] = values
     path = os.path.join(state.container_dir(root, container_id), state.CONFIG_FILE)
     with open(path + ".tmp", "w") as f:
-        json.dump(spec, f)
+        f.write(json.dumps(spec))
     os.rename(path + ".tmp", path)
     return 0
 
@@ -313,7 +317,7 @@ def cmd_events(p: Parsed, root: str, need_id: IdGetter) -> int:
 
     container_id = need_id(p)
     st = state.load(root, container_id)
-    if state.current_status(root, st) is state.Status.STOPPED:
+    if state.current_status(root, st) == state.Status.STOPPED:
         raise FailedPrecondition("container not running")
     cgroup = cgroup_of(st)
     if p.flags.get("stats"):
@@ -352,8 +356,7 @@ def cmd_spec(p: Parsed, root: str, need_id: IdGetter) -> int:
     except FileExistsError:
         raise AlreadyExists(f"File {path} exists. Remove it first") from None
     with os.fdopen(fd, "w") as f:
-        json.dump(spec, f, indent=2)
-        f.write("\n")
+        f.write(json.dumps(spec, indent=2) + "\n")
     return 0
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import _socket as socket
 import array
 import fcntl
 import os
-import socket
 import struct
 import termios
-from typing import Any
 
 from services.common.errors import SyscallError
+
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
@@ -40,12 +45,14 @@ def open_pty() -> tuple[int, str]:
 
 def set_size(fd: int, size: dict[str, Any] | None) -> None:
     if size:
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", int(size.get("height", 0)),
-                                                         int(size.get("width", 0)), 0, 0))
+        fcntl.ioctl(
+            fd, termios.TIOCSWINSZ, struct.pack("HHHH", int(size.get("height", 0)), int(size.get("width", 0)), 0, 0)
+        )
 
 
 def send_master(sock: socket.socket, master: int, name: str) -> None:
-    socket.send_fds(sock, [name.encode()], [master])
+    """SCM_RIGHTS by hand: socket.send_fds lives in the ``socket`` module, which imports enum."""
+    sock.sendmsg([name.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [master]).tobytes())])
 
 
 def become_terminal_owner(slave_path: str) -> None:

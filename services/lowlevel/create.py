@@ -9,16 +9,12 @@ socket pair with the named messages of ``Sync``.
 
 from __future__ import annotations
 
-import enum
-import json
+import _socket as socket
 import os
-import socket
-import time
-from dataclasses import dataclass
-from typing import Any
 
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError
 from services.lowlevel import hooks, mounts, state
+from services.lowlevel import jsonio as json
 from services.lowlevel import syscalls as sc
 from services.lowlevel.cgroups import Cgroup, open_cgroup
 from services.lowlevel.process import (
@@ -31,12 +27,18 @@ from services.lowlevel.process import (
 )
 from services.lowlevel.spec import load_spec, rootfs_path
 
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
 READY_TIMEOUT = 60.0
 _ERROR_CLASSES: dict[str, type[SkiffError]] = {c.__name__: c for c in (InvalidArgument, FailedPrecondition)}
 
 
-class Sync(enum.Enum):
-    """Messages between parent, intermediate and init."""
+class Sync:
+    """Messages between parent, intermediate and init (string constants: no enum import cost)."""
 
     USERNS_CREATED = "userns-created"  # intermediate → parent: write my uid/gid maps
     USERNS_MAPPED = "userns-mapped"  # parent → intermediate
@@ -48,11 +50,11 @@ class Sync(enum.Enum):
     ERROR = "error"  # any → parent: the message explains
 
 
-def _send(sock: socket.socket, kind: Sync, payload: Any = None) -> None:
-    sock.send(json.dumps([kind.value, payload]).encode())
+def _send(sock: socket.socket, kind: str, payload: Any = None) -> None:
+    sock.send(json.dumps([kind, payload]).encode())
 
 
-def _recv(sock: socket.socket, timeout: float = READY_TIMEOUT) -> tuple[Sync, Any]:
+def _recv(sock: socket.socket, timeout: float = READY_TIMEOUT) -> tuple[str, Any]:
     sock.settimeout(timeout)
     try:
         raw = sock.recv(65536)
@@ -61,35 +63,48 @@ def _recv(sock: socket.socket, timeout: float = READY_TIMEOUT) -> tuple[Sync, An
     if not raw:
         raise Internal("container init exited before it was ready")
     kind, payload = json.loads(raw)
-    return Sync(kind), payload
+    return kind, payload
 
 
-def _expect(sock: socket.socket, wanted: Sync) -> Any:
+def _expect(sock: socket.socket, wanted: str) -> Any:
     kind, payload = _recv(sock)
-    if kind is Sync.ERROR:
+    if kind == Sync.ERROR:
         cls = _ERROR_CLASSES.get(payload.get("kind", ""), Internal)
         raise cls(payload["message"])
-    if kind is not wanted:
-        raise Internal(f"container init sent {kind.value}, expected {wanted.value}")
+    if kind != wanted:
+        raise Internal(f"container init sent {kind}, expected {wanted}")
     return payload
 
 
-@dataclass(slots=True)
 class CreateOptions:
-    root: str
-    container_id: str
-    bundle: str
-    pid_file: str | None = None
-    console_socket: str | None = None
-    no_pivot: bool = False
-    preserve_fds: int = 0
+    __slots__ = ("root", "container_id", "bundle", "pid_file", "console_socket", "no_pivot", "preserve_fds")
+
+    def __init__(
+        self,
+        root: str,
+        container_id: str,
+        bundle: str,
+        pid_file: str | None = None,
+        console_socket: str | None = None,
+        no_pivot: bool = False,
+        preserve_fds: int = 0,
+    ) -> None:
+        self.root = root
+        self.container_id = container_id
+        self.bundle = bundle
+        self.pid_file = pid_file
+        self.console_socket = console_socket
+        self.no_pivot = no_pivot
+        self.preserve_fds = preserve_fds
 
 
-@dataclass(slots=True)
 class Created:
-    state: state.ContainerState
-    spec: dict[str, Any]
-    cgroup: Cgroup
+    __slots__ = ("state", "spec", "cgroup")
+
+    def __init__(self, st: state.ContainerState, spec: dict[str, Any], cgroup: Cgroup) -> None:
+        self.state = st
+        self.spec = spec
+        self.cgroup = cgroup
 
 
 def create_container(opts: CreateOptions) -> Created:
@@ -104,7 +119,7 @@ def create_container(opts: CreateOptions) -> Created:
     st = state.ContainerState(
         id=opts.container_id,
         bundle=bundle,
-        rootfs=str(rootfs_path(spec, _Path(bundle))),
+        rootfs=rootfs_path(spec, bundle),
         created=state.now_rfc3339(),
         annotations=spec.get("annotations") or {},
         cgroups_path=linux.get("cgroupsPath") or "",
@@ -114,7 +129,7 @@ def create_container(opts: CreateOptions) -> Created:
     init_pid = 0
     try:
         with open(os.path.join(directory, state.CONFIG_FILE), "w") as f:
-            json.dump(spec, f)
+            f.write(json.dumps(spec))
         state.save(opts.root, st)
         fifo = os.path.join(directory, state.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
@@ -127,14 +142,7 @@ def create_container(opts: CreateOptions) -> Created:
     except BaseException:
         _undo(opts.root, st, cgroup, init_pid)
         raise
-    return Created(state=st, spec=spec, cgroup=cgroup)
-
-
-class _Path(str):
-    """A str with the one Path method rootfs_path needs, without importing pathlib."""
-
-    def __truediv__(self, other: str) -> str:
-        return os.path.join(self, other)
+    return Created(st, spec, cgroup)
 
 
 # What runc allows on top of the spec's device rules: mknod of anything, the standard character
@@ -142,8 +150,10 @@ class _Path(str):
 DEFAULT_ALLOWED_DEVICES: tuple[dict[str, Any], ...] = (
     {"allow": True, "type": "c", "access": "m"},
     {"allow": True, "type": "b", "access": "m"},
-    *({"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
-      for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (10, 200))),
+    *(
+        {"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+        for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (10, 200))
+    ),
     {"allow": True, "type": "c", "major": 136, "access": "rwm"},
 )
 
@@ -153,16 +163,21 @@ def resources_with_default_devices(linux: dict[str, Any]) -> dict[str, Any]:
     rules = list(resources.get("devices") or [])
     rules += DEFAULT_ALLOWED_DEVICES
     for d in linux.get("devices") or []:
-        rules.append({"allow": True, "type": d.get("type", "c"), "major": d.get("major"), "minor": d.get("minor"),
-                      "access": "rwm"})
+        rules.append(
+            {
+                "allow": True,
+                "type": d.get("type", "c"),
+                "major": d.get("major"),
+                "minor": d.get("minor"),
+                "access": "rwm",
+            }
+        )
     resources["devices"] = rules
     return resources
 
 
 def load_spec_checked(bundle: str) -> dict[str, Any]:
-    from pathlib import Path
-
-    spec = load_spec(Path(bundle))
+    spec = load_spec(bundle)
     process = spec.get("process") or {}
     validate_process(process)
     seccomp = (spec.get("linux") or {}).get("seccomp")
@@ -181,38 +196,19 @@ def _write_pid_file(path: str, pid: int) -> None:
 
 
 def _undo(root: str, st: state.ContainerState, cgroup: Cgroup | None, init_pid: int) -> None:
-    import shutil
-
     if init_pid > 0:
         try:
             os.kill(init_pid, 9)
         except ProcessLookupError:
             pass
-        wait_gone(init_pid, None)
+        state.wait_gone(init_pid, None)
     if cgroup is not None:
         try:
             cgroup.kill_all(9)
             cgroup.destroy()
         except SkiffError:
             pass
-    shutil.rmtree(state.container_dir(root, st.id), ignore_errors=True)
-
-
-def wait_gone(pid: int, start_time: int | None, timeout: float = 10.0) -> bool:
-    """Poll until the process has exited (a zombie counts as gone), bounded by ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        now = state.proc_start_time(pid)
-        if now is None or (start_time is not None and now != start_time):
-            return True
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
-    return False
+    state.remove_container_dir(root, st.id)
 
 
 def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo: str, opts: CreateOptions) -> int:
@@ -245,19 +241,19 @@ def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo:
         st.pid = init_pid
         st.pid_start = state.proc_start_time(init_pid) or 0
         kind, payload = _recv(parent_sock)
-        if kind is Sync.RUN_HOOKS:
+        if kind == Sync.RUN_HOOKS:
             hooks.run_hooks(spec, "prestart", state.oci_state(opts.root, st, state.Status.CREATING))
             hooks.run_hooks(spec, "createRuntime", state.oci_state(opts.root, st, state.Status.CREATING))
             _send(parent_sock, Sync.HOOKS_DONE)
             _expect(parent_sock, Sync.READY)
-        elif kind is Sync.ERROR:
+        elif kind == Sync.ERROR:
             cls = _ERROR_CLASSES.get(payload.get("kind", ""), Internal)
             raise cls(payload["message"])
-        elif kind is not Sync.READY:
-            raise Internal(f"container init sent {kind.value}, expected {Sync.READY.value}")
+        elif kind != Sync.READY:
+            raise Internal(f"container init sent {kind}, expected {Sync.READY}")
         if "oomScoreAdj" in (spec.get("process") or {}):
             pass  # written by the init itself, while it still had the privilege
-        st.status = state.Status.CREATED.value
+        st.status = state.Status.CREATED
         state.save(opts.root, st)
         return init_pid
     except BaseException:
@@ -274,7 +270,7 @@ def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo:
                 os.kill(init_pid, 9)
             except ProcessLookupError:
                 pass
-            wait_gone(init_pid, None)
+            state.wait_gone(init_pid, None)
         raise
     finally:
         parent_sock.close()
@@ -282,9 +278,7 @@ def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo:
 
 def _write_id_maps(pid: int, linux: dict[str, Any]) -> None:
     for kind, key in (("uid", "uidMappings"), ("gid", "gidMappings")):
-        lines = "".join(
-            f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in linux.get(key) or []
-        )
+        lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in linux.get(key) or [])
         if not lines:
             raise InvalidArgument(f"config.json: a new user namespace needs linux.{key}")
         path = f"/proc/{pid}/{kind}_map"
@@ -320,8 +314,16 @@ def _try_send_error(sock: socket.socket, kind: str, message: str) -> None:
         pass
 
 
-def _intermediate(sock: socket.socket, spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup,
-                  fifo: str, opts: CreateOptions, console: socket.socket | None, new_user: bool) -> None:
+def _intermediate(
+    sock: socket.socket,
+    spec: dict[str, Any],
+    st: state.ContainerState,
+    cgroup: Cgroup,
+    fifo: str,
+    opts: CreateOptions,
+    console: socket.socket | None,
+    new_user: bool,
+) -> None:
     linux = spec.get("linux") or {}
     namespaces = linux.get("namespaces") or []
     # Open every namespace to join first: paths may stop resolving once we switch namespaces.
@@ -357,8 +359,16 @@ def _intermediate(sock: socket.socket, spec: dict[str, Any], st: state.Container
     _child_main(sock, lambda: _init(sock, spec, st, fifo, opts, console, new_user, cgroup))
 
 
-def _init(sock: socket.socket, spec: dict[str, Any], st: state.ContainerState, fifo: str, opts: CreateOptions,
-          console: socket.socket | None, in_userns: bool, cgroup: Cgroup) -> None:
+def _init(
+    sock: socket.socket,
+    spec: dict[str, Any],
+    st: state.ContainerState,
+    fifo: str,
+    opts: CreateOptions,
+    console: socket.socket | None,
+    in_userns: bool,
+    cgroup: Cgroup,
+) -> None:
     """PID 1 of the container: filesystem, identity, then wait on the exec fifo and execve."""
     linux = spec.get("linux") or {}
     process = spec.get("process") or {}

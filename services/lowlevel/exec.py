@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import _socket as socket
 import os
-import socket
-from dataclasses import dataclass
-from typing import Any
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.lowlevel import jsonio as json
 from services.lowlevel import state
 from services.lowlevel import syscalls as sc
 from services.lowlevel.create import Sync, _child_main, _expect, _send
@@ -21,23 +19,49 @@ from services.lowlevel.process import (
     validate_process,
 )
 
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
 # The order to enter namespaces: the user namespace grants the rights for the rest, mnt comes last.
 _JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
 
 
-@dataclass(slots=True)
 class ExecOptions:
-    root: str
-    container_id: str
-    process: dict[str, Any]
-    console_socket: str | None = None
-    pid_file: str | None = None
-    detach: bool = False
-    preserve_fds: int = 0
+    __slots__ = ("root", "container_id", "process", "console_socket", "pid_file", "detach", "preserve_fds")
+
+    def __init__(
+        self,
+        root: str,
+        container_id: str,
+        process: dict[str, Any],
+        console_socket: str | None = None,
+        pid_file: str | None = None,
+        detach: bool = False,
+        preserve_fds: int = 0,
+    ) -> None:
+        self.root = root
+        self.container_id = container_id
+        self.process = process
+        self.console_socket = console_socket
+        self.pid_file = pid_file
+        self.detach = detach
+        self.preserve_fds = preserve_fds
 
 
-def process_from_args(spec: dict[str, Any], args: list[str], *, tty: bool, cwd: str | None, env: list[str],
-                      user: str | None, caps: list[str], no_new_privs: bool) -> dict[str, Any]:
+def process_from_args(
+    spec: dict[str, Any],
+    args: list[str],
+    *,
+    tty: bool,
+    cwd: str | None,
+    env: list[str],
+    user: str | None,
+    caps: list[str],
+    no_new_privs: bool,
+) -> dict[str, Any]:
     """An exec process built from flags, inheriting the container's process settings like runc."""
     base = dict(spec.get("process") or {})
     base["args"] = args
@@ -53,8 +77,10 @@ def process_from_args(spec: dict[str, Any], args: list[str], *, tty: bool, cwd: 
         base["user"] = {"uid": int(uid), "gid": int(gid or 0)}
     if caps:
         current = base.get("capabilities") or {}
-        base["capabilities"] = {k: sorted(set(current.get(k) or []) | set(caps))
-                                for k in ("bounding", "effective", "permitted", "ambient", "inheritable")}
+        base["capabilities"] = {
+            k: sorted(set(current.get(k) or []) | set(caps))
+            for k in ("bounding", "effective", "permitted", "ambient", "inheritable")
+        }
     if no_new_privs:
         base["noNewPrivileges"] = True
     base.pop("consoleSize", None)
@@ -79,7 +105,7 @@ def exec_in_container(opts: ExecOptions) -> int:
     st = state.load(opts.root, opts.container_id)
     status = state.current_status(opts.root, st)
     if status not in (state.Status.RUNNING, state.Status.CREATED):
-        raise FailedPrecondition(f"cannot exec in a {status.value} container")
+        raise FailedPrecondition(f"cannot exec in a {status} container")
     spec = load_spec_of(opts.root, opts.container_id)
     process = opts.process
     validate_process(process)
@@ -99,8 +125,9 @@ def exec_in_container(opts: ExecOptions) -> int:
     pid = os.fork()
     if pid == 0:
         parent_sock.close()
-        _child_main(child_sock, lambda: _exec_intermediate(child_sock, ns_fds, process, seccomp, console,
-                                                           opts.preserve_fds))
+        _child_main(
+            child_sock, lambda: _exec_intermediate(child_sock, ns_fds, process, seccomp, console, opts.preserve_fds)
+        )
     child_sock.close()
     for fd, _, _ in ns_fds:
         os.close(fd)
@@ -146,8 +173,14 @@ def _open_namespaces(pid: int) -> list[tuple[int, int, str]]:
     return fds
 
 
-def _exec_intermediate(sock: socket.socket, ns_fds: list[tuple[int, int, str]], process: dict[str, Any],
-                       seccomp: dict[str, Any] | None, console: socket.socket | None, preserve_fds: int) -> None:
+def _exec_intermediate(
+    sock: socket.socket,
+    ns_fds: list[tuple[int, int, str]],
+    process: dict[str, Any],
+    seccomp: dict[str, Any] | None,
+    console: socket.socket | None,
+    preserve_fds: int,
+) -> None:
     _expect(sock, Sync.GO)
     for fd, flag, path in ns_fds:
         sc.setns(fd, flag, path)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
 from services.common.errors import FailedPrecondition
+from services.lowlevel import jsonio as json
+
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 DEFAULT_TIMEOUT = 120.0
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import _signal as signal
 import os
 import select
-import signal
-from typing import Any
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.lowlevel import hooks, state
+from services.lowlevel import jsonio as json
 from services.lowlevel.cgroups import Cgroup, open_cgroup
-from services.lowlevel.create import wait_gone
+
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 START_TIMEOUT = 10.0
 
@@ -28,10 +32,10 @@ def cgroup_of(st: state.ContainerState) -> Cgroup:
 def start(root: str, container_id: str) -> state.ContainerState:
     st = state.load(root, container_id)
     status = state.current_status(root, st)
-    if status is state.Status.STOPPED:
+    if status == state.Status.STOPPED:
         raise FailedPrecondition("cannot start a container that has stopped")
-    if status is not state.Status.CREATED:
-        raise FailedPrecondition(f"cannot start an already {status.value} container")
+    if status != state.Status.CREATED:
+        raise FailedPrecondition(f"cannot start an already {status} container")
     fifo = os.path.join(state.container_dir(root, container_id), state.EXEC_FIFO)
     # Non-blocking open and a bounded poll: an init that died must not hang ``start``.
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -43,7 +47,7 @@ def start(root: str, container_id: str) -> state.ContainerState:
     if data != b"0":
         raise FailedPrecondition("cannot start container: its init process is gone")
     os.unlink(fifo)
-    st.status = state.Status.RUNNING.value
+    st.status = state.Status.RUNNING
     state.save(root, st)
     spec = load_spec_of(root, container_id)
     try:
@@ -61,20 +65,20 @@ def parse_signal(value: str) -> int:
         return int(text)
     if not text.startswith("SIG"):
         text = "SIG" + text
-    try:
-        return int(signal.Signals[text])
-    except KeyError:
-        raise InvalidArgument(f"unknown signal {value!r}") from None
+    number = getattr(signal, text, None)
+    if not isinstance(number, int) or text.startswith("SIG_"):
+        raise InvalidArgument(f"unknown signal {value!r}")
+    return number
 
 
 def kill(root: str, container_id: str, sig: int, *, all_processes: bool = False) -> None:
     st = state.load(root, container_id)
     status = state.current_status(root, st)
-    if status is state.Status.STOPPED and not all_processes:
+    if status == state.Status.STOPPED and not all_processes:
         raise FailedPrecondition("container not running")
     if all_processes:
         cgroup = cgroup_of(st)
-        if status is state.Status.PAUSED:
+        if status == state.Status.PAUSED:
             cgroup.kill_all(sig)
             cgroup.thaw()
         else:
@@ -95,17 +99,17 @@ def delete(root: str, container_id: str, *, force: bool) -> None:
         raise
     status = state.current_status(root, st)
     if status in (state.Status.RUNNING, state.Status.PAUSED) and not force:
-        raise FailedPrecondition(f"cannot delete container {container_id} that is not stopped: {status.value}")
+        raise FailedPrecondition(f"cannot delete container {container_id} that is not stopped: {status}")
     cgroup = cgroup_of(st)
-    if status is not state.Status.STOPPED:
+    if status != state.Status.STOPPED:
         cgroup.kill_all(signal.SIGKILL)
-        if status is state.Status.PAUSED:
+        if status == state.Status.PAUSED:
             cgroup.thaw()
         try:
             os.kill(st.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if not wait_gone(st.pid, st.pid_start):
+        if not state.wait_gone(st.pid, st.pid_start):
             raise FailedPrecondition(f"container {container_id}: init {st.pid} did not exit after SIGKILL")
     _wait_cgroup_empty(cgroup)
     cgroup.destroy()
@@ -113,9 +117,7 @@ def delete(root: str, container_id: str, *, force: bool) -> None:
     try:
         hooks.run_hooks(spec, "poststop", state.oci_state(root, st, state.Status.STOPPED))
     finally:
-        import shutil
-
-        shutil.rmtree(state.container_dir(root, container_id), ignore_errors=True)
+        state.remove_container_dir(root, container_id)
 
 
 def _wait_cgroup_empty(cgroup: Cgroup) -> None:
@@ -127,18 +129,18 @@ def _wait_cgroup_empty(cgroup: Cgroup) -> None:
 def pause(root: str, container_id: str) -> None:
     st = state.load(root, container_id)
     status = state.current_status(root, st)
-    if status is not state.Status.RUNNING:
-        raise FailedPrecondition(f"container not running: {status.value}")
+    if status != state.Status.RUNNING:
+        raise FailedPrecondition(f"container not running: {status}")
     cgroup_of(st).freeze()
-    st.status = state.Status.PAUSED.value
+    st.status = state.Status.PAUSED
     state.save(root, st)
 
 
 def resume(root: str, container_id: str) -> None:
     st = state.load(root, container_id)
     status = state.current_status(root, st)
-    if status is not state.Status.PAUSED:
-        raise FailedPrecondition(f"container not paused: {status.value}")
+    if status != state.Status.PAUSED:
+        raise FailedPrecondition(f"container not paused: {status}")
     cgroup_of(st).thaw()
-    st.status = state.Status.RUNNING.value
+    st.status = state.Status.RUNNING
     state.save(root, st)

@@ -9,10 +9,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any
 
 from services.common.errors import InvalidArgument, SyscallError
 from services.lowlevel import syscalls as sc
+
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 _FLAG_OPTIONS: dict[str, tuple[bool, int]] = {
     # option: (clear?, flag)
@@ -59,12 +64,26 @@ PROPAGATION_OPTIONS = {
     "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
 }
 # Recursive attribute options (mount_setattr) are accepted and applied as their plain forms.
-_RECURSIVE_ALIASES = {"rro": "ro", "rrw": "rw", "rnosuid": "nosuid", "rsuid": "suid", "rnodev": "nodev",
-                      "rdev": "dev", "rnoexec": "noexec", "rexec": "exec", "rnoatime": "noatime",
-                      "ratime": "atime", "rrelatime": "relatime", "rnorelatime": "norelatime",
-                      "rstrictatime": "strictatime", "rnostrictatime": "nostrictatime",
-                      "rnodiratime": "nodiratime", "rdiratime": "diratime", "rnosymfollow": "nosymfollow",
-                      "rsymfollow": "symfollow"}
+_RECURSIVE_ALIASES = {
+    "rro": "ro",
+    "rrw": "rw",
+    "rnosuid": "nosuid",
+    "rsuid": "suid",
+    "rnodev": "nodev",
+    "rdev": "dev",
+    "rnoexec": "noexec",
+    "rexec": "exec",
+    "rnoatime": "noatime",
+    "ratime": "atime",
+    "rrelatime": "relatime",
+    "rnorelatime": "norelatime",
+    "rstrictatime": "strictatime",
+    "rnostrictatime": "nostrictatime",
+    "rnodiratime": "nodiratime",
+    "rdiratime": "diratime",
+    "rnosymfollow": "nosymfollow",
+    "rsymfollow": "symfollow",
+}
 _IGNORED_OPTIONS = {"tmpcopyup", "idmap", "ridmap", "acl", "noacl", "iversion", "noiversion"}
 # Flags a bind remount must keep, or the kernel refuses it in a user namespace.
 _LOCKED_BY_STATVFS = (
@@ -186,8 +205,12 @@ def mount_one(rootfs: str, m: dict[str, Any], cgroup_paths: dict[str, str], bund
             if kind == "sysfs" and e.errno == errno.EPERM:
                 # Without its own network namespace a user namespace may not mount sysfs.
                 sc.mount("/sys", dest, None, sc.MS_BIND | sc.MS_REC)
-                sc.mount(None, dest, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_REC | (flags & sc.MS_RDONLY)
-                         | _statvfs_flags(dest))
+                sc.mount(
+                    None,
+                    dest,
+                    None,
+                    sc.MS_BIND | sc.MS_REMOUNT | sc.MS_REC | (flags & sc.MS_RDONLY) | _statvfs_flags(dest),
+                )
             elif kind == "mqueue" and e.errno in (errno.EPERM, errno.EINVAL):
                 sc.mount("/dev/mqueue", dest, None, sc.MS_BIND | sc.MS_REC)
             else:
@@ -228,8 +251,17 @@ def create_devices(rootfs: str, devices: list[dict[str, Any]], *, bind: bool, de
     if defaults:
         todo += [(p, "c", ma, mi, mode, 0, 0) for p, ma, mi, mode in DEFAULT_DEVICES]
     for d in devices:
-        todo.append((d["path"], d.get("type", "c"), int(d.get("major", 0)), int(d.get("minor", 0)),
-                     int(d.get("fileMode", 0o666)), int(d.get("uid", 0)), int(d.get("gid", 0))))
+        todo.append(
+            (
+                d["path"],
+                d.get("type", "c"),
+                int(d.get("major", 0)),
+                int(d.get("minor", 0)),
+                int(d.get("fileMode", 0o666)),
+                int(d.get("uid", 0)),
+                int(d.get("gid", 0)),
+            )
+        )
     for path, kind, major, minor, mode, uid, gid in todo:
         dest = secure_join(rootfs, path)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -264,8 +296,9 @@ def create_dev_symlinks(rootfs: str, *, ptmx: bool) -> None:
             pass
 
 
-def setup_rootfs(spec: dict[str, Any], rootfs: str, bundle: str, cgroup_paths: dict[str, str], *,
-                 in_userns: bool) -> None:
+def setup_rootfs(
+    spec: dict[str, Any], rootfs: str, bundle: str, cgroup_paths: dict[str, str], *, in_userns: bool
+) -> None:
     """Everything before pivot_root: propagation, the rootfs bind mount, spec mounts and /dev."""
     linux = spec.get("linux") or {}
     propagation = PROPAGATION_OPTIONS.get(linux.get("rootfsPropagation") or "rslave", sc.MS_SLAVE | sc.MS_REC)

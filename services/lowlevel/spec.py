@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+import os
 
 from services.common.errors import InvalidArgument, NotFound
+from services.lowlevel import jsonio as json
+
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 OCI_VERSION = "1.0.2-dev"
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
@@ -84,11 +89,12 @@ def default_spec() -> dict[str, Any]:
     }
 
 
-def load_spec(bundle: Path) -> dict[str, Any]:
+def load_spec(bundle: str) -> dict[str, Any]:
     """Read and check ``config.json``: every error names the file and what is wrong."""
-    path = bundle / "config.json"
+    path = os.path.join(bundle, "config.json")
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise NotFound(f"open {path}: no such file or directory") from None
     except OSError as e:
@@ -101,7 +107,7 @@ def load_spec(bundle: Path) -> dict[str, Any]:
     return spec
 
 
-def validate_spec(spec: Any, bundle: Path) -> None:
+def validate_spec(spec: Any, bundle: str) -> None:
     if not isinstance(spec, dict):
         raise InvalidArgument("config.json: the top level must be a JSON object")
     process = spec.get("process")
@@ -118,7 +124,7 @@ def validate_spec(spec: Any, bundle: Path) -> None:
     if not isinstance(root, dict) or not isinstance(root.get("path"), str):
         raise InvalidArgument("config.json: root.path is required")
     rootfs = rootfs_path(spec, bundle)
-    if not rootfs.is_dir():
+    if not os.path.isdir(rootfs):
         raise NotFound(f"rootfs ({rootfs}) does not exist")
     linux = spec.get("linux") or {}
     if not isinstance(linux, dict):
@@ -136,6 +142,5 @@ def validate_spec(spec: Any, bundle: Path) -> None:
             raise InvalidArgument(f"config.json: mount destination must be an absolute path: {m!r}")
 
 
-def rootfs_path(spec: dict[str, Any], bundle: Path) -> Path:
-    p = Path(spec["root"]["path"])
-    return p if p.is_absolute() else (bundle / p)
+def rootfs_path(spec: dict[str, Any], bundle: str) -> str:
+    return os.path.normpath(os.path.join(bundle, spec["root"]["path"]))

@@ -1,24 +1,30 @@
-"""The container's state file: small, written atomically, loaded by every command."""
+"""The container's state file: small, written atomically, loaded by every command.
+
+Plain classes rather than dataclasses and enums: those imports cost several milliseconds on
+every launch, and the runtime's whole budget is a few tens of them.
+"""
 
 from __future__ import annotations
 
-import enum
-import json
 import os
-import re
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.lowlevel import jsonio as json
+
+# typing costs milliseconds of import on every launch; annotations are strings here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 EXEC_FIFO = "exec.fifo"
-_ID_RE = re.compile(r"^[\w+\-.]+$")
+_ID_EXTRA = set("_+-.")
 
 
-class Status(enum.Enum):
+class Status:
     CREATING = "creating"
     CREATED = "created"
     RUNNING = "running"
@@ -26,24 +32,59 @@ class Status(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(slots=True)
 class ContainerState:
-    id: str
-    bundle: str
-    rootfs: str
-    created: str
-    pid: int = 0
-    # The init's start time (field 22 of /proc/PID/stat) tells a reused pid from ours.
-    pid_start: int = 0
-    status: str = Status.CREATING.value
-    owner: str = ""
-    annotations: dict[str, str] = field(default_factory=dict)
-    cgroups_path: str = ""
-    no_pivot: bool = False
+    __slots__ = (
+        "id",
+        "bundle",
+        "rootfs",
+        "created",
+        "pid",
+        "pid_start",
+        "status",
+        "owner",
+        "annotations",
+        "cgroups_path",
+        "no_pivot",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        bundle: str,
+        rootfs: str,
+        created: str,
+        pid: int = 0,
+        pid_start: int = 0,
+        status: str = Status.CREATING,
+        owner: str = "",
+        annotations: dict[str, str] | None = None,
+        cgroups_path: str = "",
+        no_pivot: bool = False,
+    ) -> None:
+        self.id = id
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.created = created
+        self.pid = pid
+        # The init's start time (field 22 of /proc/PID/stat) tells a reused pid from ours.
+        self.pid_start = pid_start
+        self.status = status
+        self.owner = owner
+        self.annotations = annotations or {}
+        self.cgroups_path = cgroups_path
+        self.no_pivot = no_pivot
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def validate_id(container_id: str) -> None:
-    if not container_id or not _ID_RE.match(container_id) or container_id in (".", ".."):
+    if (
+        not container_id
+        or container_id in (".", "..")
+        or not all(c.isalnum() or c in _ID_EXTRA for c in container_id)
+        or not container_id.isascii()
+    ):
         raise InvalidArgument(f"invalid container id format: {container_id!r}")
 
 
@@ -62,13 +103,29 @@ def make_container_dir(root: str, container_id: str) -> str:
     return path
 
 
+def remove_container_dir(root: str, container_id: str) -> None:
+    """The folder holds only flat files (state, config, fifo): no shutil needed."""
+    path = container_dir(root, container_id)
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(path, name))
+        except FileNotFoundError:
+            pass
+    os.rmdir(path)
+
+
 def save(root: str, state: ContainerState) -> None:
     directory = container_dir(root, state.id)
     tmp = os.path.join(directory, f".{STATE_FILE}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    # No fsync: the state lives under /run (tmpfs) and, as runc's, does not outlive a reboot;
+    # the rename alone keeps readers from ever seeing half a file.
     try:
-        os.write(fd, json.dumps(asdict(state)).encode())
-        os.fsync(fd)
+        os.write(fd, json.dumps(state.to_dict()).encode())
     finally:
         os.close(fd)
     os.rename(tmp, os.path.join(directory, STATE_FILE))
@@ -102,35 +159,54 @@ def init_alive(state: ContainerState) -> bool:
     return state.pid > 0 and proc_start_time(state.pid) == state.pid_start
 
 
-def current_status(root: str, state: ContainerState) -> Status:
+def current_status(root: str, state: ContainerState) -> str:
     """Derived each time, as runc does: the pid, the exec fifo and the freezer tell it."""
-    if state.status == Status.CREATING.value:
+    if state.status == Status.CREATING:
         return Status.CREATING if state.pid == 0 or init_alive(state) else Status.STOPPED
     if not init_alive(state):
         return Status.STOPPED
     if os.path.exists(os.path.join(container_dir(root, state.id), EXEC_FIFO)):
         return Status.CREATED
-    if state.status == Status.PAUSED.value:
+    if state.status == Status.PAUSED:
         return Status.PAUSED
     return Status.RUNNING
 
 
-def oci_state(root: str, state: ContainerState, status: Status | None = None) -> dict[str, Any]:
+def oci_state(root: str, state: ContainerState, status: str | None = None) -> dict[str, Any]:
     """The state object of the OCI runtime spec, as ``state`` prints and hooks read on stdin."""
     status = status or current_status(root, state)
-    return {
+    result: dict[str, Any] = {
         "ociVersion": "1.0.2-dev",
         "id": state.id,
-        "pid": state.pid if status not in (Status.STOPPED,) else 0,
-        "status": status.value,
+        "pid": state.pid if status != Status.STOPPED else 0,
+        "status": status,
         "bundle": state.bundle,
         "rootfs": state.rootfs,
         "created": state.created,
         "owner": state.owner,
-        **({"annotations": state.annotations} if state.annotations else {}),
     }
+    if state.annotations:
+        result["annotations"] = state.annotations
+    return result
 
 
 def now_rfc3339() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1e9):09d}Z"
+
+
+def wait_gone(pid: int, start_time: int | None, timeout: float = 10.0) -> bool:
+    """Poll until the process has exited (a zombie counts as gone), bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        now = proc_start_time(pid)
+        if now is None or (start_time is not None and now != start_time):
+            return True
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return False

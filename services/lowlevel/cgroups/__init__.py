@@ -13,7 +13,6 @@ copying the parent's ``cpuset.cpus``/``cpuset.mems`` into empty folders.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import time
 
@@ -76,7 +75,6 @@ def open_cgroup(cgroups_path: str | None, container_id: str) -> Cgroup:
     return V1Cgroup(rel, v1_mounts())
 
 
-@functools.cache
 def cgroup_version() -> int:
     """2 when /sys/fs/cgroup itself is cgroup2 (unified), else 1 (legacy or hybrid).
 

@@ -1,0 +1,110 @@
+"""``run`` of /bin/true from a busybox bundle, and create/start/delete split, for skiff-lowlevel,
+runc and crun side by side: medians and ratios to runc.
+
+Usage (as root): .venv/bin/python bench/lowlevel.py [--runs N]
+crun refuses this machine's hybrid cgroups unless it runs in a private mount namespace with
+/sys/fs/cgroup/unified/cgroup.controllers covered by an empty file: the benchmark does exactly that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.common.config import resolve_runtime  # noqa: E402
+from tests.support.busybox import make_bundle  # noqa: E402
+
+CRUN_WRAPPER = (
+    "set -e; e=$(mktemp); mount --bind \"$e\" /sys/fs/cgroup/unified/cgroup.controllers; "
+    'rm -f "$e"; exec "$@"'
+)
+
+
+def runtime_argv(name: str) -> list[str] | None:
+    try:
+        argv = resolve_runtime(name)
+    except FileNotFoundError:
+        return None
+    if name == "crun":
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", CRUN_WRAPPER, "crun", *argv]
+    return argv
+
+
+def timed(argv: list[str], cwd: Path) -> float:
+    """Wall time of one command. A blocking wait: Popen.wait(timeout) polls with sleeps of up to
+    50 ms, which would swamp the figures; the alarm still bounds a hung runtime."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    signal.alarm(60)
+    try:
+        code = proc.wait()
+    finally:
+        signal.alarm(0)
+    elapsed = time.perf_counter() - t
+    if code != 0:
+        raise subprocess.CalledProcessError(code, argv)
+    return elapsed
+
+
+def bench_runtime(name: str, argv: list[str], bundle: Path, state: Path, runs: int) -> dict[str, float]:
+    root = ["--root", str(state / name)]
+    figures: dict[str, list[float]] = {"run": [], "create": [], "start": [], "delete": []}
+    for _ in range(runs):
+        cid = f"skiff-bench-{uuid.uuid4().hex[:8]}"
+        figures["run"].append(timed([*argv, *root, "run", cid], bundle))
+        cid = f"skiff-bench-{uuid.uuid4().hex[:8]}"
+        figures["create"].append(timed([*argv, *root, "create", cid], bundle))
+        figures["start"].append(timed([*argv, *root, "start", cid], bundle))
+        # Wait for /bin/true to be gone: ``state`` says stopped.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out = subprocess.run([*argv, *root, "state", cid], capture_output=True, text=True, timeout=10)
+            if '"stopped"' in out.stdout:
+                break
+        figures["delete"].append(timed([*argv, *root, "delete", cid], bundle))
+    return {k: statistics.median(v) * 1000 for k, v in figures.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="skiff-bench-"))
+    try:
+        bundle = make_bundle(work / "bundle", ["/bin/true"])
+        results: dict[str, dict[str, float]] = {}
+        for name in ("skiff-lowlevel", "runc", "crun"):
+            argv = runtime_argv(name)
+            if argv is None:
+                print(f"{name}: not installed, skipped")
+                continue
+            try:
+                results[name] = bench_runtime(name, argv, bundle, work / "state", args.runs)
+            except subprocess.CalledProcessError as e:
+                print(f"{name}: failed ({e}), skipped")
+        base = results.get("runc")
+        print(f"medians over {args.runs} runs, ms (ratio to runc)")
+        print(f"{'runtime':16}" + "".join(f"{k:>18}" for k in ("run", "create", "start", "delete")))
+        for name, fig in results.items():
+            cells = []
+            for k in ("run", "create", "start", "delete"):
+                ratio = f" ({fig[k] / base[k]:.2f}x)" if base else ""
+                cells.append(f"{fig[k]:8.1f}{ratio:>10}")
+            print(f"{name:16}" + "".join(cells))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
