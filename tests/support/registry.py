@@ -176,7 +176,7 @@ async def fake_registry(behaviour: FakeBehaviour | None = None) -> AsyncIterator
         body = data[start:]
         resp = web.StreamResponse(status=status, headers={"Content-Length": str(len(body))})
         await resp.prepare(req)
-        if beh.drop_after is not None and beh.drop_times > 0:
+        if beh.drop_after is not None and beh.drop_times > 0 and len(body) > beh.drop_after:
             beh.drop_times -= 1
             await resp.write(body[: beh.drop_after])
             # Cut the TCP connection mid-body: the client sees a short read.
