@@ -190,3 +190,17 @@ def test_content_store_verifies_and_leaves_nothing(tmp_path: Path) -> None:
         assert cs.gc(set()) == []
     assert cs.gc(set()) == [sha(good)]
     assert io.BytesIO  # keep the import used for readers of this file
+
+
+def test_zstd_without_module_is_a_clear_error(tmp_path: Path, box: tuple[Path, Path]) -> None:
+    from services.common.errors import FailedPrecondition
+
+    try:
+        import zstandard  # type: ignore[import-not-found]  # noqa: F401
+
+        pytest.skip("zstandard is installed")
+    except ImportError:
+        pass
+    root, _ = box
+    with pytest.raises(FailedPrecondition, match="zstd"):
+        _unpack(tmp_path, b"\x28\xb5\x2f\xfd" + b"\0" * 64, root)

@@ -222,9 +222,10 @@ class ImageManager:
         return blobs, chains
 
     async def gc(self) -> tuple[list[str], list[str]]:
+        """Remove blobs and layer snapshots no image needs; a lease (pull, load in flight) keeps its own."""
         blobs, chains = self.referenced()
         removed_blobs = await asyncio.to_thread(self.content.gc, blobs)
-        removed_snaps = await asyncio.to_thread(self.snapshots.gc, chains)
+        removed_snaps = await asyncio.to_thread(self.snapshots.gc, chains | self.content.leased())
         return removed_blobs, removed_snaps
 
     # -- rootfs -------------------------------------------------------------------------------
@@ -272,9 +273,13 @@ class ImageManager:
     async def _discard(self, lease: Lease) -> None:
         """After a failed pull: drop its blobs and layers no image references."""
         blobs, chains = self.referenced()
-        for d in lease.digests - blobs:
+        mine = set(lease.digests)
+        lease.digests.clear()
+        # Other pulls in flight keep what they leased, even what this one also touched.
+        others = self.content.leased()
+        for d in mine - blobs - others:
             self.content.delete(d)
-        await asyncio.to_thread(self.snapshots.gc, chains)
+        await asyncio.to_thread(self.snapshots.gc, chains | others)
 
     async def _pull(self, ref: Reference, lease: Lease, credentials: dict[str, Credentials] | None,
                     progress: ProgressFn, options: RegistryOptions | None) -> ImageInfo:
@@ -305,6 +310,8 @@ class ImageManager:
                 raise InvalidArgument(
                     f"image config lists {len(diff_ids)} diff IDs for {len(manifest.layers)} layers")
             chains = chain_ids(diff_ids)
+            # Layer snapshots unpacked by this pull are leased too, until the image record exists.
+            lease.digests.update(chains)
             for layer, chain in zip(manifest.layers, chains, strict=True):
                 exists = self.snapshots.exists(chain)
                 progress(ProgressEvent(short_id(layer.digest),

@@ -218,3 +218,27 @@ def test_bad_reference_is_invalid(prefix: Path) -> None:
     needs_root()
     with make_manager(prefix) as m, pytest.raises(InvalidArgument):
         asyncio.run(m.pull("Not A Reference"))
+
+
+def test_gc_during_pull_spares_leased_blobs(prefix: Path, multi_image: BuiltImage) -> None:
+    needs_root()
+    collected: list[list[str]] = []
+
+    def on_progress(ev: ProgressEvent) -> None:
+        # GC right in the middle of the pull: after a layer is stored, before the image exists.
+        if ev.status is ProgressStatus.PULL_COMPLETE and not collected:
+            blobs, chains = m.referenced()
+            collected.append(m.content.gc(blobs) + m.snapshots.gc(chains | m.content.leased()))
+
+    async def run() -> None:
+        async with fake_registry() as reg:
+            await m.pull(serve(reg, multi_image), progress=on_progress,
+                         options=dataclasses.replace(FAST, plain_http=True))
+
+    with make_manager(prefix) as m:
+        asyncio.run(run())
+        assert collected == [[]]
+        info = m.inspect(multi_image.config_digest)
+        assert len(info.layers) == 3
+        rootfs = asyncio.run(m.prepare(info.id, "c"))
+        assert (rootfs / "opq" / "new").exists()
