@@ -7,6 +7,7 @@ in ``finally``. Readiness is waited on by polling its port against a deadline (n
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -132,6 +134,8 @@ class FakeBehaviour:
     # Serve a blob shorter than announced in the manifest (a consistent, short body).
     truncate_blob: bool = False
     supports_range: bool = True
+    # Demand a bearer token from /token (which wants basic credentials skiff:s3cret).
+    bearer: bool = False
     requests: list[str] = field(default_factory=list)
 
 
@@ -148,6 +152,20 @@ async def fake_registry(behaviour: FakeBehaviour | None = None) -> AsyncIterator
     """An aiohttp app speaking enough of distribution v2 to pull, with injectable faults."""
     beh = behaviour or FakeBehaviour()
     reg = FakeRegistry("", beh)
+
+    @web.middleware
+    async def bearer_auth(req: web.Request, handler: Any) -> web.StreamResponse:
+        if not beh.bearer or req.path == "/token" or req.headers.get("Authorization") == "Bearer tok-123":
+            return await handler(req)  # type: ignore[no-any-return]
+        challenge = f'Bearer realm="http://{reg.host}/token",service="fake-registry"'
+        return web.json_response({"errors": [{"code": "UNAUTHORIZED"}]}, status=401,
+                                 headers={"WWW-Authenticate": challenge})
+
+    async def token(req: web.Request) -> web.Response:
+        beh.requests.append(f"GET token scope={req.query.get('scope', '')}")
+        if req.headers.get("Authorization") != "Basic " + base64.b64encode(b"skiff:s3cret").decode():
+            return web.json_response({"details": "bad credentials"}, status=401)
+        return web.json_response({"token": "tok-123"})
 
     async def v2(_: web.Request) -> web.Response:
         return web.json_response({})
@@ -187,7 +205,8 @@ async def fake_registry(behaviour: FakeBehaviour | None = None) -> AsyncIterator
         await resp.write_eof()
         return resp
 
-    app = web.Application()
+    app = web.Application(middlewares=[bearer_auth])
+    app.router.add_get("/token", token)
     app.router.add_get("/v2/", v2)
     app.router.add_get("/v2/{name:.+}/manifests/{ref}", manifest)
     app.router.add_get("/v2/{name:.+}/blobs/{digest}", blob)

@@ -242,3 +242,25 @@ def test_gc_during_pull_spares_leased_blobs(prefix: Path, multi_image: BuiltImag
         assert len(info.layers) == 3
         rootfs = asyncio.run(m.prepare(info.id, "c"))
         assert (rootfs / "opq" / "new").exists()
+
+
+def test_bearer_token_auth(prefix: Path, busybox_image: BuiltImage) -> None:
+    needs_root()
+    from services.highlevel.images.registry import AuthError, Credentials
+
+    beh = FakeBehaviour(bearer=True)
+
+    async def run(creds: dict[str, Credentials] | None) -> object:
+        async with fake_registry(beh) as reg:
+            name = serve(reg, busybox_image)
+            host = name.split("/", 1)[0]
+            return await m.pull(name, credentials={host: creds[""]} if creds else None,
+                                options=dataclasses.replace(FAST, plain_http=True))
+
+    with make_manager(prefix) as m:
+        with pytest.raises(AuthError, match="refused"):
+            asyncio.run(run({"": Credentials("skiff", "wrong")}))
+        assert_clean(m)
+        info = asyncio.run(run({"": Credentials("skiff", "s3cret")}))
+        assert info.id == busybox_image.config_digest  # type: ignore[attr-defined]
+        assert "GET token scope=repository:test/img:pull" in beh.requests
