@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -84,8 +85,7 @@ def _options(base: RegistryOptions, s: RegistrySettings | None) -> RegistryOptio
         changes["retries"] = s.retries
     if not changes:
         return base
-    fields = {f: getattr(base, f) for f in base.__slots__}  # type: ignore[attr-defined]
-    return RegistryOptions(**{**fields, **changes})
+    return dataclasses.replace(base, **changes)
 
 
 async def _stream(run: Callable[[ProgressFn], Awaitable[ImageProgress]]) -> AsyncIterator[ImageProgress]:
