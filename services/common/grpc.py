@@ -17,7 +17,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from services.common.errors import ERROR_BY_KIND, ErrorKind, SkiffError, Unavailable
 
-STATUS_BY_KIND: dict[ErrorKind, Status] = {
+STATUS_BY_KIND: dict[str, Status] = {
     ErrorKind.NOT_FOUND: Status.NOT_FOUND,
     ErrorKind.ALREADY_EXISTS: Status.ALREADY_EXISTS,
     ErrorKind.INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
@@ -26,7 +26,7 @@ STATUS_BY_KIND: dict[ErrorKind, Status] = {
     ErrorKind.UNAVAILABLE: Status.UNAVAILABLE,
     ErrorKind.INTERNAL: Status.INTERNAL,
 }
-KIND_BY_STATUS: dict[Status, ErrorKind] = {status: kind for kind, status in STATUS_BY_KIND.items()}
+KIND_BY_STATUS: dict[Status, str] = {status: kind for kind, status in STATUS_BY_KIND.items()}
 
 T = TypeVar("T")
 

@@ -19,12 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("highlevel", level=args.log_level)
     from services.highlevel.server import serve
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    # No uvloop: its child processes inherit the launcher's pipes, so a detached shim would keep
+    # highlevel waiting for their end of file.
     asyncio.run(serve(Config.load(args.root, args.runtime)))
     return 0
 

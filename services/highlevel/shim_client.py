@@ -20,11 +20,8 @@ class ShimGone(Unavailable):
 
 def shim_error(reply: dict[str, Any]) -> SkiffError:
     error = reply["error"]
-    try:
-        kind = ErrorKind(error.get("kind"))
-    except ValueError:
-        kind = ErrorKind.INTERNAL
-    return ERROR_BY_KIND[kind](str(error.get("message", "shim error")))
+    kind = ERROR_BY_KIND.get(str(error.get("kind")), ERROR_BY_KIND[ErrorKind.INTERNAL])
+    return kind(str(error.get("message", "shim error")))
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:

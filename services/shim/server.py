@@ -140,7 +140,13 @@ class Shim:
         fds = stdio or (null, null, err_w)
         actions = [(os.POSIX_SPAWN_DUP2, fds[0], 0), (os.POSIX_SPAWN_DUP2, fds[1], 1),
                    (os.POSIX_SPAWN_DUP2, err_w if stdio is None else fds[2], 2)]
-        argv = self.runtime + args
+        # The runtime's own errors go to its log: its stderr may be the container's stderr pipe.
+        log_path = os.path.join(self.dir, "runtime.log")
+        try:
+            offset = os.path.getsize(log_path)
+        except OSError:
+            offset = 0
+        argv = self.runtime + ["--log", log_path, "--log-format", "json"] + args
         try:
             pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions,
                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM))
@@ -182,7 +188,17 @@ class Shim:
             except BlockingIOError:
                 pass
         os.close(err_r)
-        return os.waitstatus_to_exitcode(status), runtime_message(b"".join(chunks))
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            return 0, ""
+        logged = b""
+        try:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                logged = f.read(65536)
+        except OSError:
+            pass
+        return code, runtime_message(logged, errors_only=True) or runtime_message(b"".join(chunks))
 
     def reap(self) -> None:
         while True:
@@ -829,7 +845,7 @@ def describe(proc: Proc, container_id: str) -> str:
     return f"exec `{proc.exec_id}` of container {container_id}" if proc.exec_id else f"container {container_id}"
 
 
-def runtime_message(stderr: bytes) -> str:
+def runtime_message(stderr: bytes, errors_only: bool = False) -> str:
     """The runtime's own words: runc/crun print plain text or JSON log lines ({"msg": ...})."""
     lines: list[str] = []
     for raw in stderr.decode("utf-8", "replace").splitlines():
@@ -839,9 +855,14 @@ def runtime_message(stderr: bytes) -> str:
         if raw.startswith("{"):
             try:
                 entry = json.loads(raw)
-                raw = str(entry.get("msg") or entry.get("message") or raw)
             except ValueError:
-                pass
+                entry = None
+            if isinstance(entry, dict):
+                if errors_only and entry.get("level") not in ("error", "fatal", "panic", None):
+                    continue
+                raw = str(entry.get("msg") or entry.get("message") or raw)
+        elif errors_only:
+            continue
         lines.append(raw)
     return "; ".join(lines[-3:])
 
