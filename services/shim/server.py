@@ -462,8 +462,8 @@ class Shim:
             os.close(proc.stdin_fd)
             proc.stdin_fd = -1
         for conn in proc.attachers:
+            conn.closing = True  # before the send: the flush that empties the buffer closes it
             self._send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
-            conn.closing = True
         proc.attachers.clear()
         for conn in proc.waiters:
             self._reply(conn, self._proc_state(proc))
@@ -737,8 +737,8 @@ class Shim:
         conn.stdin = bool(req.get("stdin"))
         self._reply(conn, self._proc_state(proc))
         if proc.finalized:
-            self._send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
             conn.closing = True
+            self._send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
             return None  # type: ignore[return-value]
         if proc.pending:
             self._send(conn, bytes(proc.pending))
