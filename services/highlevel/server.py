@@ -38,8 +38,21 @@ def plugin_services(config: Config) -> list[Any]:
     return found
 
 
+def compile_shim() -> None:
+    """Writes the shim's bytecode once, whatever PYTHONDONTWRITEBYTECODE says: a shim that
+    compiles its sources on every launch pays ~12 ms and ~3 MiB of private memory per container."""
+    import compileall
+
+    import services
+    import services.shim
+
+    compileall.compile_dir(os.path.dirname(services.shim.__file__), quiet=1)
+    compileall.compile_file(services.__file__, quiet=1)
+
+
 async def serve(config: Config) -> None:
     paths = config.paths
+    await asyncio.to_thread(compile_shim)
     for folder in (paths.run, paths.highlevel_run, paths.highlevel_lib):
         folder.mkdir(parents=True, exist_ok=True)
     events = EventBus()

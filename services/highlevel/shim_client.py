@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import ERROR_BY_KIND, ErrorKind, SkiffError, Unavailable
-from services.shim.protocol import HEADER, MAX_FRAME, FrameKind, Op, encode, encode_json
+from services.shim.protocol import HEADER, MAX_FRAME, FrameKind, encode, encode_json
 
 REQUEST_TIMEOUT = 70.0  # above the shim's own runtime timeout (60 s)
 
@@ -62,19 +62,19 @@ class ShimClient:
     def __init__(self, socket_path: str) -> None:
         self.socket = socket_path
 
-    async def open(self, op: Op, timeout: float | None = REQUEST_TIMEOUT, **fields: Any) -> ShimStream:
+    async def open(self, op: str, timeout: float | None = REQUEST_TIMEOUT, **fields: Any) -> ShimStream:
         """Sends one request and returns the connection with the shim's first reply."""
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket), 5)
         except (TimeoutError, OSError) as exc:
             raise ShimGone(f"shim socket {self.socket}: {exc}") from exc
         try:
-            writer.write(encode_json({"op": op.value, **fields}))
+            writer.write(encode_json({"op": op, **fields}))
             await writer.drain()
             kind, payload = await asyncio.wait_for(read_frame(reader), timeout)
         except (OSError, asyncio.IncompleteReadError) as exc:
             writer.close()
-            raise ShimGone(f"shim {self.socket} closed during {op.value}") from exc
+            raise ShimGone(f"shim {self.socket} closed during {op}") from exc
         except BaseException:
             writer.close()
             raise
@@ -87,7 +87,7 @@ class ShimClient:
             raise shim_error(reply)
         return ShimStream(reader, writer, reply)
 
-    async def request(self, op: Op, timeout: float | None = REQUEST_TIMEOUT, **fields: Any) -> dict[str, Any]:
+    async def request(self, op: str, timeout: float | None = REQUEST_TIMEOUT, **fields: Any) -> dict[str, Any]:
         stream = await self.open(op, timeout, **fields)
         stream.close()
         return stream.reply

@@ -370,7 +370,7 @@ class TaskManager:
 
     # ---- other operations -------------------------------------------------------------------
 
-    async def shim_call(self, id_: str, op: Op, **fields: Any) -> dict[str, Any]:
+    async def shim_call(self, id_: str, op: str, **fields: Any) -> dict[str, Any]:
         task = self.get(id_)
         self._alive(task)
         try:

@@ -8,9 +8,10 @@ the shim itself lives on in its own session, re-parented to init, in the root cg
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from services.shim import jsonlite as json
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state_dir = os.path.abspath(args[0])
     with open(os.path.join(state_dir, "bootstrap.json")) as f:
-        boot = json.load(f)
+        boot = json.loads(f.read())
 
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     first = os.fork()
