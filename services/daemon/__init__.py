@@ -1,0 +1,1 @@
+"""skiff-daemon: Docker's concepts (containers, names, logs) over the high-level runtime."""

@@ -1,0 +1,472 @@
+"""Container records and their life: create, start, stop, kill, wait, remove, over highlevel's tasks.
+
+Each container has its own asyncio lock; nothing serialises two containers. Exits are learnt from
+one highlevel ``Tasks.Wait`` stream per running container: a task that ended while the daemon was
+down answers at once, so no exit is missed across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from services.common.errors import Conflict, InvalidArgument, NotFound, SkiffError, Unavailable
+from services.common.grpc import call, client_errors
+from services.common.paths import Paths
+from services.daemon import logs as logfile
+from services.daemon.spec import build_spec, write_bundle
+from services.daemon.store import RecordStore
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import (
+    Container,
+    ContainerConfig,
+    ContainerState,
+    ListFilters,
+    LogEntry,
+    LogStream,
+    State,
+    WaitCondition,
+)
+
+hl = highlevel.v1
+log = structlog.get_logger(service="daemon")
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+DEFAULT_STOP_TIMEOUT = 10
+KILL_GRACE = 30.0
+ZERO_TIME = "0001-01-01T00:00:00Z"
+ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "witty")
+NOUNS = ("babbage", "curie", "darwin", "euler", "hopper", "lovelace", "noether", "pascal", "turing", "wright")
+
+
+def now_rfc3339() -> str:
+    ns = time.time_ns()
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def parse_signal(value: str | int, default: int = signal.SIGKILL) -> int:
+    """``SIGTERM``, ``TERM``, ``15`` or empty (the default)."""
+    if isinstance(value, int):
+        return value or default
+    text = value.strip().upper()
+    if not text:
+        return default
+    if text.isdigit():
+        return int(text)
+    name = text if text.startswith("SIG") else f"SIG{text}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"Invalid signal: {value}") from None
+
+
+@dataclass(slots=True)
+class Entry:
+    """A container in memory: its record, its lock, and what waiters watch."""
+
+    record: Container
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    exits: int = 0
+    removed: bool = False
+    watcher: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self.record.state.status in (State.RUNNING, State.PAUSED, State.RESTARTING)
+
+
+class ContainerManager:
+    def __init__(self, paths: Paths, channel: object, runtime: str) -> None:
+        self.paths = paths
+        self.runtime = runtime
+        self.store = RecordStore(paths.daemon_lib / "containers")
+        self.bundles = paths.run / "daemon" / "bundles"
+        self.tasks = hl.TasksStub(channel)
+        self.images = hl.ImagesStub(channel)
+        self.snapshots = hl.SnapshotsStub(channel)
+        self.entries: dict[str, Entry] = {}
+        self.names: dict[str, str] = {}
+        self.background: set[asyncio.Task[None]] = set()
+
+    # ---- start-up ----
+
+    async def load(self) -> None:
+        """Reload records, then reconcile them with the tasks highlevel still has."""
+        for record in await asyncio.to_thread(self.store.load_all):
+            self.entries[record.id] = Entry(record)
+            self.names[record.name] = record.id
+        tasks = {t.id: t for t in (await call(self.tasks.list(hl.ListTasksRequest()))).tasks}
+        for entry in list(self.entries.values()):
+            task = tasks.get(entry.record.id)
+            if entry.record.state.status == State.REMOVING:
+                self._spawn(self.remove(entry.record.id, force=True))
+            elif entry.running and task is None:
+                # The task vanished while we were down (highlevel lost it): nothing can report its exit.
+                await self._mark_exited(entry, hl.ExitStatus(exit_code=255, exited_at=now_rfc3339()))
+            elif entry.running:
+                self._watch(entry)
+        log.info("loaded", containers=len(self.entries))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # ---- lookup ----
+
+    def get(self, ref: str) -> Entry:
+        """Full id, name (with or without "/"), or a unique id prefix; Docker's order."""
+        if not ref:
+            raise NotFound("No such container: ")
+        if ref in self.entries:
+            return self.entries[ref]
+        by_name = self.names.get(ref.lstrip("/"))
+        if by_name:
+            return self.entries[by_name]
+        matches = [e for cid, e in self.entries.items() if cid.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
+        raise NotFound(f"No such container: {ref}")
+
+    # ---- create ----
+
+    def _reserve_name(self, name: str, container_id: str) -> str:
+        if not name:
+            for _ in range(100):
+                candidate = f"{secrets.choice(ADJECTIVES)}_{secrets.choice(NOUNS)}{secrets.randbelow(1000)}"
+                if candidate not in self.names:
+                    name = candidate
+                    break
+        name = name.lstrip("/")
+        if not NAME_RE.match(name):
+            raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        if name in self.names:
+            owner = self.names[name]
+            raise Conflict(f'Conflict. The container name "/{name}" is already in use by container "{owner}". '
+                           "You have to remove (or rename) that container to be able to reuse that name.")
+        # No await between the check and this line: the reservation is atomic on the event loop.
+        self.names[name] = container_id
+        return name
+
+    async def create(self, name: str, config: ContainerConfig) -> Container:
+        if not config.image:
+            raise InvalidArgument("config.Image is required")
+        if config.host.network_mode not in ("", "default", "none", "host"):
+            raise InvalidArgument(f"network {config.host.network_mode} not found")
+        container_id = secrets.token_hex(32)
+        name = self._reserve_name(name, container_id)
+        bundle = self.bundles / container_id
+        prepared = False
+        try:
+            try:
+                image = (await call(self.images.inspect(hl.InspectImageRequest(reference=config.image)))).image
+            except NotFound:
+                # Docker's answer: the client pulls (the CLI and docker-py do) and creates again.
+                raise NotFound(f"No such image: {config.image}") from None
+            image_config = json.loads(image.config or b"{}").get("config") or {}
+            prepared = True
+            snap = await call(self.snapshots.prepare(hl.PrepareSnapshotRequest(key=container_id, image=image.id)))
+            rootfs = Path(snap.rootfs)
+            spec = await asyncio.to_thread(build_spec, container_id, image_config, config, rootfs)
+            await asyncio.to_thread(write_bundle, bundle, spec)
+            record = Container(
+                id=container_id, name=name, created=now_rfc3339(), config=config,
+                state=ContainerState(status=State.CREATED), image_id=image.id, image_ref=config.image,
+                path_args=spec["process"]["args"], rootfs=str(rootfs), bundle=str(bundle),
+                log_path=str(self.store.folder(container_id) / f"{container_id}-json.log"),
+            )
+            await asyncio.to_thread(self.store.save, record)
+        except BaseException:
+            # No half container left behind: the name, the snapshot and the bundle go again.
+            self.names.pop(name, None)
+            if prepared:
+                with contextlib.suppress(SkiffError):
+                    await call(self.snapshots.remove(hl.SnapshotKeyRequest(key=container_id)))
+            await asyncio.to_thread(self._remove_files, container_id)
+            raise
+        self.entries[container_id] = Entry(record)
+        log.info("created", id=container_id, name=name, image=config.image)
+        return record
+
+    # ---- start / exit ----
+
+    async def start(self, ref: str) -> None:
+        entry = self.get(ref)
+        async with entry.lock:
+            record = entry.record
+            if entry.running:
+                return
+            if record.state.status in (State.REMOVING, State.DEAD):
+                raise Conflict(f"container {record.id} is marked for removal and cannot be started")
+            # A task left from an earlier run (its exit already recorded) goes before the new one.
+            with contextlib.suppress(NotFound):
+                await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
+            cfg = record.config
+            try:
+                await call(self.tasks.create(hl.CreateTaskRequest(
+                    id=record.id, bundle=record.bundle, runtime=self.runtime, terminal=cfg.tty,
+                    stdin=cfg.open_stdin, stdin_once=cfg.stdin_once, log=hl.LogConfig(path=record.log_path))))
+                started = await call(self.tasks.start(hl.StartRequest(id=record.id)))
+            except SkiffError as exc:
+                with contextlib.suppress(SkiffError):
+                    await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
+                record.state.error = exc.message
+                record.state.exit_code = 127 if "exec" in exc.message or "not found" in exc.message else 126
+                await asyncio.to_thread(self.store.save, record)
+                raise
+            record.state = ContainerState(status=State.RUNNING, pid=started.pid, started_at=now_rfc3339(),
+                                          finished_at=record.state.finished_at)
+            await asyncio.to_thread(self.store.save, record)
+            entry.notify()
+            self._watch(entry)
+        log.info("started", id=record.id, pid=started.pid)
+
+    def _watch(self, entry: Entry) -> None:
+        entry.watcher = asyncio.ensure_future(self._watch_exit(entry))
+
+    async def _watch_exit(self, entry: Entry) -> None:
+        """Waits on highlevel for this task's exit; rides out a highlevel restart with a bounded back-off."""
+        delay = 0.1
+        container_id = entry.record.id
+        while not entry.removed and entry.running:
+            try:
+                with client_errors():
+                    async for message in self.tasks.wait(hl.WaitRequest(id=container_id)):
+                        if message.exited:
+                            await self._on_exit(entry, message.exit)
+                            return
+            except NotFound:
+                await self._on_exit(entry, hl.ExitStatus(exit_code=255, exited_at=now_rfc3339()))
+                return
+            except Unavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _on_exit(self, entry: Entry, status: hl.ExitStatus) -> None:
+        async with entry.lock:
+            if not entry.running:
+                return
+            await self._mark_exited(entry, status)
+            # The shim has written the status and the log: let it and its runtime state go.
+            with contextlib.suppress(SkiffError):
+                await call(self.tasks.delete(hl.DeleteTaskRequest(id=entry.record.id, force=True)))
+        log.info("exited", id=entry.record.id, code=status.exit_code)
+        if entry.record.config.host.auto_remove:
+            self._spawn(self._auto_remove(entry.record.id))
+
+    async def _auto_remove(self, container_id: str) -> None:
+        try:
+            await self.remove(container_id, force=True)
+        except SkiffError as exc:
+            log.warning("auto-remove failed", id=container_id, error=exc.message)
+
+    async def _mark_exited(self, entry: Entry, status: hl.ExitStatus) -> None:
+        state = entry.record.state
+        state.status = State.EXITED
+        state.pid = 0
+        state.exit_code = status.exit_code
+        state.oom_killed = status.oom_killed
+        state.finished_at = status.exited_at or now_rfc3339()
+        await asyncio.to_thread(self.store.save, entry.record)
+        entry.exits += 1
+        entry.notify()
+
+    # ---- signals ----
+
+    async def kill(self, ref: str, sig: str | int = "") -> None:
+        entry = self.get(ref)
+        number = parse_signal(sig)
+        if not entry.running:
+            raise Conflict(f"Cannot kill container: {ref}: Container {entry.record.id} is not running")
+        with contextlib.suppress(NotFound):
+            await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=number)))
+
+    async def stop(self, ref: str, timeout: int | None = None, sig: str = "") -> None:
+        entry = self.get(ref)
+        if not entry.running:
+            return
+        cfg = entry.record.config
+        number = parse_signal(sig or cfg.stop_signal, default=signal.SIGTERM)
+        if timeout is None:
+            timeout = cfg.stop_timeout if cfg.stop_timeout >= 0 else DEFAULT_STOP_TIMEOUT
+        exits = entry.exits
+        if timeout != 0:
+            with contextlib.suppress(NotFound):
+                await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=number)))
+            if timeout < 0 or await self._exited_since(entry, exits, float(timeout)):
+                if timeout < 0:
+                    await self._exited_since(entry, exits, None)
+                return
+        with contextlib.suppress(NotFound):
+            await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=signal.SIGKILL, all=True)))
+        if not await self._exited_since(entry, exits, KILL_GRACE):
+            raise Conflict(f"container {entry.record.id} did not exit after SIGKILL")
+
+    async def _exited_since(self, entry: Entry, exits: int, timeout: float | None) -> bool:
+        """True once the container has exited after the count ``exits`` (or is no longer running)."""
+        async def until() -> None:
+            while entry.exits == exits and entry.running and not entry.removed:
+                await entry.changed.wait()
+        try:
+            await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # ---- wait ----
+
+    async def wait(self, ref: str, condition: WaitCondition) -> AsyncIterator[tuple[bool, int]]:
+        entry = self.get(ref)
+        yield False, 0
+        if condition == WaitCondition.NOT_RUNNING and not entry.running:
+            yield True, entry.record.state.exit_code
+            return
+        exits = entry.exits
+        while True:
+            if condition == WaitCondition.REMOVED:
+                if entry.removed:
+                    break
+            elif entry.exits > exits or (condition == WaitCondition.NOT_RUNNING and not entry.running
+                                         and entry.record.state.status != State.CREATED) or entry.removed:
+                break
+            await entry.changed.wait()
+        yield True, entry.record.state.exit_code
+
+    # ---- remove ----
+
+    async def remove(self, ref: str, force: bool = False) -> None:
+        entry = self.get(ref)
+        record = entry.record
+        if entry.running:
+            if not force:
+                raise Conflict(f"You cannot remove a running container {record.id}. Stop the container before "
+                               "attempting removal or force remove")
+            await self.stop(record.id, timeout=0)
+        async with entry.lock:
+            if entry.removed:
+                return
+            record.state.status = State.REMOVING
+            await asyncio.to_thread(self.store.save, record)
+            with contextlib.suppress(NotFound):
+                await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
+            with contextlib.suppress(NotFound):
+                await call(self.snapshots.remove(hl.SnapshotKeyRequest(key=record.id)))
+            await asyncio.to_thread(self._remove_files, record.id)
+            self.entries.pop(record.id, None)
+            if self.names.get(record.name) == record.id:
+                del self.names[record.name]
+            entry.removed = True
+            entry.notify()
+        if entry.watcher is not None:
+            entry.watcher.cancel()
+        log.info("removed", id=record.id)
+
+    def _remove_files(self, container_id: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.bundles / container_id, ignore_errors=True)
+        self.store.delete(container_id)
+
+    # ---- list ----
+
+    def list(self, all_: bool, filters: ListFilters, limit: int = 0) -> list[Container]:
+        chosen: list[Container] = []
+        for entry in self.entries.values():
+            record = entry.record
+            if not all_ and not entry.running and not filters.status:
+                continue
+            if filters.id and not any(record.id.startswith(i) for i in filters.id):
+                continue
+            if filters.name and not any(re.search(n.lstrip("/"), record.name) for n in filters.name):
+                continue
+            if filters.status and status_name(record.state.status) not in filters.status:
+                continue
+            if not all(_label_matches(record.config.labels, f) for f in filters.label):
+                continue
+            chosen.append(record)
+        chosen.sort(key=lambda r: r.created, reverse=True)
+        return chosen[:limit] if limit > 0 else chosen
+
+    # ---- logs ----
+
+    async def logs(self, ref: str, *, follow: bool, stdout: bool, stderr: bool, tail: int) -> AsyncIterator[LogEntry]:
+        entry = self.get(ref)
+        wanted = {LogStream.STDOUT} if stdout else set()
+        if stderr:
+            wanted.add(LogStream.STDERR)
+        path = entry.record.log_path
+        entries, cursor = await asyncio.to_thread(logfile.read_all, path)
+        if tail >= 0:
+            entries = entries[-tail:] if tail else []
+        for item in entries:
+            if item.stream in wanted:
+                yield item
+        if follow:
+            async for item in self._follow(entry, path, cursor, wanted, entry.exits, stop_when_stopped=True):
+                yield item
+
+    async def attach_output(self, ref: str, stdout: bool, stderr: bool) -> AsyncIterator[LogEntry]:
+        """Live output from now until the container's next exit, read from the shim's log."""
+        entry = self.get(ref)
+        if not entry.running and entry.record.state.status != State.CREATED:
+            raise Conflict("You cannot attach to a stopped container, start it first")
+        wanted = ({LogStream.STDOUT} if stdout else set()) | ({LogStream.STDERR} if stderr else set())
+        cursor = await asyncio.to_thread(logfile.end_cursor, entry.record.log_path)
+        async for item in self._follow(entry, entry.record.log_path, cursor, wanted, entry.exits,
+                                       stop_when_stopped=False):
+            yield item
+
+    async def _follow(self, entry: Entry, path: str, cursor: logfile.Cursor, wanted: set[LogStream],
+                      exits: int, *, stop_when_stopped: bool) -> AsyncIterator[LogEntry]:
+        """Polls the log (the shim writes it, nothing tells us) until the container's exit is drained."""
+        while True:
+            done = entry.removed or entry.exits > exits or (stop_when_stopped and not entry.running)
+            for item in await asyncio.to_thread(logfile.read_new, path, cursor):
+                if item.stream in wanted:
+                    yield item
+            if done:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.changed.wait(), 0.05)
+
+    async def close(self) -> None:
+        for entry in self.entries.values():
+            if entry.watcher is not None:
+                entry.watcher.cancel()
+        for task in list(self.background):
+            task.cancel()
+
+
+STATUS_NAMES = {
+    State.CREATED: "created", State.RUNNING: "running", State.PAUSED: "paused", State.RESTARTING: "restarting",
+    State.REMOVING: "removing", State.EXITED: "exited", State.DEAD: "dead",
+}
+
+
+def status_name(state: State) -> str:
+    return STATUS_NAMES.get(state, "created")
+
+
+def _label_matches(labels: dict[str, str], wanted: str) -> bool:
+    key, eq, value = wanted.partition("=")
+    if key not in labels:
+        return False
+    return not eq or labels[key] == value

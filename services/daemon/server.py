@@ -1,0 +1,178 @@
+"""The daemon's gRPC services: translation between proto messages and the ContainerManager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from grpclib.client import Channel
+from grpclib.server import Server
+
+from services.common.config import Config
+from services.common.errors import Conflict, Unavailable
+from services.common.grpc import call, grpc_errors
+from services.daemon.containers import ContainerManager
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import (
+    AttachRequest,
+    Container,
+    ContainerRef,
+    ContainersBase,
+    CreateContainerRequest,
+    CreateContainerResponse,
+    Empty,
+    ImagesBase,
+    InfoResponse,
+    KillRequest,
+    ListRequest,
+    ListResponse,
+    LogEntry,
+    LogsRequest,
+    RemoveRequest,
+    State,
+    StopRequest,
+    SystemBase,
+    WaitRequest,
+    WaitResponse,
+)
+
+hl = highlevel.v1
+log = structlog.get_logger(service="daemon")
+
+
+class ContainersService(ContainersBase):
+    def __init__(self, manager: ContainerManager) -> None:
+        self.manager = manager
+
+    @grpc_errors
+    async def create(self, create_container_request: CreateContainerRequest) -> CreateContainerResponse:
+        record = await self.manager.create(create_container_request.name, create_container_request.config)
+        return CreateContainerResponse(id=record.id)
+
+    @grpc_errors
+    async def start(self, container_ref: ContainerRef) -> Empty:
+        await self.manager.start(container_ref.id)
+        return Empty()
+
+    @grpc_errors
+    async def stop(self, stop_request: StopRequest) -> Empty:
+        r = stop_request
+        await self.manager.stop(r.id, r.timeout if r.timeout_set else None, r.signal)
+        return Empty()
+
+    @grpc_errors
+    async def kill(self, kill_request: KillRequest) -> Empty:
+        await self.manager.kill(kill_request.id, kill_request.signal)
+        return Empty()
+
+    @grpc_errors
+    async def remove(self, remove_request: RemoveRequest) -> Empty:
+        await self.manager.remove(remove_request.id, remove_request.force)
+        return Empty()
+
+    @grpc_errors
+    async def wait(self, wait_request: WaitRequest) -> AsyncIterator[WaitResponse]:
+        async for exited, code in self.manager.wait(wait_request.id, wait_request.condition):
+            yield WaitResponse(exited=exited, exit_code=code)
+
+    @grpc_errors
+    async def list(self, list_request: ListRequest) -> ListResponse:
+        r = list_request
+        return ListResponse(containers=self.manager.list(r.all, r.filters, r.limit))
+
+    @grpc_errors
+    async def inspect(self, container_ref: ContainerRef) -> Container:
+        return self.manager.get(container_ref.id).record
+
+    @grpc_errors
+    async def logs(self, logs_request: LogsRequest) -> AsyncIterator[LogEntry]:
+        r = logs_request
+        async for entry in self.manager.logs(r.id, follow=r.follow, stdout=r.stdout, stderr=r.stderr, tail=r.tail):
+            yield entry
+
+    @grpc_errors
+    async def attach(self, attach_request: AttachRequest) -> AsyncIterator[LogEntry]:
+        r = attach_request
+        async for entry in self.manager.attach_output(r.id, r.stdout, r.stderr):
+            yield entry
+
+
+class ImagesService(ImagesBase):
+    """Highlevel's images, plus what only the daemon knows: which images its containers use."""
+
+    def __init__(self, manager: ContainerManager) -> None:
+        self.manager = manager
+        self.images = manager.images
+
+    @grpc_errors
+    async def list(self, list_images_request: hl.ListImagesRequest) -> hl.ListImagesResponse:
+        return await call(self.images.list(list_images_request))
+
+    @grpc_errors
+    async def inspect(self, inspect_image_request: hl.InspectImageRequest) -> hl.InspectImageResponse:
+        return await call(self.images.inspect(inspect_image_request))
+
+    @grpc_errors
+    async def load(self, load_images_request: hl.LoadImagesRequest) -> hl.LoadImagesResponse:
+        return await call(self.images.load(load_images_request))
+
+    @grpc_errors
+    async def remove(self, remove_image_request: hl.RemoveImageRequest) -> hl.RemoveImageResponse:
+        r = remove_image_request
+        image = (await call(self.images.inspect(hl.InspectImageRequest(reference=r.reference)))).image
+        users = [e.record.id for e in self.manager.entries.values() if e.record.image_id == image.id]
+        if users and r.force is False and r.reference.lower() in (image.id, image.id.removeprefix("sha256:")):
+            raise Conflict(f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is being used "
+                           f"by stopped container {users[0][:12]}")
+        r.in_use = bool(users)
+        return await call(self.images.remove(r))
+
+
+class SystemService(SystemBase):
+    def __init__(self, manager: ContainerManager, config: Config) -> None:
+        self.manager = manager
+        self.config = config
+
+    @grpc_errors
+    async def info(self, empty: Empty) -> InfoResponse:
+        states = [e.record.state.status for e in self.manager.entries.values()]
+        try:
+            images = len((await call(self.manager.images.list(hl.ListImagesRequest()))).images)
+        except Unavailable:
+            images = 0
+        return InfoResponse(
+            containers=len(states), running=states.count(State.RUNNING), paused=states.count(State.PAUSED),
+            stopped=len(states) - states.count(State.RUNNING) - states.count(State.PAUSED), images=images,
+            runtime=self.config.runtime, root=str(self.config.paths.lib))
+
+
+async def serve(config: Config) -> None:
+    paths = config.paths
+    for folder in (paths.run, paths.daemon_lib, paths.run / "daemon"):
+        folder.mkdir(parents=True, exist_ok=True)
+    channel = Channel(path=str(paths.highlevel_socket))
+    manager = ContainerManager(paths, channel, config.runtime)
+    await manager.load()
+    server = Server([ContainersService(manager), ImagesService(manager), SystemService(manager, config)])
+    socket_path = str(paths.daemon_socket)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
+    await server.start(path=socket_path)
+    log.info("serving", socket=socket_path, highlevel=str(paths.highlevel_socket))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Stopping the daemon never stops a container: records stay, and the next start reconciles.
+    server.close()
+    await server.wait_closed()
+    await manager.close()
+    channel.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
+    log.info("stopped")

@@ -1,0 +1,48 @@
+"""Container records on disk: one folder per container under <lib>/daemon/containers/, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from services.gen.skiff.daemon.v1 import Container
+
+RECORD = "record.pb"
+
+
+class RecordStore:
+    """Blocking file operations: the manager calls them through ``asyncio.to_thread``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, container_id: str) -> Path:
+        return self.root / container_id
+
+    def save(self, record: Container) -> None:
+        """tmp, fsync, rename: a crash leaves the old record or the new one, never half of one."""
+        folder = self.folder(record.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{RECORD}.tmp"
+        data = bytes(record)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, folder / RECORD)
+
+    def load_all(self) -> list[Container]:
+        records: list[Container] = []
+        if not self.root.is_dir():
+            return records
+        for folder in self.root.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                records.append(Container().parse((folder / RECORD).read_bytes()))
+        return records
+
+    def delete(self, container_id: str) -> None:
+        shutil.rmtree(self.folder(container_id), ignore_errors=True)
