@@ -51,8 +51,16 @@ def loads(data: str | bytes) -> Any:
         value, end = _scan(text, start)
     except StopIteration as e:
         raise JSONError(f"Expecting value: char {e.value}") from None
-    except ValueError as e:
-        raise JSONError(str(e)) from None
+    except (ValueError, SystemError):
+        # The C scanner builds its error from json.decoder, which it only finds when already
+        # imported: on this (rare) path, pay for the stdlib parser to get its message.
+        import json
+
+        try:
+            json.loads(text)
+        except ValueError as e:
+            raise JSONError(str(e)) from None
+        raise JSONError("invalid JSON") from None
     if text[end:].strip(_WHITESPACE):
         raise JSONError(f"Extra data: char {end}")
     return value

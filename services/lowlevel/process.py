@@ -69,9 +69,12 @@ def env_dict(process: dict[str, Any]) -> dict[str, str]:
 
 
 def set_rlimits(process: dict[str, Any]) -> None:
-    import resource
+    rlimits = process.get("rlimits") or []
+    if not rlimits:
+        return
+    import resource  # preloaded (preload_modules): the container's root has no stdlib
 
-    for rl in process.get("rlimits") or []:
+    for rl in rlimits:
         try:
             resource.setrlimit(_RLIMITS[rl["type"]], (int(rl["soft"]), int(rl["hard"])))
         except (ValueError, OSError) as e:

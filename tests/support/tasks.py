@@ -25,7 +25,7 @@ from tests.support.busybox import build_rootfs, default_spec
 
 RUNTIME_SWITCH_ENV = "SKIFF_TEST_RUNTIME"
 # The integrator switches this default to skiff-lowlevel once it is ready.
-DEFAULT_TEST_RUNTIME = "runc"
+DEFAULT_TEST_RUNTIME = "skiff-lowlevel"
 
 
 def chosen_runtime() -> str:
