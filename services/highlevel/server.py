@@ -13,6 +13,7 @@ import structlog
 from grpclib.server import Server
 
 from services.common.config import Config
+from services.common.sd_notify import notify
 from services.highlevel.containers import ContainersService, ContainerStore
 from services.highlevel.events import EventBus
 from services.highlevel.tasks import TaskManager
@@ -65,6 +66,7 @@ async def serve(config: Config) -> None:
         os.unlink(socket_path)
     await server.start(path=socket_path)
     log.info("serving", socket=socket_path, runtime=config.runtime, tasks=len(manager.tasks))
+    notify()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
