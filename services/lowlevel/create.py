@@ -133,6 +133,8 @@ def create_container(opts: CreateOptions) -> Created:
         state.save(opts.root, st)
         fifo = os.path.join(directory, state.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
+        # As runc: whatever the umask, the init may open it for writing after it switched user.
+        os.chmod(fifo, 0o622)
         cgroup = open_cgroup(st.cgroups_path or None, opts.container_id)
         cgroup.create()
         cgroup.set(resources_with_default_devices(linux))
@@ -220,6 +222,9 @@ def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo:
         from services.lowlevel.console import connect_console_socket
 
         console = connect_console_socket(opts.console_socket or "")
+    # Import (and dlopen) what the init needs while we are still the host's root: in a new user
+    # namespace the init may not read the interpreter's files, and after pivot_root it cannot see them.
+    preload_modules(spec.get("process") or {}, linux.get("seccomp"), spec.get("hooks"))
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # the intermediate
@@ -311,7 +316,12 @@ def _try_send_error(sock: socket.socket, kind: str, message: str) -> None:
     try:
         _send(sock, Sync.ERROR, {"kind": kind, "message": message})
     except OSError:
-        pass
+        # The parent is gone (the init failed after READY, between ``start`` and execve): the
+        # container's stderr is the only place left where the reason can be seen.
+        try:
+            os.write(2, f"skiff-lowlevel: container init: {message}\n".encode())
+        except OSError:
+            pass
 
 
 def _intermediate(

@@ -45,7 +45,9 @@ def preload_modules(process: dict[str, Any], seccomp: dict[str, Any] | None, spe
     if process.get("rlimits"):
         import resource  # noqa: F401
     if seccomp:
-        import services.lowlevel.seccomp  # noqa: F401
+        from services.lowlevel.seccomp import preload
+
+        preload()  # dlopen libseccomp: after pivot_root the container's root may have none
     if process.get("terminal"):
         import services.lowlevel.console  # noqa: F401
     if spec_hooks and spec_hooks.get("startContainer"):

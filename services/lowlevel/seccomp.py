@@ -250,8 +250,19 @@ def _check(rc: int, operation: str) -> None:
         raise SyscallError(operation, None, -rc)
 
 
+_lib: ctypes.CDLL | None = None
+
+
+def preload() -> None:
+    """Open libseccomp now, while the host's filesystem is in sight (before pivot_root or setns)."""
+    _libseccomp()
+
+
 def _libseccomp() -> ctypes.CDLL:
     """Open libseccomp and declare the prototypes used (ctypes would truncate the pointer)."""
+    global _lib
+    if _lib is not None:
+        return _lib
     try:
         lib = ctypes.CDLL("libseccomp.so.2")
     except OSError as exc:
@@ -267,4 +278,5 @@ def _libseccomp() -> ctypes.CDLL:
     lib.seccomp_syscall_resolve_name.restype = c_int
     lib.seccomp_rule_add_array.argtypes = [ptr, u32, c_int, ctypes.c_uint, ctypes.c_void_p]
     lib.seccomp_rule_add_array.restype = c_int
+    _lib = lib
     return lib
