@@ -169,7 +169,7 @@ class ContainerManager:
     async def create(self, name: str, config: ContainerConfig) -> Container:
         if not config.image:
             raise InvalidArgument("config.Image is required")
-        if config.host.network_mode not in ("", "default", "none", "host"):
+        if config.host.network_mode not in ("", "default", "bridge", "none", "host"):
             raise InvalidArgument(f"network {config.host.network_mode} not found")
         container_id = secrets.token_hex(32)
         name = self._reserve_name(name, container_id)

@@ -1,0 +1,25 @@
+"""The one mapping from services.common.errors kinds to HTTP statuses, and Docker's error body."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.common.errors import ErrorKind, SkiffError
+
+HTTP_STATUS_BY_KIND: dict[str, int] = {
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.ALREADY_EXISTS: 409,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.INVALID_ARGUMENT: 400,
+    ErrorKind.FAILED_PRECONDITION: 409,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.INTERNAL: 500,
+}
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+def from_skiff_error(error: SkiffError) -> web.Response:
+    return error_response(HTTP_STATUS_BY_KIND.get(error.kind, 500), error.message)

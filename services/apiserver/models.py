@@ -1,0 +1,313 @@
+"""Docker's JSON shapes, built in one place from the daemon's messages (and parsed from requests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime
+from typing import Any
+
+from services.common.errors import InvalidArgument
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import Container, ContainerConfig, HostConfig, InfoResponse, State
+
+hl = highlevel.v1
+
+API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"
+ENGINE_VERSION = "0.1.0"
+ZERO_TIME = "0001-01-01T00:00:00Z"
+STATUS_NAMES = {
+    State.CREATED: "created", State.RUNNING: "running", State.PAUSED: "paused", State.RESTARTING: "restarting",
+    State.REMOVING: "removing", State.EXITED: "exited", State.DEAD: "dead",
+}
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 (nanoseconds allowed) to a UNIX time; 0 when empty or unparsable."""
+    if not value:
+        return 0.0
+    try:
+        head, _, frac = value.rstrip("Z").partition(".")
+        base = datetime.fromisoformat(head + "+00:00").timestamp()
+        return base + (float(f"0.{frac}") if frac.isdigit() else 0.0)
+    except ValueError:
+        return 0.0
+
+
+def _human(seconds: float) -> str:
+    """Docker's units.HumanDuration, approximately."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    return f"{s // 86400} days"
+
+
+def _strings(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidArgument(f"invalid {field}: expected a string or a list of strings")
+
+
+def _int(value: Any, field: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"invalid {field}: expected an integer")
+    return value
+
+
+def container_config_from_request(body: Any) -> ContainerConfig:
+    """POST /containers/create's body (Config fields at the top, HostConfig inside)."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("invalid JSON body: expected an object")
+    host_body = body.get("HostConfig") or {}
+    if not isinstance(host_body, dict):
+        raise InvalidArgument("invalid HostConfig: expected an object")
+    labels = body.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidArgument("invalid Labels: expected an object of strings")
+    entrypoint = body.get("Entrypoint")
+    stop_timeout = body.get("StopTimeout")
+    host = HostConfig(
+        auto_remove=bool(host_body.get("AutoRemove")),
+        memory=_int(host_body.get("Memory"), "Memory"),
+        pids_limit=_int(host_body.get("PidsLimit"), "PidsLimit"),
+        cap_add=_strings(host_body.get("CapAdd"), "CapAdd"),
+        cap_drop=_strings(host_body.get("CapDrop"), "CapDrop"),
+        privileged=bool(host_body.get("Privileged")),
+        readonly_rootfs=bool(host_body.get("ReadonlyRootfs")),
+        network_mode=str(host_body.get("NetworkMode") or ""),
+    )
+    return ContainerConfig(
+        image=str(body.get("Image") or ""),
+        cmd=_strings(body.get("Cmd"), "Cmd"),
+        entrypoint=_strings(entrypoint, "Entrypoint"),
+        entrypoint_set=entrypoint is not None,
+        env=_strings(body.get("Env"), "Env"),
+        working_dir=str(body.get("WorkingDir") or ""),
+        user=str(body.get("User") or ""),
+        labels={str(k): v for k, v in labels.items()},
+        tty=bool(body.get("Tty")),
+        open_stdin=bool(body.get("OpenStdin")),
+        stdin_once=bool(body.get("StdinOnce")),
+        stop_signal=str(body.get("StopSignal") or ""),
+        stop_timeout=-1 if stop_timeout is None else _int(stop_timeout, "StopTimeout"),
+        hostname=str(body.get("Hostname") or ""),
+        host=host,
+    )
+
+
+def _network_mode(host: HostConfig) -> str:
+    return host.network_mode if host.network_mode in ("host", "none") else "none"
+
+
+def _status_text(c: Container) -> str:
+    state = c.state
+    if state.status == State.RUNNING:
+        return f"Up {_human(time.time() - parse_time(state.started_at))}"
+    if state.status == State.EXITED:
+        return f"Exited ({state.exit_code}) {_human(time.time() - parse_time(state.finished_at))} ago"
+    return STATUS_NAMES.get(state.status, "created").capitalize()
+
+
+def container_summary(c: Container) -> dict[str, Any]:
+    """One entry of GET /containers/json."""
+    return {
+        "Id": c.id,
+        "Names": [f"/{c.name}"],
+        "Image": c.image_ref,
+        "ImageID": c.image_id,
+        "Command": " ".join(c.path_args),
+        "Created": int(parse_time(c.created)),
+        "Ports": [],
+        "Labels": dict(c.config.labels),
+        "State": STATUS_NAMES.get(c.state.status, "created"),
+        "Status": _status_text(c),
+        "HostConfig": {"NetworkMode": _network_mode(c.config.host)},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": [],
+    }
+
+
+def container_inspect(c: Container) -> dict[str, Any]:
+    """GET /containers/{id}/json."""
+    cfg, host, state = c.config, c.config.host, c.state
+    status = state.status
+    return {
+        "Id": c.id,
+        "Created": c.created,
+        "Path": c.path_args[0] if c.path_args else "",
+        "Args": list(c.path_args[1:]),
+        "State": {
+            "Status": STATUS_NAMES.get(status, "created"),
+            "Running": status in (State.RUNNING, State.PAUSED),
+            "Paused": status == State.PAUSED,
+            "Restarting": status == State.RESTARTING,
+            "OOMKilled": state.oom_killed,
+            "Dead": status == State.DEAD,
+            "Pid": state.pid,
+            "ExitCode": state.exit_code,
+            "Error": state.error,
+            "StartedAt": state.started_at or ZERO_TIME,
+            "FinishedAt": state.finished_at or ZERO_TIME,
+        },
+        "Image": c.image_id,
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "LogPath": c.log_path,
+        "Name": f"/{c.name}",
+        "RestartCount": c.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": None,
+        "HostConfig": {
+            "AutoRemove": host.auto_remove,
+            "Memory": host.memory,
+            "PidsLimit": host.pids_limit or None,
+            "CapAdd": list(host.cap_add) or None,
+            "CapDrop": list(host.cap_drop) or None,
+            "Privileged": host.privileged,
+            "ReadonlyRootfs": host.readonly_rootfs,
+            "NetworkMode": _network_mode(host),
+            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "LogConfig": {"Type": "json-file", "Config": {}},
+            "Binds": None,
+            "PortBindings": {},
+        },
+        "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": c.rootfs}},
+        "Mounts": [],
+        "Config": {
+            "Hostname": cfg.hostname or c.id[:12],
+            "Domainname": "",
+            "User": cfg.user,
+            "AttachStdin": False,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": cfg.tty,
+            "OpenStdin": cfg.open_stdin,
+            "StdinOnce": cfg.stdin_once,
+            "Env": list(cfg.env),
+            "Cmd": list(cfg.cmd) or None,
+            "Image": c.image_ref,
+            "Volumes": None,
+            "WorkingDir": cfg.working_dir,
+            "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint_set else None,
+            "OnBuild": None,
+            "Labels": dict(cfg.labels),
+            **({"StopSignal": cfg.stop_signal} if cfg.stop_signal else {}),
+            **({"StopTimeout": cfg.stop_timeout} if cfg.stop_timeout >= 0 else {}),
+        },
+        "NetworkSettings": {
+            "Bridge": "", "SandboxID": "", "Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": "",
+            "Networks": {_network_mode(host): {"NetworkID": _network_mode(host), "IPAddress": "", "Gateway": ""}},
+        },
+    }
+
+
+def _image_config(image: hl.ImageSummary) -> dict[str, Any]:
+    try:
+        return json.loads(image.config or b"{}")
+    except ValueError:
+        return {}
+
+
+def image_summary(image: hl.ImageSummary) -> dict[str, Any]:
+    """One entry of GET /images/json."""
+    config = _image_config(image)
+    return {
+        "Id": image.id,
+        "ParentId": "",
+        "RepoTags": list(image.repo_tags),
+        "RepoDigests": list(image.repo_digests),
+        "Created": int(parse_time(image.created)),
+        "Size": image.size,
+        "SharedSize": -1,
+        "Labels": (config.get("config") or {}).get("Labels") or {},
+        "Containers": -1,
+    }
+
+
+def image_inspect(image: hl.ImageSummary) -> dict[str, Any]:
+    """GET /images/{name}/json."""
+    config = _image_config(image)
+    return {
+        "Id": image.id,
+        "RepoTags": list(image.repo_tags),
+        "RepoDigests": list(image.repo_digests),
+        "Parent": "",
+        "Comment": "",
+        "Created": image.created,
+        "DockerVersion": "",
+        "Author": config.get("author", ""),
+        "Config": config.get("config") or {},
+        "Architecture": config.get("architecture", ""),
+        "Os": config.get("os", ""),
+        "Size": image.size,
+        "GraphDriver": {"Name": "overlay2", "Data": None},
+        "RootFS": {"Type": "layers", "Layers": list(image.diff_ids)},
+        "Metadata": {"LastTagTime": ZERO_TIME},
+    }
+
+
+def version() -> dict[str, Any]:
+    uname = os.uname()
+    details = {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux",
+               "Arch": _arch(), "KernelVersion": uname.release}
+    return {
+        "Platform": {"Name": "Skiff"},
+        "Components": [{"Name": "Engine", "Version": ENGINE_VERSION, "Details": details}],
+        "Version": ENGINE_VERSION,
+        "GitCommit": "",
+        "GoVersion": f"python{platform.python_version()}",
+        "BuildTime": "",
+        **details,
+    }
+
+
+def _arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def info(data: InfoResponse, hostname: str, mem_total: int) -> dict[str, Any]:
+    uname = os.uname()
+    return {
+        "ID": "skiff", "Containers": data.containers, "ContainersRunning": data.running,
+        "ContainersPaused": data.paused, "ContainersStopped": data.stopped, "Images": data.images,
+        "Driver": "overlay2", "DriverStatus": [], "DockerRootDir": data.root, "Name": hostname,
+        "OperatingSystem": "Skiff", "OSType": "linux", "OSVersion": "", "Architecture": uname.machine,
+        "KernelVersion": uname.release, "NCPU": os.cpu_count() or 1, "MemTotal": mem_total,
+        "ServerVersion": ENGINE_VERSION, "CgroupDriver": "cgroupfs", "CgroupVersion": "2",
+        "DefaultRuntime": data.runtime, "Runtimes": {data.runtime: {"path": data.runtime}},
+        "LoggingDriver": "json-file", "SecurityOptions": [], "Warnings": [], "Labels": [],
+        "ExperimentalBuild": False, "LiveRestoreEnabled": True, "Plugins": {"Volume": ["local"],
+                                                                           "Network": ["host", "null"],
+                                                                           "Log": ["json-file"]},
+        "Swarm": {"LocalNodeState": "inactive"}, "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"]},
+    }

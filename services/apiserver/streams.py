@@ -1,0 +1,38 @@
+"""Stream framing: Docker's 8-byte multiplexed frames, and the hijacked (101 UPGRADED) response."""
+
+from __future__ import annotations
+
+import struct
+
+from aiohttp import web
+
+from services.gen.skiff.daemon.v1 import LogStream
+
+MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
+RAW = "application/vnd.docker.raw-stream"
+STREAM_BYTE = {LogStream.STDOUT: 1, LogStream.STDERR: 2}
+
+
+def frame(stream: LogStream, data: bytes) -> bytes:
+    """[stream, 0, 0, 0, size (big endian uint32)] then the payload."""
+    return struct.pack(">BxxxL", STREAM_BYTE.get(stream, 1), len(data)) + data
+
+
+class RawStreamResponse(web.StreamResponse):
+    """No chunked encoding and no length: after the headers the connection carries the bare stream."""
+
+    _length_check = False
+
+
+async def hijack(request: web.Request, tty: bool) -> web.StreamResponse:
+    """101 UPGRADED when the client asked for an upgrade (the CLI, docker-py), else a plain 200 stream."""
+    upgrade = "upgrade" in request.headers.get("Connection", "").lower()
+    response = RawStreamResponse(status=101 if upgrade else 200, reason="UPGRADED" if upgrade else "OK")
+    response.content_type = RAW if tty else MULTIPLEXED
+    if upgrade:
+        response.headers["Connection"] = "Upgrade"
+        response.headers["Upgrade"] = "tcp"
+    # The stream ends with the connection: nothing else may follow on it.
+    response.force_close()
+    await response.prepare(request)
+    return response

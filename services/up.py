@@ -1,0 +1,116 @@
+"""``skiff up [--root PREFIX]``: the three services in order; on a signal they stop, the containers do not."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.paths import Paths, resolve_paths
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class Service:
+    module: str
+    socket: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def wait_ready(service: Service, deadline: float) -> None:
+    delay = 0.01
+    while not accepts(service.socket):
+        assert service.proc is not None
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"{service.module} exited with status {service.proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{service.module}: {service.socket} not accepting after {READY_TIMEOUT} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def services_of(paths: Paths) -> list[Service]:
+    return [
+        Service("services.highlevel", paths.highlevel_socket),
+        Service("services.daemon", paths.daemon_socket),
+        Service("services.apiserver", paths.api_socket),
+    ]
+
+
+def stop_all(started: list[Service]) -> None:
+    """Reverse order, SIGTERM then SIGKILL after a bound; the containers' shims are not ours to stop."""
+    for service in reversed(started):
+        if service.proc is None or service.proc.poll() is not None:
+            continue
+        service.proc.send_signal(signal.SIGTERM)
+        try:
+            service.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            service.proc.kill()
+            service.proc.wait(STOP_TIMEOUT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="skiff", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the engine in the foreground")
+    up.add_argument("--root", help="state prefix (default: $SKIFF_ROOT, else /)")
+    up.add_argument("--runtime", help="OCI runtime: skiff-lowlevel, runc, crun or a path")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    paths = resolve_paths(args.root)
+    env = dict(os.environ, SKIFF_ROOT=str(paths.prefix))
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started: list[Service] = []
+    try:
+        for service in services_of(paths):
+            argv_ = [sys.executable, "-m", service.module, "--root", str(paths.prefix)]
+            if args.runtime and service.module != "services.apiserver":
+                argv_ += ["--runtime", args.runtime]
+            # Its own process group: a ^C in this terminal reaches skiff up only, which stops them in order.
+            service.proc = subprocess.Popen(argv_, env=env, process_group=0)
+            started.append(service)
+            wait_ready(service, time.monotonic() + READY_TIMEOUT)
+            if stopping:
+                return 0
+        print(f"skiff: ready; export DOCKER_HOST=unix://{paths.api_socket}", file=sys.stderr, flush=True)
+        while not stopping:
+            for service in started:
+                assert service.proc is not None
+                if service.proc.poll() is not None:
+                    print(f"skiff: {service.module} exited ({service.proc.returncode})", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)  # a signal interrupts the sleep and sets `stopping`
+        return 0
+    except RuntimeError as exc:
+        print(f"skiff: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop_all(started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
