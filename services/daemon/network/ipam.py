@@ -139,9 +139,8 @@ class Ipam:
         return found
 
     def remove_pool(self, network_id: str) -> None:
-        with self._locked(network_id):
-            with contextlib.suppress(FileNotFoundError):
-                self._path(network_id).unlink()
+        with self._locked(network_id), contextlib.suppress(FileNotFoundError):
+            self._path(network_id).unlink()
         with contextlib.suppress(FileNotFoundError):
             (self.folder / f"{network_id}.lock").unlink()
 

@@ -79,7 +79,7 @@ def create(netns_dir: Path, name: str) -> Path:
     def make() -> None:
         _sys.unshare(_sys.CLONE_NEWNET)
         # /proc/thread-self: the new namespace belongs to this thread, not to the process.
-        _sys.bind_mount(f"/proc/thread-self/ns/net", str(path))
+        _sys.bind_mount("/proc/thread-self/ns/net", str(path))
         _loopback_up()
 
     try:
