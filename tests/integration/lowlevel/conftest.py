@@ -195,10 +195,14 @@ class Runtime:
         if out is None:
             return self.cmd("create", "--bundle", str(bundle), *extra, cid)
         argv = [*self.argv, "--root", str(self.root), "create", "--bundle", str(bundle), *extra, cid]
-        with open(out, "ab") as f, tempfile.TemporaryFile() as err:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=err, timeout=TIMEOUT, check=False)
-            err.seek(0)
-            return Result(argv, done.returncode, "", err.read().decode(errors="replace"))
+        # The runtime's stderr is the container's: both go to the file; on failure it holds the reason.
+        with open(out, "ab") as f:
+            start = f.tell()
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f, timeout=TIMEOUT, check=False)
+        with open(out, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+        return Result(argv, done.returncode, "", text if done.returncode else "")
 
     def start_container(self, args: list[str], **kw: Any) -> tuple[str, Path, dict[str, Any]]:
         """A running container (create + start), its output in ``<bundle>/out``."""
