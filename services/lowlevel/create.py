@@ -44,6 +44,7 @@ class Sync:
     USERNS_MAPPED = "userns-mapped"  # parent → intermediate
     GO = "go"  # parent → intermediate: you are in the cgroup, go on
     INIT_PID = "init-pid"  # intermediate → parent: the init's host pid
+    CGROUP_JOINED = "cgroup-joined"  # parent → init: you are in the cgroup; speak only after this
     RUN_HOOKS = "run-hooks"  # init → parent: run the createRuntime hooks now
     HOOKS_DONE = "hooks-done"  # parent → init
     READY = "ready"  # init → parent: waiting on the exec fifo
@@ -239,9 +240,14 @@ def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo:
             _expect(parent_sock, Sync.USERNS_CREATED)
             _write_id_maps(pid, linux)
             _send(parent_sock, Sync.USERNS_MAPPED)
-        cgroup.add(pid)
         _send(parent_sock, Sync.GO)
         init_pid = int(_expect(parent_sock, Sync.INIT_PID))
+        # The first move into a v1 cgroup waits for an RCU grace period (10-20 ms here): the
+        # init builds its root filesystem meanwhile, and waits for this message before it
+        # needs to be inside. The message also orders the socket: the init speaks only after
+        # the intermediate's INIT_PID has been read.
+        cgroup.add(init_pid)
+        _send(parent_sock, Sync.CGROUP_JOINED)
         os.waitpid(pid, 0)
         st.pid = init_pid
         st.pid_start = state.proc_start_time(init_pid) or 0
@@ -358,7 +364,8 @@ def _intermediate(
     _expect(sock, Sync.GO)
     flags = 0
     for ns in namespaces:
-        if not ns.get("path") and ns["type"] != "user":
+        # The cgroup namespace is made by the init once it is in its cgroup: that is its root.
+        if not ns.get("path") and ns["type"] not in ("user", "cgroup"):
             flags |= sc.NAMESPACE_FLAGS[ns["type"]]
     if flags:
         sc.unshare(flags)
@@ -388,6 +395,9 @@ def _init(
     preload_modules(process, linux.get("seccomp"), spec.get("hooks"))
     if "mount" in ns_types:
         mounts.setup_rootfs(spec, st.rootfs, st.bundle, cgroup.paths(), in_userns=in_userns)
+    _expect(sock, Sync.CGROUP_JOINED)
+    if any(ns["type"] == "cgroup" and not ns.get("path") for ns in linux.get("namespaces") or []):
+        sc.unshare(sc.CLONE_NEWCGROUP)
     _send(sock, Sync.RUN_HOOKS)
     _expect(sock, Sync.HOOKS_DONE)
     hooks.run_hooks(spec, "createContainer", state.oci_state(opts.root, st, state.Status.CREATING))

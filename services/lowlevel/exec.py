@@ -137,6 +137,8 @@ def exec_in_container(opts: ExecOptions) -> int:
         cgroup_of(st).add(pid)
         _send(parent_sock, Sync.GO)
         exec_pid = int(_expect(parent_sock, Sync.INIT_PID))
+        # The process speaks only after this: its READY can never overtake INIT_PID.
+        _send(parent_sock, Sync.CGROUP_JOINED)
         os.waitpid(pid, 0)
         _expect(parent_sock, Sync.READY)
     except BaseException:
@@ -190,6 +192,7 @@ def _exec_intermediate(
         return
 
     def body() -> None:
+        _expect(sock, Sync.CGROUP_JOINED)
         os.setsid()
         if console is not None:
             from services.lowlevel.console import setup_console
