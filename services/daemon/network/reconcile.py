@@ -41,8 +41,11 @@ def reconcile_sync(
     ``live_networks`` None leaves networks alone; a set removes bridges, rules and pools of the others.
     """
     report = Report()
+    # Only this daemon's networks (those with a pool in its IPAM folder): another Skiff under another
+    # root prefix on the same host keeps its devices.
+    known = {p.network_id for p in ipam.pools()}
     for link in bridge.owned_links():
-        if link.kind == "endpoint" and (
+        if link.kind == "endpoint" and link.network_id in known and (
             link.container_id not in live_containers
             or (live_networks is not None and link.network_id not in live_networks)
         ):
@@ -56,7 +59,7 @@ def reconcile_sync(
     if live_networks is not None:
         pools = {p.network_id: p for p in ipam.pools()}
         for link in bridge.owned_links():
-            if link.kind == "bridge" and link.network_id not in live_networks:
+            if link.kind == "bridge" and link.network_id in known and link.network_id not in live_networks:
                 pool = pools.get(link.network_id)
                 if pool is not None:
                     firewall.remove_network(link.ifname, pool.subnet)
