@@ -80,7 +80,7 @@ class World:
     def container_netns(self, name: str) -> Path:
         return netns.create(self.netns_dir, name)
 
-    def endpoint(self, net: Net, cid: str, path: Path, ip: str | None = None) -> Endpoint:
+    def endpoint(self, net: Net, cid: str, path: Path, ip: str | None = None, ifname: str = "eth0") -> Endpoint:
         address = self.ipam.allocate(net.network_id, cid, ipaddress.IPv4Address(ip) if ip else None)
         ep = bridge.attach(
             container_id=cid,
@@ -89,6 +89,8 @@ class World:
             netns_path=path,
             address=address,
             gateway=net.gateway,
+            ifname=ifname,
+            default_route=ifname == "eth0",
         )
         self.endpoints.append(ep)
         return ep
