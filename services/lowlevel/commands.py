@@ -118,6 +118,7 @@ def cmd_exec(p: Parsed, root: str, need_id: IdGetter) -> int:
     from services.lowlevel import exec as exec_
 
     container_id = p.args[0] if p.args else need_id(p)
+    state.load(root, container_id)  # an unknown id is "does not exist", not a missing file
     if p.flags.get("process"):
         process = exec_.load_process_file(p.flags["process"])
     else:
@@ -324,21 +325,57 @@ def cmd_events(p: Parsed, root: str, need_id: IdGetter) -> int:
         print(json.dumps({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
         return 0
     interval = _interval(p.flags.get("interval"))
+    notify = _oom_notifier(cgroup)
     ooms = cgroup.oom_kills()
     next_stats = time.monotonic() + interval
-    # Bounded by the container's life: the loop ends when the init is gone.
-    while state.init_alive(st):
-        now_ooms = cgroup.oom_kills()
-        if now_ooms > ooms:
-            ooms = now_ooms
+    try:
+        # Bounded by the container's life: the loop ends when the init is gone.
+        while state.init_alive(st):
+            now_ooms = cgroup.oom_kills()
+            if now_ooms > ooms:
+                ooms = now_ooms
+                print(json.dumps({"type": "oom", "id": container_id}), flush=True)
+            if time.monotonic() >= next_stats:
+                print(json.dumps({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
+                next_stats = time.monotonic() + interval
+            if notify is None:
+                time.sleep(0.05)
+            else:
+                # Woken at once by an OOM (the kernel's v1 notification), else a periodic check.
+                import select
+
+                if select.select([notify[0]], [], [], 0.05)[0]:
+                    os.read(notify[0], 8)
+        if cgroup.oom_kills() > ooms:
             print(json.dumps({"type": "oom", "id": container_id}), flush=True)
-        if time.monotonic() >= next_stats:
-            print(json.dumps({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
-            next_stats = time.monotonic() + interval
-        time.sleep(0.05)
-    if cgroup.oom_kills() > ooms:
-        print(json.dumps({"type": "oom", "id": container_id}), flush=True)
+    finally:
+        if notify is not None:
+            for fd in notify:
+                os.close(fd)
     return 0
+
+
+def _oom_notifier(cgroup: Any) -> tuple[int, int] | None:
+    """cgroup v1's OOM notification (as runc): an eventfd registered on memory.oom_control.
+
+    Returns (eventfd, oom_control fd), or None where it is not available (cgroup v2: polled).
+    """
+    memory = (cgroup.paths() if hasattr(cgroup, "paths") else {}).get("memory")
+    if not memory or not os.path.exists(os.path.join(memory, "cgroup.event_control")):
+        return None
+    try:
+        control = os.open(os.path.join(memory, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        with open(os.path.join(memory, "cgroup.event_control"), "w") as f:
+            f.write(f"{efd} {control}")
+    except OSError:
+        os.close(efd)
+        os.close(control)
+        return None
+    return efd, control
 
 
 def cmd_spec(p: Parsed, root: str, need_id: IdGetter) -> int:

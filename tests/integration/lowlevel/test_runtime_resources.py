@@ -52,9 +52,9 @@ def test_memory_limit_kills_greedy_process_and_reports_oom(rt: Runtime) -> None:
     events_out = rt.prefix / "events.out"
     events = rt.popen("events", cid, stdout=events_out)
     # Let ``events`` open the container's cgroup before the OOM can happen (no blind sleep: the
-    # runtime has done so once it holds an open descriptor on the memory cgroup or its eventfd).
+    # runtime has done so once it holds a descriptor on the memory cgroup: its OOM notification).
     cg = spec["linux"]["cgroupsPath"]
-    wait_until(lambda: _holds_cgroup_fd(events.pid, cg), 5.0)
+    assert wait_until(lambda: _holds_cgroup_fd(events.pid, cg), 10.0), "events never watched the cgroup"
     rt.cmd("start", cid).ok()
     rt.wait_status(cid, "stopped")
     text = out.read_text()
