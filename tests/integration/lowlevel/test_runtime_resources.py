@@ -103,3 +103,17 @@ def test_pids_limit_stops_fork_bomb(rt: Runtime) -> None:
     assert int(events["max"]) >= 1, events
     rt.cmd("delete", cid).ok()
     rt.assert_nothing_left(cid, bundle)
+
+
+def test_events_stats_once(rt: Runtime) -> None:
+    cid, _, _ = rt.start_container(
+        ["sleep", "60"], edit=lambda s: s["linux"]["resources"].update(memory={"limit": 64 * MiB}, pids={"limit": 20})
+    )
+    r = rt.cmd("events", "--stats", cid).ok()
+    event = json.loads(r.stdout.splitlines()[0])
+    assert event["type"] == "stats"
+    assert event["id"] == cid
+    data = event["data"]
+    assert data["pids"]["current"] >= 1
+    assert data["pids"]["limit"] == 20
+    assert data["memory"]["usage"]["limit"] == 64 * MiB
