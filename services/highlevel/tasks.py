@@ -38,7 +38,7 @@ from services.highlevel.containers import ContainerStore, check_id
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimClient, ShimGone, shim_error
 from services.shim.logfile import rfc3339_nano
-from services.shim.protocol import Op
+from services.shim.protocol import FrameKind, Op
 
 log = structlog.get_logger(service="highlevel")
 
@@ -62,11 +62,12 @@ class ExitInfo:
     signal: int = 0
     oom_killed: bool = False
     exited_at: str = ""
+    oom_kills: int = 0  # the cgroup's oom_kill counter at the exit (not in the proto): dedupes the oom event
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExitInfo:
         return cls(int(raw.get("exit_code", 0)), int(raw.get("signal", 0)), bool(raw.get("oom_killed")),
-                   str(raw.get("exited_at", "")))
+                   str(raw.get("exited_at", "")), int(raw.get("oom_kill") or 0))
 
     def to_proto(self) -> ExitStatus:
         return ExitStatus(exit_code=self.exit_code, signal=self.signal, oom_killed=self.oom_killed,
@@ -102,6 +103,8 @@ class Task:
     dead: bool = False  # the shim is gone: the task can only be deleted
     started_at: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    oom_kills: int = 0  # the highest oom_kill count already published as an ``oom`` event
+    oom_watcher: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> ShimClient:
@@ -262,6 +265,7 @@ class TaskManager:
         self.tasks[opts.id] = task
         self.events.publish(EventType.CREATE, opts.id, pid=init.pid)
         init.watcher = asyncio.create_task(self._watch(task, init))
+        task.oom_watcher = asyncio.create_task(self._watch_oom(task))
         log.info("task created", id=opts.id, pid=init.pid, runtime=runtime)
         return task
 
@@ -327,6 +331,32 @@ class TaskManager:
                 return
         self._record_exit(task, proc, ExitInfo.from_dict(exit_raw))
 
+    async def _watch_oom(self, task: Task, recovered: bool = False) -> None:
+        """Holds a ``subscribe`` on the shim: each OOM kill in the container becomes an ``oom`` event."""
+        try:
+            stream = await task.client.open(Op.SUBSCRIBE, timeout=10)
+        except SkiffError:
+            return  # the shim is gone or too old: the exit still says oom_killed
+        try:
+            if recovered:
+                # Kills that happened while highlevel was down are not replayed as live events.
+                task.oom_kills = max(task.oom_kills, int(stream.reply.get("oom_kill") or 0))
+            async for kind, payload in stream.frames():
+                if kind != FrameKind.JSON:
+                    continue
+                with contextlib.suppress(ValueError, TypeError):
+                    notice = json.loads(payload)
+                    if notice.get("event") == "oom":
+                        self._publish_oom(task, int(notice.get("oom_kill") or 0))
+        finally:
+            stream.close()
+
+    def _publish_oom(self, task: Task, count: int) -> None:
+        if count <= task.oom_kills:
+            return
+        task.oom_kills = count
+        self.events.publish(EventType.OOM, task.id, pid=task.init.pid)
+
     def _record_exit(self, task: Task, proc: ProcRecord, info: ExitInfo) -> None:
         if proc.exit is not None:
             return
@@ -343,7 +373,9 @@ class TaskManager:
             self.events.publish(EventType.EXEC_EXITED, task.id, proc.exec_id, proc.pid, proc.exit.to_proto())
         else:
             if proc.exit.oom_killed:
-                self.events.publish(EventType.OOM, task.id, pid=proc.pid)
+                # Unless the live notice of this kill came first (it is sent first, on another connection).
+                # A record without the counter (an older shim) is announced once.
+                self._publish_oom(task, proc.exit.oom_kills or task.oom_kills or 1)
             self.events.publish(EventType.EXIT, task.id, pid=proc.pid, exit_=proc.exit.to_proto())
         proc.exited.set()
 
@@ -474,6 +506,8 @@ class TaskManager:
             for proc in [task.init, *task.execs.values()]:
                 if proc.watcher and not proc.watcher.done():
                     proc.watcher.cancel()
+            if task.oom_watcher and not task.oom_watcher.done():
+                task.oom_watcher.cancel()
             await asyncio.to_thread(self._remove_traces, id_, task.state_dir)
             self.tasks.pop(id_, None)
             self.events.publish(EventType.DELETE, id_, pid=task.init.pid,
@@ -526,6 +560,7 @@ class TaskManager:
         task.paused = reply.get("status") == "paused"
         task.started_at = reply.get("started_at", "")
         init.watcher = asyncio.create_task(self._watch(task, init))
+        task.oom_watcher = asyncio.create_task(self._watch_oom(task, recovered=True))
         log.info("task recovered", id=id_, pid=init.pid, status=reply.get("status"))
 
 

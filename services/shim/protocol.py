@@ -43,8 +43,10 @@ class Op:
     RESUME = "resume"
     DELETE = "delete"
     SHUTDOWN = "shutdown"
+    SUBSCRIBE = "subscribe"
 
-    ALL = frozenset((STATE, START, WAIT, KILL, RESIZE, ATTACH, EXEC, CLOSE_STDIN, PAUSE, RESUME, DELETE, SHUTDOWN))
+    ALL = frozenset((STATE, START, WAIT, KILL, RESIZE, ATTACH, EXEC, CLOSE_STDIN, PAUSE, RESUME, DELETE, SHUTDOWN,
+                     SUBSCRIBE))
 
 
 class ProcStatus:

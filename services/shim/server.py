@@ -38,6 +38,10 @@ RUNTIME_TIMEOUT = 60.0
 MAX_CLIENT_BACKLOG = 8 * 1024 * 1024
 # Output of an exec nobody has attached to yet, kept for its first attacher.
 MAX_PENDING = 1024 * 1024
+# cgroup v1 signals the OOM eventfd before the OOM killer picks its victim (and bumps oom_kill):
+# after a wake-up without a new kill, the counter is read again this often, for this long.
+OOM_RECHECK = 0.02
+OOM_RECHECK_FOR = 2.0
 
 
 class Poller:
@@ -154,6 +158,12 @@ class Shim:
         self.reaped: dict[int, int] = {}
         self.conns: dict[int, Conn] = {}
         self.memory_cgroup = ""
+        # OOM watch: an eventfd (v1) or memory.events itself (v2, EPOLLPRI) in the loop.
+        self.oom_fd = -1
+        self.oom_v2 = False
+        self.oom_count = 0
+        self.oom_recheck_until = 0.0
+        self.subscribers: list[Conn] = []
         self.deleted = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
@@ -450,8 +460,13 @@ class Shim:
     def _on_exit(self, proc: Proc, status: int) -> None:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         code = 128 + sig if sig else os.WEXITSTATUS(status)
+        # Subscribers hear of an OOM kill before the exit it caused.
+        self._check_oom()
         oom = proc.exec_id == "" and sig == signal.SIGKILL and self._oom_killed()
         proc.exit = {"exit_code": code, "signal": sig, "oom_killed": oom, "exited_at": rfc3339_nano()}
+        if oom:
+            # The counter lets highlevel tell whether it already announced this OOM live.
+            proc.exit["oom_kill"] = self._read_oom_kills()
         proc.status = ProcStatus.STOPPED
         proc.exited_at_mono = time.monotonic()
         if proc.exec_id == "":
@@ -460,18 +475,99 @@ class Shim:
         self._maybe_finalize(proc)
 
     def _oom_killed(self) -> bool:
+        # Docker's reading: an init killed by SIGKILL in a cgroup where the OOM killer struck.
+        return self._read_oom_kills() > 0
+
+    def _read_oom_kills(self) -> int:
+        """The cgroup's ``oom_kill`` counter (v1 memory.oom_control, v2 memory.events); -1 if gone."""
         if not self.memory_cgroup:
-            return False
+            return -1
         for name in ("memory.oom_control", "memory.events"):
             try:
-                with open(os.path.join(self.memory_cgroup, name)) as f:
-                    for line in f:
-                        key, _, value = line.partition(" ")
-                        if key == "oom_kill" and int(value) > 0:
-                            return True
+                with open(os.path.join(self.memory_cgroup, name), "rb") as f:
+                    for line in f.read().splitlines():
+                        key, _, value = line.partition(b" ")
+                        if key == b"oom_kill":
+                            return int(value)
             except OSError:
                 continue
-        return False
+        return -1
+
+    def _watch_oom(self) -> None:
+        """Arms the OOM notification of the container's memory cgroup; a failure only costs the live event."""
+        cg = self.memory_cgroup
+        if not cg:
+            return
+        self.oom_count = max(self._read_oom_kills(), 0)
+        events_file = os.path.join(cg, "memory.events")
+        if os.path.exists(events_file):
+            # v2: kernfs wakes pollers of memory.events with EPOLLPRI whenever a counter moves.
+            try:
+                self.oom_fd = os.open(events_file, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return
+            self.oom_v2 = True
+            self.sel.register(self.oom_fd, select.EPOLLPRI | select.EPOLLERR, ("oom", None))
+            return
+        try:
+            efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except OSError:
+            return
+        try:
+            control = os.open(os.path.join(cg, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                ctl = os.open(os.path.join(cg, "cgroup.event_control"), os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(ctl, f"{efd} {control}".encode())
+                finally:
+                    os.close(ctl)
+            finally:
+                # The kernel holds its own reference to the eventfd; the control file is not needed.
+                os.close(control)
+        except OSError:
+            os.close(efd)
+            return
+        self.oom_fd = efd
+        self.sel.register(efd, Poller.READ, ("oom", None))
+
+    def _on_oom_wake(self) -> None:
+        if self.oom_v2:
+            # Re-arms the notification: kernfs wakes again only after the file was read.
+            try:
+                os.pread(self.oom_fd, 4096, 0)
+            except OSError:
+                pass
+        else:
+            try:
+                os.eventfd_read(self.oom_fd)
+            except OSError:
+                pass
+        if not self._check_oom():
+            if self._read_oom_kills() < 0:
+                self._stop_oom_watch()  # the cgroup was removed (v1 signals that too)
+            else:
+                self.oom_recheck_until = time.monotonic() + OOM_RECHECK_FOR
+
+    def _stop_oom_watch(self) -> None:
+        if self.oom_fd >= 0:
+            self.sel.unregister(self.oom_fd)
+            os.close(self.oom_fd)
+            self.oom_fd = -1
+        self.oom_recheck_until = 0.0
+
+    def _check_oom(self) -> bool:
+        """Tells subscribers of every OOM kill since the last look; True if there was one."""
+        if self.oom_fd < 0:
+            return False
+        count = self._read_oom_kills()
+        if count <= self.oom_count:
+            return False
+        self.oom_count = count
+        self.oom_recheck_until = 0.0
+        notice = encode_json({"event": "oom", "oom_kill": count, "time": rfc3339_nano()})
+        for conn in list(self.subscribers):
+            self._send(conn, notice)
+        return True
 
     def _find_memory_cgroup(self, pid: int) -> str:
         try:
@@ -549,6 +645,7 @@ class Shim:
         self.procs[""] = init
         self._launch(init, ["create", "--bundle", boot["bundle"], self.id], bool(boot.get("stdin")))
         self.memory_cgroup = self._find_memory_cgroup(init.pid)
+        self._watch_oom()
         self.save_state()
         return init.pid
 
@@ -773,6 +870,9 @@ class Shim:
             return self.op_delete(req)
         if op == Op.SHUTDOWN:
             return self.op_delete({"force": True})
+        if op == Op.SUBSCRIBE:
+            self.subscribers.append(conn)
+            return {"oom_kill": self.oom_count}
         raise ShimError("invalid_argument", f"unknown op {op}")
 
     def _attach(self, conn: Conn, proc: Proc, req: dict[str, Any]) -> dict[str, Any]:
@@ -836,6 +936,8 @@ class Shim:
         for p in self.procs.values():
             if conn in p.waiters:
                 p.waiters.remove(conn)
+        if conn in self.subscribers:
+            self.subscribers.remove(conn)
 
     def _finish(self, conn: Conn) -> None:
         """After delete: the answer goes out, then the shim removes its traces and exits."""
@@ -866,9 +968,20 @@ class Shim:
 
     # ---- loop -------------------------------------------------------------------------------
 
+    def _oom_timeout(self, timeout: float | None) -> float | None:
+        if not self.oom_recheck_until:
+            return timeout
+        now = time.monotonic()
+        if now >= self.oom_recheck_until:
+            self.oom_recheck_until = 0.0
+            return timeout
+        if self._check_oom():
+            return timeout
+        return OOM_RECHECK if timeout is None else min(timeout, OOM_RECHECK)
+
     def serve(self) -> None:
         while True:
-            timeout = self._check_grace()
+            timeout = self._oom_timeout(self._check_grace())
             for fd, (kind, obj), events in self.sel.select(timeout):
                 if kind == "wake":
                     self._drain_wakeup()
@@ -882,6 +995,8 @@ class Shim:
                     self._accept()
                 elif kind == "conn":
                     self._on_conn(obj, events)
+                elif kind == "oom":
+                    self._on_oom_wake()
             self.process_exits()
 
 
