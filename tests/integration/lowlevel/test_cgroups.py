@@ -287,9 +287,7 @@ def test_open_cgroup_paths_and_validation() -> None:
     group = open_cgroup(None, "skiff-t-abc")
     assert group.version == 1
     assert group.paths()["memory"] == v1_mounts()["memory"] + "/skiff-t-abc"
-    assert open_cgroup("system.slice:skiff:xyz", "x").paths()["pids"].endswith(
-        "/pids/system.slice/skiff-xyz.scope"
-    )
+    assert open_cgroup("system.slice:skiff:xyz", "x").paths()["pids"].endswith("/pids/system.slice/skiff-xyz.scope")
     for bad in ("/a/../b", "../x", "/a//b", "/", "/a/./b", "x-.slice:p:n"):
         with pytest.raises(InvalidArgument):
             open_cgroup(bad, "x")
@@ -307,7 +305,7 @@ def test_v2_lifecycle_on_unified_mount(v2_group: V2Cgroup, child: subprocess.Pop
     assert v2_group.paths() == {"": v2_group.path}
     v2_group.add(child.pid)
     assert v2_group.pids() == [child.pid]
-    assert f"0::{v2_group.path[len(UNIFIED):]}" in read(f"/proc/{child.pid}/cgroup").splitlines()
+    assert f"0::{v2_group.path[len(UNIFIED) :]}" in read(f"/proc/{child.pid}/cgroup").splitlines()
     v2_group.set({})  # nothing given, nothing written
 
     if os.path.exists(v2_group.path + "/cgroup.freeze"):
