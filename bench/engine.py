@@ -1,0 +1,229 @@
+"""The whole engine through the same docker CLI: Skiff against Debian's dockerd 20.10.
+
+Figures (medians; ratios Skiff/dockerd, lower is better):
+- ``docker run --rm busybox true`` with ``--network none`` and with the default network;
+- 50 ``docker run -d`` launched at once: wall time and launches per second;
+- ``GET /containers/json`` with those 50 containers.
+
+Each engine runs under its own temporary root and socket; dockerd is started by the benchmark
+when installed and stopped after, with the host's iptables rules and docker0 put back as found.
+Usage (as root): .venv/bin/python bench/engine.py [--runs N] [--count 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.busybox import build_rootfs  # noqa: E402
+
+DOCKER = shutil.which("docker")
+READY_TIMEOUT = 60.0
+
+
+def image_tar(work: Path) -> Path:
+    """busybox:latest in ``docker save``'s classic layout, which both engines load."""
+    rootfs = build_rootfs(work / "rootfs")
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        tar.add(rootfs, arcname=".")
+    layer_bytes = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "bench/engine.py: busybox-static"}],
+    }).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": ["busybox:latest"],
+                            "Layers": [f"{diff_id[7:]}/layer.tar"]}]).encode()
+    out = work / "busybox.tar"
+    with tarfile.open(out, "w") as tar:
+        for name, data in ((config_name, config), (f"{diff_id[7:]}/layer.tar", layer_bytes),
+                           ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def wait_socket(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"engine exited with {proc.returncode}")
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise RuntimeError(f"{path} not ready after {READY_TIMEOUT} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def dockerd(work: Path) -> Iterator[Path]:
+    saved = subprocess.run(["iptables-save"], capture_output=True, timeout=30).stdout
+    had_docker0 = Path("/sys/class/net/docker0").exists()
+    sock = work / "docker.sock"
+    log = open(work / "dockerd.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        ["dockerd", "--host", f"unix://{sock}", "--data-root", str(work / "data"), "--exec-root",
+         str(work / "exec"), "--pidfile", str(work / "dockerd.pid"), "--storage-driver", "overlay2"],
+        stdout=log, stderr=log)
+    try:
+        wait_socket(sock, proc)
+        yield sock
+    finally:
+        stop(proc)
+        log.close()
+        subprocess.run(["iptables-restore"], input=saved, timeout=30, check=False)
+        if not had_docker0 and Path("/sys/class/net/docker0").exists():
+            subprocess.run(["ip", "link", "del", "docker0"], timeout=30, check=False)
+        subprocess.run(["umount", "-R", str(work / "exec")], capture_output=True, timeout=30, check=False)
+        subprocess.run(["umount", "-R", str(work / "data")], capture_output=True, timeout=30, check=False)
+
+
+@contextmanager
+def skiff(work: Path) -> Iterator[Path]:
+    root = work / "skiff-root"
+    proc = subprocess.Popen([sys.executable, "-m", "services.up", "--root", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=open(work / "skiff.log", "wb"))  # noqa: SIM115
+    sock = root / "run" / "skiff" / "skiff.sock"
+    try:
+        wait_socket(sock, proc)
+        yield sock
+    finally:
+        stop(proc)
+
+
+def cli(sock: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
+    return subprocess.run([DOCKER or "docker", *args], env=env, capture_output=True, timeout=timeout)
+
+
+def timed_run(sock: Path, network: str | None) -> float:
+    args = ["run", "--rm", *(["--network", network] if network else []), "busybox", "true"]
+    t = time.perf_counter()
+    done = cli(sock, *args)
+    elapsed = time.perf_counter() - t
+    if done.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.decode().strip()}")
+    return elapsed
+
+
+def list_latency(sock: Path, runs: int = 20) -> float:
+    times = []
+    for _ in range(runs):
+        conn = http.client.HTTPConnection("localhost", timeout=30)
+        conn.sock = socket.socket(socket.AF_UNIX)
+        conn.sock.settimeout(30)
+        conn.sock.connect(str(sock))
+        t = time.perf_counter()
+        conn.request("GET", "/containers/json?all=1")
+        conn.getresponse().read()
+        times.append(time.perf_counter() - t)
+        conn.close()
+    return statistics.median(times)
+
+
+def measure(name: str, sock: Path, tar: Path, runs: int, count: int) -> dict[str, float | str]:
+    fig: dict[str, float | str] = {}
+    loaded = cli(sock, "load", "-i", str(tar))
+    if loaded.returncode != 0:
+        raise RuntimeError(f"{name}: docker load: {loaded.stderr.decode().strip()}")
+    for label, network in (("run --network none", "none"), ("run (default network)", None)):
+        try:
+            timed_run(sock, network)  # warm-up
+            fig[label] = statistics.median(timed_run(sock, network) for _ in range(runs)) * 1000
+        except RuntimeError as e:
+            fig[label] = f"failed: {e}"[:80]
+    names = [f"skiff-bench-{i}" for i in range(count)]
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        results = list(pool.map(lambda n: cli(sock, "run", "-d", "--network", "none", "--name", n, "busybox",
+                                              "sleep", "300"), names))
+    wall = time.perf_counter() - t
+    failed = sum(r.returncode != 0 for r in results)
+    fig[f"{count} x run -d, wall s"] = wall
+    fig["launches per second"] = (count - failed) / wall
+    fig["failed launches"] = float(failed)
+    fig[f"GET /containers/json ({count} containers), ms"] = list_latency(sock) * 1000
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda n: cli(sock, "rm", "-f", n), names))
+    return fig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--count", type=int, default=50)
+    args = parser.parse_args()
+    if DOCKER is None:
+        print("the docker CLI is not installed: nothing to compare through", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="skiff-bench-engine-"))
+    results: dict[str, dict[str, float | str]] = {}
+    try:
+        tar = image_tar(work)
+        engines = [("skiff", skiff)]
+        if shutil.which("dockerd"):
+            engines.append(("dockerd", dockerd))
+        else:
+            print("dockerd: not installed, skipped")
+        for name, starter in engines:
+            folder = work / name
+            folder.mkdir()
+            try:
+                with starter(folder) as sock:
+                    results[name] = measure(name, sock, tar, args.runs, args.count)
+            except RuntimeError as e:
+                print(f"{name}: {e}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    keys = sorted({k for r in results.values() for k in r}, key=lambda k: list(
+        next(iter(results.values())).keys()).index(k) if k in next(iter(results.values())) else 99)
+    print(f"medians over {args.runs} runs (times in ms unless said)")
+    print(f"{'':44}" + "".join(f"{n:>14}" for n in results) + "         ratio")
+    for k in keys:
+        row = [results[n].get(k, "-") for n in results]
+        cells = "".join(f"{v:14.1f}" if isinstance(v, float) else f"{str(v)[:14]:>14}" for v in row)
+        ratio = ""
+        if len(row) == 2 and all(isinstance(v, float) and v for v in row):
+            ratio = f"{row[0] / row[1]:14.2f}"
+        print(f"{k:44}{cells}{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
