@@ -47,6 +47,14 @@ RUNTIME_TIMEOUT = 30.0
 # The folder that holds the ``services`` package: the shim runs with ``python -S`` (no site
 # import: faster start, less memory), so it finds our code through PYTHONPATH instead.
 CODE_ROOT = str(Path(__file__).resolve().parents[2])
+# Shims forked by one zygote share its imported code copy-on-write (less PSS per container);
+# SKIFF_SHIM_ZYGOTE=0 spawns each shim as its own interpreter instead.
+USE_ZYGOTE = os.environ.get("SKIFF_SHIM_ZYGOTE", "1") != "0"
+ZYGOTE_START_TIMEOUT = 20.0
+
+
+class ZygoteUnavailable(Exception):
+    """No zygote answers on its socket: start one, or spawn the shim directly."""
 
 
 class TaskStatus(enum.Enum):
@@ -163,6 +171,9 @@ class TaskManager:
         for folder in (self.task_dirs, self.socket_dir, self.runtime_root):
             folder.mkdir(parents=True, exist_ok=True)
         self._creating: set[str] = set()
+        self.zygote_socket = str(paths.highlevel_run / "zygote.sock")
+        self._zygote_lock = asyncio.Lock()
+        self.use_zygote = USE_ZYGOTE
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -238,18 +249,8 @@ class TaskManager:
             "log_max_size": opts.log_max_size, "log_max_file": opts.log_max_file or 1,
         }
         (state_dir / "bootstrap.json").write_text(json.dumps(boot))
-        env = dict(os.environ, PYTHONPATH=CODE_ROOT)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-S", "-m", "services.shim", str(state_dir), env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True)
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), SHIM_START_TIMEOUT)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise Internal(f"shim for {opts.id}: no answer in {SHIM_START_TIMEOUT:.0f} s") from None
+            out, err = await self._launch_shim(opts.id, state_dir)
             try:
                 answer = json.loads(out.decode().strip().splitlines()[-1])
             except (ValueError, IndexError):
@@ -268,6 +269,75 @@ class TaskManager:
         task.oom_watcher = asyncio.create_task(self._watch_oom(task))
         log.info("task created", id=opts.id, pid=init.pid, runtime=runtime)
         return task
+
+    async def _launch_shim(self, id_: str, state_dir: Path) -> tuple[bytes, bytes]:
+        """The launcher's answer and stderr: forked by the zygote, or a fresh ``skiff-shim``."""
+        if self.use_zygote:
+            for attempt in range(2):
+                try:
+                    return await self._zygote_launch(id_, state_dir), b""
+                except ZygoteUnavailable as exc:
+                    # A dead zygote is replaced once; if that fails too, the shim is spawned directly.
+                    if attempt == 0 and await self._start_zygote():
+                        continue
+                    log.warning("shim zygote unavailable, spawning directly", error=str(exc))
+                    break
+        env = dict(os.environ, PYTHONPATH=CODE_ROOT)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-S", "-m", "services.shim", str(state_dir), env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        try:
+            return await asyncio.wait_for(proc.communicate(), SHIM_START_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise Internal(f"shim for {id_}: no answer in {SHIM_START_TIMEOUT:.0f} s") from None
+
+    async def _zygote_launch(self, id_: str, state_dir: Path) -> bytes:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.zygote_socket), 5)
+        except (TimeoutError, OSError) as exc:
+            raise ZygoteUnavailable(f"{self.zygote_socket}: {exc}") from exc
+        try:
+            writer.write(str(state_dir).encode() + b"\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readline(), SHIM_START_TIMEOUT)
+        except TimeoutError:
+            raise Internal(f"shim for {id_}: no answer in {SHIM_START_TIMEOUT:.0f} s") from None
+        except OSError as exc:
+            raise Internal(f"shim for {id_}: zygote connection lost: {exc}") from exc
+        finally:
+            writer.close()
+        if not answer:
+            # The request may have been forked already: the creation counts as failed and is cleaned.
+            raise Internal(f"shim for {id_}: the zygote closed without an answer")
+        return answer
+
+    async def _start_zygote(self) -> bool:
+        """Starts a detached zygote (its launcher exits once the socket listens); False on failure."""
+        async with self._zygote_lock:
+            with contextlib.suppress(OSError, TimeoutError):
+                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.zygote_socket), 2)
+                writer.close()
+                return True  # another create started it meanwhile
+            from services.shim.zygote import TITLE_ROOM
+
+            env = dict(os.environ, PYTHONPATH=CODE_ROOT)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-S", "-m", "services.shim.zygote", self.zygote_socket, " " * TITLE_ROOM,
+                    env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
+                out, err = await asyncio.wait_for(proc.communicate(), ZYGOTE_START_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                log.warning("shim zygote did not start", error=repr(exc))
+                return False
+            if proc.returncode != 0 or b"ready" not in out:
+                log.warning("shim zygote did not start", error=err.decode(errors="replace")[-500:])
+                return False
+            log.info("shim zygote started", socket=self.zygote_socket)
+            return True
 
     async def _cleanup_failed(self, id_: str, runtime_argv: list[str], state_dir: Path) -> None:
         """Creation failed: the shim exits by itself; make sure nothing of it stays behind."""
