@@ -117,19 +117,26 @@ def dockerd(work: Path) -> Iterator[Path]:
 @contextmanager
 def skiff(work: Path) -> Iterator[Path]:
     root = work / "skiff-root"
-    proc = subprocess.Popen([sys.executable, "-m", "services.up", "--root", str(root)],
+    proc = subprocess.Popen([sys.executable, "-m", "services.up", "up", "--root", str(root)],
                             stdout=subprocess.DEVNULL, stderr=open(work / "skiff.log", "wb"))  # noqa: SIM115
     sock = root / "run" / "skiff" / "skiff.sock"
     try:
         wait_socket(sock, proc)
         yield sock
     finally:
+        # Stopping the engine leaves containers running by design: remove them first.
+        ids = cli(sock, "ps", "-aq").stdout.decode().split()
+        if ids:
+            cli(sock, "rm", "-f", *ids)
         stop(proc)
 
 
-def cli(sock: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+def cli(sock: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
-    return subprocess.run([DOCKER or "docker", *args], env=env, capture_output=True, timeout=timeout)
+    try:
+        return subprocess.run([DOCKER or "docker", *args], env=env, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess([DOCKER or "docker", *args], 124, b"", b"timed out")
 
 
 def timed_run(sock: Path, network: str | None) -> float:
