@@ -6,6 +6,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from services.gen.skiff.highlevel.v1 import (
     CreateTaskRequest,
     DeleteTaskRequest,
@@ -22,6 +24,7 @@ def ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+@pytest.mark.skipif(os.environ.get("SKIFF_SHIM_ZYGOTE") == "0", reason="shims spawned directly (SKIFF_SHIM_ZYGOTE=0)")
 def test_shims_outlive_a_killed_zygote(highlevel: Highlevel, bundles: Bundles, new_id: str) -> None:
     ids = [f"{new_id}a", f"{new_id}b"]
     zygote_pid_file = highlevel.paths.highlevel_run / "zygote.sock.pid"
