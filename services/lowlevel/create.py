@@ -395,12 +395,15 @@ def _init(
     preload_modules(process, linux.get("seccomp"), spec.get("hooks"))
     if "mount" in ns_types:
         mounts.setup_rootfs(spec, st.rootfs, st.bundle, cgroup.paths(), in_userns=in_userns)
-    _expect(sock, Sync.CGROUP_JOINED)
-    if any(ns["type"] == "cgroup" and not ns.get("path") for ns in linux.get("namespaces") or []):
-        sc.unshare(sc.CLONE_NEWCGROUP)
-    _send(sock, Sync.RUN_HOOKS)
-    _expect(sock, Sync.HOOKS_DONE)
-    hooks.run_hooks(spec, "createContainer", state.oci_state(opts.root, st, state.Status.CREATING))
+    spec_hooks = spec.get("hooks") or {}
+    # Hooks before pivot_root see the container in its cgroup. Without them, the init builds its
+    # whole filesystem while the parent's first cgroup move waits out an RCU grace period.
+    early_hooks = any(spec_hooks.get(k) for k in ("prestart", "createRuntime", "createContainer"))
+    if early_hooks:
+        _join_cgroup(sock, linux)
+        _send(sock, Sync.RUN_HOOKS)
+        _expect(sock, Sync.HOOKS_DONE)
+        hooks.run_hooks(spec, "createContainer", state.oci_state(opts.root, st, state.Status.CREATING))
     if "mount" in ns_types:
         mounts.enter_rootfs(st.rootfs, no_pivot=opts.no_pivot)
     else:
@@ -423,6 +426,8 @@ def _init(
     if (spec.get("root") or {}).get("readonly"):
         mounts.readonly_root()
     set_oom_score_adj(process.get("oomScoreAdj"))
+    if not early_hooks:
+        _join_cgroup(sock, linux)  # before the capabilities go: a cgroup namespace needs them
     mark_fds_cloexec(3 + opts.preserve_fds)
     seccomp = linux.get("seccomp")
     path, env = prepare_identity(process, seccomp)
@@ -435,3 +440,10 @@ def _init(
     os.close(fifo_fd)
     hooks.run_hooks(spec, "startContainer", state.oci_state(opts.root, st, state.Status.CREATED))
     exec_process(process, path, env, seccomp)
+
+
+def _join_cgroup(sock: socket.socket, linux: dict[str, Any]) -> None:
+    """Wait until the parent has moved us into the cgroup; then the cgroup namespace, rooted there."""
+    _expect(sock, Sync.CGROUP_JOINED)
+    if any(ns["type"] == "cgroup" and not ns.get("path") for ns in linux.get("namespaces") or []):
+        sc.unshare(sc.CLONE_NEWCGROUP)
