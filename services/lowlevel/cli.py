@@ -210,7 +210,7 @@ class Logger:
         sys.stderr.write(f"{PROG}: {message}\n")
         if not self.path:
             return
-        from services.lowlevel import jsonio as json
+        from services.common import jsonio as json
         from services.lowlevel.state import now_rfc3339
 
         if self.json:

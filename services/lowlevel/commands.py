@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from services.common import jsonio as json
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.lowlevel import jsonio as json
 from services.lowlevel import state
 from services.lowlevel.cli import Parsed
 

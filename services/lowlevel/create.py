@@ -12,9 +12,9 @@ from __future__ import annotations
 import _socket as socket
 import os
 
+from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError
 from services.lowlevel import hooks, mounts, state
-from services.lowlevel import jsonio as json
 from services.lowlevel import syscalls as sc
 from services.lowlevel.cgroups import Cgroup, open_cgroup
 from services.lowlevel.process import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from services.common import jsonio as json
 from services.common.errors import FailedPrecondition
-from services.lowlevel import jsonio as json
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False

@@ -6,9 +6,9 @@ import _signal as signal
 import os
 import select
 
+from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.lowlevel import hooks, state
-from services.lowlevel import jsonio as json
 from services.lowlevel.cgroups import Cgroup, open_cgroup
 
 # typing costs milliseconds of import on every launch; annotations are strings here.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import time
 
+from services.common import jsonio as json
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
-from services.lowlevel import jsonio as json
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from services.shim import jsonlite as json
+from services.common import jsonio as json
 
 PR_SET_CHILD_SUBREAPER = 36
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from services.shim import jsonlite
+from services.common import jsonio
 
 # Docker splits a line longer than this into several entries (its logger's buffer size).
 MAX_LINE = 16 * 1024
@@ -65,7 +65,7 @@ class JsonFileLog:
     @staticmethod
     def _entry(stream: str, line: bytes, stamp: str) -> bytes:
         text = line.decode("utf-8", "replace")
-        return jsonlite.dumps({"log": text, "stream": stream, "time": stamp}).encode() + b"\n"
+        return jsonio.dumps({"log": text, "stream": stream, "time": stamp}).encode() + b"\n"
 
     def _append(self, blob: bytes) -> None:
         if self.max_size > 0 and self.size > 0 and self.size + len(blob) > self.max_size:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from services.shim import jsonlite
+from services.common import jsonio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def encode(kind: int, payload: bytes) -> bytes:
 
 
 def encode_json(message: dict[str, Any]) -> bytes:
-    return encode(FrameKind.JSON, jsonlite.dumps(message).encode())
+    return encode(FrameKind.JSON, jsonio.dumps(message).encode())
 
 
 def decode_frames(buf: bytearray) -> list[tuple[int, bytes]]:

@@ -14,7 +14,7 @@ import os
 import select
 import time
 
-from services.shim import jsonlite as json
+from services.common import jsonio as json
 from services.shim.logfile import JsonFileLog, rfc3339_nano
 from services.shim.protocol import (
     FrameKind,

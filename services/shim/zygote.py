@@ -27,8 +27,8 @@ import struct  # noqa: F401
 import sys
 import termios  # noqa: F401
 
+from services.common import jsonio as json
 from services.shim import __main__ as shim_main
-from services.shim import jsonlite as json
 from services.shim import server  # noqa: F401 - loaded by _serve in every shim
 
 REQUEST_TIMEOUT = 5.0
