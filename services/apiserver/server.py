@@ -107,7 +107,8 @@ def make_app(config: Config) -> web.Application:
 async def serve(config: Config) -> None:
     config.paths.run.mkdir(parents=True, exist_ok=True)
     app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Streams (wait, logs -f, attach) may last forever: give them a second, then close them.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     socket_path = str(config.paths.api_socket)
     with contextlib.suppress(FileNotFoundError):

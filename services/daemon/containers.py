@@ -231,6 +231,9 @@ class ContainerManager:
                 record.state.error = exc.message
                 record.state.exit_code = 127 if "exec" in exc.message or "not found" in exc.message else 126
                 await asyncio.to_thread(self.store.save, record)
+                if cfg.host.auto_remove:
+                    # Docker's --rm: a container that cannot start goes too (the CLI waits for its removal).
+                    self._spawn(self._auto_remove(record.id))
                 raise
             record.state = ContainerState(status=State.RUNNING, pid=started.pid, started_at=now_rfc3339(),
                                           finished_at=record.state.finished_at)

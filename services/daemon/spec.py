@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,9 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
     """The whole config.json (blocking for the user lookup: call in a thread)."""
     host = config.host
     caps = capabilities(config)
+    # Docker's 1048576 where allowed; never above the engine's own hard limit (raising it is refused).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 1048576 if hard == resource.RLIM_INFINITY else min(hard, 1048576)
     env = merge_env(list(image_config.get("Env") or [DEFAULT_PATH]), list(config.env))
     hostname = config.hostname or container_id[:12]
     env = merge_env([f"HOSTNAME={hostname}"], env)
@@ -176,7 +180,7 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
             "env": env,
             "cwd": config.working_dir or image_config.get("WorkingDir") or "/",
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": False,
         },
         "root": {"path": str(rootfs), "readonly": host.readonly_rootfs},

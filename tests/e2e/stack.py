@@ -1,0 +1,157 @@
+"""The whole stack (highlevel, daemon, apiserver as separate processes) under a temp prefix, and leak checks."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.config import resolve_runtime
+from services.common.paths import Paths, resolve_paths
+from tests.support.oci_image import build_image, busybox_layer
+from tests.support.tasks import processes_mentioning, wait_for
+
+SERVICES = ("services.highlevel", "services.daemon", "services.apiserver")
+
+
+def accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(slots=True)
+class Stack:
+    prefix: Path
+    runtime: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> Paths:
+        return resolve_paths(self.prefix)
+
+    @property
+    def base_url(self) -> str:
+        return f"unix://{self.paths.api_socket}"
+
+    def socket_of(self, module: str) -> Path:
+        return {"services.highlevel": self.paths.highlevel_socket, "services.daemon": self.paths.daemon_socket,
+                "services.apiserver": self.paths.api_socket}[module]
+
+    def start(self, module: str) -> None:
+        log_path = self.prefix / f"{module.rsplit('.', 1)[1]}.log"
+        self.logs[module] = log_path
+        argv = [sys.executable, "-m", module, "--root", str(self.prefix)]
+        if module != "services.apiserver":
+            argv += ["--runtime", self.runtime]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log,
+                                    env=dict(os.environ, SKIFF_LOG_FORMAT="json"))
+        self.procs[module] = proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{module} exited {proc.returncode}: {log_path.read_text()[-3000:]}")
+            return accepts(self.socket_of(module))
+
+        wait_for(ready, 30, f"{module} socket")
+
+    def start_all(self) -> None:
+        for module in SERVICES:
+            self.start(module)
+
+    def stop(self, module: str) -> None:
+        proc = self.procs.get(module)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def stop_all(self) -> None:
+        for module in reversed(SERVICES):
+            self.stop(module)
+
+    def shim_pids(self) -> list[int]:
+        pids = []
+        folder = self.paths.highlevel_run / "t"
+        if folder.is_dir():
+            for state in folder.iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    pids.append(int((state / "shim.pid").read_text()))
+        return pids
+
+    def force_cleanup(self) -> None:
+        """After a failure: nothing of this prefix may outlive the test (shims, containers, mounts)."""
+        for module in SERVICES:
+            proc = self.procs.get(module)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for pid in self.shim_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        state_root = self.paths.highlevel_run / "runtime-state"
+        if state_root.is_dir():
+            argv = resolve_runtime(self.runtime)
+            for entry in state_root.iterdir():
+                subprocess.run([*argv, "--root", str(state_root), "delete", "--force", entry.name],
+                               capture_output=True, timeout=30)
+        for pid in processes_mentioning(str(self.prefix)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+            mount_point = line.split()[4]
+            if mount_point.startswith(str(self.prefix)):
+                subprocess.run(["umount", "-l", mount_point], capture_output=True, timeout=10)
+
+    def leftovers(self, ids: list[str]) -> list[str]:
+        left = [f"process {p}: {_cmdline(p)}" for p in processes_mentioning(str(self.prefix))]
+        left += [f"shim {p}" for p in self.shim_pids()]
+        mounts = Path("/proc/self/mountinfo").read_text()
+        left += [f"mount {line.split()[4]}" for line in mounts.splitlines() if str(self.prefix) in line]
+        for id_ in ids:
+            for found in Path("/sys/fs/cgroup").rglob(f"*{id_}*"):
+                left.append(f"cgroup {found}")
+        return left
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
+
+
+def busybox_archive(workdir: Path, tag: str = "busybox:latest") -> Path:
+    """A ``docker save`` archive (the legacy layout) of an image built from busybox-static."""
+    image = build_image([busybox_layer(workdir)], cmd=["sh"])
+    cfg_name = image.config_digest[7:] + ".json"
+    entries = {cfg_name: image.config}
+    layers = []
+    for i, layer in enumerate(image.layers):
+        entries[f"{i:064x}/layer.tar"] = layer.tar
+        layers.append(f"{i:064x}/layer.tar")
+    entries["manifest.json"] = json.dumps([{"Config": cfg_name, "RepoTags": [tag], "Layers": layers}]).encode()
+    path = workdir / "busybox.tar"
+    with tarfile.open(path, "w") as tf:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
