@@ -182,17 +182,21 @@ async def attach(request: web.Request) -> web.StreamResponse:
     tty = record.config.tty
     if record.state.status not in (State.CREATED, State.RUNNING, State.PAUSED, State.RESTARTING):
         raise Conflict("You cannot attach to a stopped container, start it first")
+    if not (flag(request, "stream", True) and (stdout or stderr)):
+        return await hijack(request, tty)
+    stream = containers.attach(AttachRequest(id=record.id, stdout=stdout, stderr=stderr)).__aiter__()
+    with client_errors():
+        # The daemon's first (empty) entry says it is following: only then may the client start the container.
+        await stream.__anext__()
     # The upgrade answer goes out at once: the CLI starts the container only once it is attached.
     response = await hijack(request, tty)
-    if flag(request, "stream", True) and (stdout or stderr):
-        stream = containers.attach(AttachRequest(id=record.id, stdout=stdout, stderr=stderr))
-        try:
-            with client_errors():
-                async for entry in stream:
-                    await response.write(entry.data if tty else frame(entry.stream, entry.data))
-        except SkiffError as exc:
-            # Headers are gone: the error can only end the stream, as dockerd does.
-            log.warning("attach ended", id=record.id, error=exc.message)
+    try:
+        with client_errors():
+            async for entry in stream:
+                await response.write(entry.data if tty else frame(entry.stream, entry.data))
+    except SkiffError as exc:
+        # Headers are gone: the error can only end the stream, as dockerd does.
+        log.warning("attach ended", id=record.id, error=exc.message)
     await response.write_eof()
     return response
 

@@ -15,6 +15,7 @@ from grpclib.client import Channel
 
 from services.apiserver.errors import error_response, from_skiff_error
 from services.apiserver.models import API_VERSION, MIN_API_VERSION
+from services.apiserver.streams import HijackableAppRunner
 from services.common.config import Config
 from services.common.errors import SkiffError
 from services.gen.skiff.daemon.v1 import ContainersStub, ImagesStub, SystemStub
@@ -108,7 +109,7 @@ async def serve(config: Config) -> None:
     config.paths.run.mkdir(parents=True, exist_ok=True)
     app = make_app(config)
     # Streams (wait, logs -f, attach) may last forever: give them a second, then close them.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = HijackableAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     socket_path = str(config.paths.api_socket)
     with contextlib.suppress(FileNotFoundError):

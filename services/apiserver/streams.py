@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from services.gen.skiff.daemon.v1 import LogStream
 
@@ -16,6 +17,31 @@ STREAM_BYTE = {LogStream.STDOUT: 1, LogStream.STDERR: 2}
 def frame(stream: LogStream, data: bytes) -> bytes:
     """[stream, 0, 0, 0, size (big endian uint32)] then the payload."""
     return struct.pack(">BxxxL", STREAM_BYTE.get(stream, 1), len(data)) + data
+
+
+class HijackableHandler(RequestHandler):
+    """aiohttp's connection handler, except that a hijacked connection survives the client's half-close."""
+
+    hijacked = False
+
+    def eof_received(self) -> bool:  # type: ignore[override]
+        # True keeps the transport open (asyncio's contract); a plain HTTP connection closes as before.
+        return self.hijacked
+
+
+class HijackableServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return HijackableHandler(self, loop=self._loop, **self._kwargs)
+
+
+class HijackableAppRunner(web.AppRunner):
+    """An AppRunner whose connections are HijackableHandlers."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # Same object, one overridden method: aiohttp builds it with private arguments we do not repeat.
+        server.__class__ = HijackableServer
+        return server
 
 
 class RawStreamResponse(web.StreamResponse):
@@ -34,5 +60,9 @@ async def hijack(request: web.Request, tty: bool) -> web.StreamResponse:
         response.headers["Upgrade"] = "tcp"
     # The stream ends with the connection: nothing else may follow on it.
     response.force_close()
+    # Clients half-close their side when they send no stdin (the CLI does CloseWrite); asyncio closes
+    # the whole transport then unless the protocol asks to keep it: this connection only, from here on.
+    if isinstance(request.protocol, HijackableHandler):
+        request.protocol.hijacked = True
     await response.prepare(request)
     return response

@@ -432,8 +432,11 @@ class ContainerManager:
         if not entry.running and entry.record.state.status != State.CREATED:
             raise Conflict("You cannot attach to a stopped container, start it first")
         wanted = ({LogStream.STDOUT} if stdout else set()) | ({LogStream.STDERR} if stderr else set())
+        exits = entry.exits
         cursor = await asyncio.to_thread(logfile.end_cursor, entry.record.log_path)
-        async for item in self._follow(entry, entry.record.log_path, cursor, wanted, entry.exits,
+        # An empty first entry: armed. The caller lets its client start the container only after it.
+        yield LogEntry()
+        async for item in self._follow(entry, entry.record.log_path, cursor, wanted, exits,
                                        stop_when_stopped=False):
             yield item
 
