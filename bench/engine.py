@@ -13,10 +13,7 @@ Usage (as root): .venv/bin/python bench/engine.py [--runs N] [--count 50]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
-import io
-import json
 import os
 import shutil
 import signal
@@ -24,7 +21,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,37 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.busybox import build_rootfs  # noqa: E402
+from tests.support.busybox import docker_archive  # noqa: E402
 
 DOCKER = shutil.which("docker")
 READY_TIMEOUT = 60.0
-
-
-def image_tar(work: Path) -> Path:
-    """busybox:latest in ``docker save``'s classic layout, which both engines load."""
-    rootfs = build_rootfs(work / "rootfs")
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        tar.add(rootfs, arcname=".")
-    layer_bytes = layer.getvalue()
-    diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": "bench/engine.py: busybox-static"}],
-    }).encode()
-    config_name = hashlib.sha256(config).hexdigest() + ".json"
-    manifest = json.dumps([{"Config": config_name, "RepoTags": ["busybox:latest"],
-                            "Layers": [f"{diff_id[7:]}/layer.tar"]}]).encode()
-    out = work / "busybox.tar"
-    with tarfile.open(out, "w") as tar:
-        for name, data in ((config_name, config), (f"{diff_id[7:]}/layer.tar", layer_bytes),
-                           ("manifest.json", manifest)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out
 
 
 def wait_socket(path: Path, proc: subprocess.Popen[bytes]) -> None:
@@ -202,7 +171,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="skiff-bench-engine-"))
     results: dict[str, dict[str, float | str]] = {}
     try:
-        tar = image_tar(work)
+        tar = docker_archive(work / "busybox.tar", work / "rootfs")
         engines = [("skiff", skiff)]
         if shutil.which("dockerd"):
             engines.append(("dockerd", dockerd))

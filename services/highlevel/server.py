@@ -75,6 +75,7 @@ async def serve(config: Config) -> None:
     # Stopping highlevel never stops a container: the shims stay, and the next start finds them.
     server.close()
     await server.wait_closed()
+    manager.stop_zygote()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)
     log.info("stopped")

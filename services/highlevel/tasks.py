@@ -339,6 +339,20 @@ class TaskManager:
             log.info("shim zygote started", socket=self.zygote_socket)
             return True
 
+    def stop_zygote(self) -> None:
+        """On highlevel's own shutdown: the zygote serves only highlevel (the next start makes a
+        new one), and the shims it forked are independent of it, so containers keep running."""
+        pid = _read_int(Path(self.zygote_socket + ".pid"))
+        if not pid:
+            return
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"services.shim.zygote" not in f.read():
+                    return  # the pid was reused by something else
+            os.kill(pid, signal.SIGTERM)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
     async def _cleanup_failed(self, id_: str, runtime_argv: list[str], state_dir: Path) -> None:
         """Creation failed: the shim exits by itself; make sure nothing of it stays behind."""
         shim_pid = read_json(state_dir / "bootstrap.json") and _read_int(state_dir / "shim.pid")

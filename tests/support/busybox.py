@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,30 @@ def make_bundle(bundle: Path, args: list[str], *, spec: dict[str, Any] | None = 
 
 def write_spec(bundle: Path, spec: dict[str, Any]) -> None:
     (bundle / "config.json").write_text(json.dumps(spec, indent=2))
+
+
+def docker_archive(out: Path, workdir: Path, tag: str = "busybox:latest") -> Path:
+    """A one-layer busybox image in ``docker save``'s classic layout, which dockerd and Skiff load."""
+    rootfs = build_rootfs(workdir)
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        tar.add(rootfs, arcname=".")
+    layer_bytes = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
+    config = json.dumps({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "busybox-static from Debian"}],
+    }).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    layer_name = f"{diff_id[7:]}/layer.tar"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": [layer_name]}]).encode()
+    with tarfile.open(out, "w") as tar:
+        for name, data in ((config_name, config), (layer_name, layer_bytes), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return out
