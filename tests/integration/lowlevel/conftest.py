@@ -241,6 +241,14 @@ class Runtime:
         for line in reversed(mounts_under(self.prefix)):
             mountpoint = line.split()[4]
             subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True, timeout=10)
+        remove_empty_parent()
+
+
+def remove_empty_parent() -> None:
+    """The shared /skiff-test parent goes when no test uses it (rmdir refuses while one does)."""
+    for hierarchy in CGROUP_ROOT.iterdir():
+        with contextlib.suppress(OSError):
+            (hierarchy / CGROUP_PARENT.lstrip("/")).rmdir()
 
 
 def remove_cgroup(cgroups_path: str) -> None:
