@@ -11,8 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.apiserver import models
-from services.apiserver.containers import flag
+from services.apiserver import images_ops, models
+from services.apiserver.containers import flag, parse_filters
+from services.apiserver.images_filters import filter_images
 from services.apiserver.server import Routes, backend
 from services.common.grpc import call
 from services.gen.skiff import highlevel
@@ -23,7 +24,8 @@ CHUNK = 1 << 20
 
 async def list_(request: web.Request) -> web.Response:
     reply = await call(backend(request).images.list(hl.ListImagesRequest()))
-    return web.json_response([models.image_summary(i) for i in reply.images])
+    images = filter_images(list(reply.images), parse_filters(request.query.get("filters")))
+    return web.json_response([models.image_summary(i) for i in images])
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -65,6 +67,7 @@ async def remove(request: web.Request) -> web.Response:
 
 
 def register(routes: Routes) -> None:
+    images_ops.register(routes)
     routes.add("GET", "/images/json", list_)
     routes.add("POST", "/images/load", load)
     routes.add("GET", "/images/{name:.+}/json", inspect)

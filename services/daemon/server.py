@@ -13,9 +13,10 @@ from grpclib.client import Channel
 from grpclib.server import Server
 
 from services.common.config import Config
-from services.common.errors import Conflict, Unavailable
+from services.common.errors import Unavailable
 from services.common.grpc import call, grpc_errors
 from services.daemon.containers import ContainerManager
+from services.daemon.images import ImagesService
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     AttachRequest,
@@ -25,7 +26,6 @@ from services.gen.skiff.daemon.v1 import (
     CreateContainerRequest,
     CreateContainerResponse,
     Empty,
-    ImagesBase,
     InfoResponse,
     KillRequest,
     ListRequest,
@@ -99,37 +99,6 @@ class ContainersService(ContainersBase):
         r = attach_request
         async for entry in self.manager.attach_output(r.id, r.stdout, r.stderr):
             yield entry
-
-
-class ImagesService(ImagesBase):
-    """Highlevel's images, plus what only the daemon knows: which images its containers use."""
-
-    def __init__(self, manager: ContainerManager) -> None:
-        self.manager = manager
-        self.images = manager.images
-
-    @grpc_errors
-    async def list(self, list_images_request: hl.ListImagesRequest) -> hl.ListImagesResponse:
-        return await call(self.images.list(list_images_request))
-
-    @grpc_errors
-    async def inspect(self, inspect_image_request: hl.InspectImageRequest) -> hl.InspectImageResponse:
-        return await call(self.images.inspect(inspect_image_request))
-
-    @grpc_errors
-    async def load(self, load_images_request: hl.LoadImagesRequest) -> hl.LoadImagesResponse:
-        return await call(self.images.load(load_images_request))
-
-    @grpc_errors
-    async def remove(self, remove_image_request: hl.RemoveImageRequest) -> hl.RemoveImageResponse:
-        r = remove_image_request
-        image = (await call(self.images.inspect(hl.InspectImageRequest(reference=r.reference)))).image
-        users = [e.record.id for e in self.manager.entries.values() if e.record.image_id == image.id]
-        if users and r.force is False and r.reference.lower() in (image.id, image.id.removeprefix("sha256:")):
-            raise Conflict(f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is being used "
-                           f"by stopped container {users[0][:12]}")
-        r.in_use = bool(users)
-        return await call(self.images.remove(r))
 
 
 class SystemService(SystemBase):

@@ -1,0 +1,66 @@
+"""POST /auth (docker login): the credentials are checked against the registry's /v2/ endpoint.
+
+Nothing is stored: the CLI keeps them and sends X-Registry-Auth with each pull and push."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import aiohttp
+from aiohttp import web
+
+from services.apiserver.server import Routes
+from services.common.errors import InvalidArgument, Unavailable
+
+TIMEOUT = aiohttp.ClientTimeout(total=15)
+
+
+def _host(server: str) -> str:
+    server = server.split("://", 1)[-1].split("/", 1)[0]
+    return "registry-1.docker.io" if server in ("", "docker.io", "index.docker.io") else server
+
+
+def _loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]") if host.count(":") == 1 or host.startswith("[") else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+async def _status(url: str, auth: aiohttp.BasicAuth) -> int:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, session.get(url, auth=auth) as reply:
+        return reply.status
+
+
+async def login(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise InvalidArgument(f"invalid login body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidArgument("invalid login body")
+    host = _host(str(body.get("serveraddress") or ""))
+    auth = aiohttp.BasicAuth(str(body.get("username") or ""), str(body.get("password") or ""))
+    # Like Docker: https first; plain http only for a loopback registry (127.0.0.0/8 is insecure by default).
+    schemes = ["https", "http"] if _loopback(host) else ["https"]
+    last = ""
+    for scheme in schemes:
+        try:
+            status = await _status(f"{scheme}://{host}/v2/", auth)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            last = str(exc)
+            continue
+        if status == 401:
+            return web.json_response({"message": f"login attempt to {scheme}://{host}/v2/ failed with status: "
+                                                 "401 Unauthorized"}, status=401)
+        if status < 400:
+            return web.json_response({"Status": "Login Succeeded", "IdentityToken": ""})
+        last = f"status {status}"
+    raise Unavailable(f"cannot reach registry {host}: {last}")
+
+
+def register(routes: Routes) -> None:
+    routes.add("POST", "/auth", login)

@@ -1,0 +1,127 @@
+"""The daemon's Images service: highlevel's images, plus what only the daemon knows (which images
+its containers use), for remove, prune and commit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from services.common.errors import Conflict
+from services.common.grpc import call, client_errors, grpc_errors
+from services.daemon.containers import ContainerManager
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import (
+    CommitContainerRequest,
+    Empty,
+    ImagePruneRequest,
+    ImagePruneResponse,
+    ImagesBase,
+    ImagesInUseResponse,
+)
+
+hl = highlevel.v1
+
+
+def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
+    """Docker's label filters: ``key``, ``key=value``; a leading ``!`` negates (label!=)."""
+    for item in wanted:
+        negate = item.startswith("!")
+        key, sep, value = item.removeprefix("!").partition("=")
+        hit = key in labels and (not sep or labels[key] == value)
+        if hit == negate:
+            return False
+    return True
+
+
+class ImagesService(ImagesBase):
+    def __init__(self, manager: ContainerManager) -> None:
+        self.manager = manager
+        self.images = manager.images
+
+    def _in_use(self) -> set[str]:
+        return {e.record.image_id for e in self.manager.entries.values() if e.record.image_id}
+
+    @grpc_errors
+    async def list(self, list_images_request: hl.ListImagesRequest) -> hl.ListImagesResponse:
+        return await call(self.images.list(list_images_request))
+
+    @grpc_errors
+    async def inspect(self, inspect_image_request: hl.InspectImageRequest) -> hl.InspectImageResponse:
+        return await call(self.images.inspect(inspect_image_request))
+
+    @grpc_errors
+    async def load(self, load_images_request: hl.LoadImagesRequest) -> hl.LoadImagesResponse:
+        return await call(self.images.load(load_images_request))
+
+    @grpc_errors
+    async def remove(self, remove_image_request: hl.RemoveImageRequest) -> hl.RemoveImageResponse:
+        r = remove_image_request
+        image = (await call(self.images.inspect(hl.InspectImageRequest(reference=r.reference)))).image
+        users = [e.record.id for e in self.manager.entries.values() if e.record.image_id == image.id]
+        if users and r.force is False and r.reference.lower() in (image.id, image.id.removeprefix("sha256:")):
+            raise Conflict(f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is being used "
+                           f"by stopped container {users[0][:12]}")
+        if users and not r.force and len(image.repo_tags) <= 1:
+            # Its last name: Docker refuses this too, and says which container holds it.
+            raise Conflict(f'conflict: unable to remove repository reference "{r.reference}" (must force) - '
+                           f"container {users[0][:12]} is using its referenced image {image.id[7:19]}")
+        r.in_use = bool(users)
+        return await call(self.images.remove(r))
+
+    @grpc_errors
+    async def pull(self, highlevel_v1_pull_image_request: hl.PullImageRequest) -> AsyncIterator[hl.ImageProgress]:
+        with client_errors():
+            async for item in self.images.pull(highlevel_v1_pull_image_request):
+                yield item
+
+    @grpc_errors
+    async def push(self, highlevel_v1_push_image_request: hl.PushImageRequest) -> AsyncIterator[hl.ImageProgress]:
+        with client_errors():
+            async for item in self.images.push(highlevel_v1_push_image_request):
+                yield item
+
+    @grpc_errors
+    async def tag(self, highlevel_v1_tag_image_request: hl.TagImageRequest) -> hl.TagImageResponse:
+        return await call(self.images.tag(highlevel_v1_tag_image_request))
+
+    @grpc_errors
+    async def save(self, highlevel_v1_save_images_request: hl.SaveImagesRequest) -> hl.SaveImagesResponse:
+        return await call(self.images.save(highlevel_v1_save_images_request))
+
+    @grpc_errors
+    async def import_(self, highlevel_v1_import_image_request: hl.ImportImageRequest) -> hl.ImportImageResponse:
+        return await call(self.images.import_(highlevel_v1_import_image_request))
+
+    @grpc_errors
+    async def commit(self, commit_container_request: CommitContainerRequest) -> hl.CommitImageResponse:
+        r = commit_container_request
+        record = self.manager.get(r.container).record
+        # The snapshot key is the container id (containers.py prepares it so).
+        return await call(self.images.commit(hl.CommitImageRequest(
+            snapshot_key=record.id, parent_image=record.image_id, reference=r.reference, comment=r.comment,
+            author=r.author, config=r.config)))
+
+    @grpc_errors
+    async def prune(self, image_prune_request: ImagePruneRequest) -> ImagePruneResponse:
+        r = image_prune_request
+        images = (await call(self.images.list(hl.ListImagesRequest()))).images
+        used = self._in_use()
+        items: list[hl.RemovedImage] = []
+        reclaimed = 0
+        for image in images:
+            if image.id in used or (image.repo_tags and not r.all):
+                continue
+            labels = (json.loads(image.config or b"{}").get("config") or {}).get("Labels") or {}
+            if not _labels_match(labels, list(r.labels)):
+                continue
+            # By id and forced: every name goes with it; the in-use check was done above.
+            reply = await call(self.images.remove(hl.RemoveImageRequest(reference=image.id, force=True)))
+            items.extend(reply.items)
+            reclaimed += image.size
+        if items:
+            await call(self.images.prune(hl.PruneImagesRequest()))
+        return ImagePruneResponse(items=items, space_reclaimed=reclaimed)
+
+    @grpc_errors
+    async def in_use(self, empty: Empty) -> ImagesInUseResponse:
+        return ImagesInUseResponse(ids=sorted(self._in_use()))
