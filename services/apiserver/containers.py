@@ -9,12 +9,14 @@ import structlog
 from aiohttp import web
 
 from services.apiserver import models
+from services.apiserver import stdin as stdin_pump
 from services.apiserver.server import Routes, backend
 from services.apiserver.streams import MULTIPLEXED, RAW, frame, hijack
-from services.common.errors import Conflict, InvalidArgument, SkiffError
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, SkiffError
 from services.common.grpc import call, client_errors
 from services.gen.skiff.daemon.v1 import (
     AttachRequest,
+    ContainerOpsStub,
     ContainerRef,
     CreateContainerRequest,
     KillRequest,
@@ -86,15 +88,21 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
-    await call(backend(request).containers.start(ContainerRef(id=request.match_info["id"])))
+    try:
+        await call(backend(request).containers.start(ContainerRef(id=request.match_info["id"])))
+    except FailedPrecondition:
+        return web.Response(status=304)  # already started
     return web.Response(status=204)
 
 
 async def stop(request: web.Request) -> web.Response:
     timeout = int_query(request, "t")
-    await call(backend(request).containers.stop(StopRequest(
-        id=request.match_info["id"], timeout=timeout or 0, timeout_set=timeout is not None,
-        signal=request.query.get("signal", ""))))
+    try:
+        await call(backend(request).containers.stop(StopRequest(
+            id=request.match_info["id"], timeout=timeout or 0, timeout_set=timeout is not None,
+            signal=request.query.get("signal", ""))))
+    except FailedPrecondition:
+        return web.Response(status=304)  # already stopped
     return web.Response(status=204)
 
 
@@ -106,7 +114,8 @@ async def kill(request: web.Request) -> web.Response:
 
 async def remove(request: web.Request) -> web.Response:
     await call(backend(request).containers.remove(RemoveRequest(id=request.match_info["id"],
-                                                                force=flag(request, "force"))))
+                                                                force=flag(request, "force"),
+                                                                volumes=flag(request, "v"))))
     return web.Response(status=204)
 
 
@@ -190,6 +199,9 @@ async def attach(request: web.Request) -> web.StreamResponse:
         await stream.__anext__()
     # The upgrade answer goes out at once: the CLI starts the container only once it is attached.
     response = await hijack(request, tty)
+    # Area A: the client's input goes to the container's stdin (closed at its end with StdinOnce).
+    pump = stdin_pump.pump(request, ContainerOpsStub(containers.channel), record.id, "", record.config.stdin_once) \
+        if flag(request, "stdin") and record.config.open_stdin else None
     try:
         with client_errors():
             async for entry in stream:
@@ -197,6 +209,8 @@ async def attach(request: web.Request) -> web.StreamResponse:
     except SkiffError as exc:
         # Headers are gone: the error can only end the stream, as dockerd does.
         log.warning("attach ended", id=record.id, error=exc.message)
+    finally:
+        await stdin_pump.stop(pump)
     await response.write_eof()
     return response
 

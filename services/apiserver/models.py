@@ -9,6 +9,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+from services.apiserver import mounts as mountmodels
+from services.apiserver import netmodels
 from services.common.errors import InvalidArgument
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import Container, ContainerConfig, HostConfig, InfoResponse, State
@@ -77,6 +79,25 @@ def _int(value: Any, field: str) -> int:
     return value
 
 
+RESTART_POLICIES = ("", "no", "on-failure", "always", "unless-stopped")
+
+
+def _restart_policy(host_body: dict[str, Any]) -> dict[str, Any]:
+    """HostConfig.RestartPolicy, checked as dockerd does (a name it knows; not with AutoRemove)."""
+    policy = host_body.get("RestartPolicy") or {}
+    if not isinstance(policy, dict):
+        raise InvalidArgument("invalid RestartPolicy: expected an object")
+    name = str(policy.get("Name") or "")
+    retries = _int(policy.get("MaximumRetryCount"), "MaximumRetryCount")
+    if name not in RESTART_POLICIES:
+        raise InvalidArgument(f"invalid restart policy: unknown policy '{name}'")
+    if retries < 0 or (retries and name != "on-failure"):
+        raise InvalidArgument("invalid restart policy: maximum retry count can only be used with 'on-failure'")
+    if name not in ("", "no") and host_body.get("AutoRemove"):
+        raise InvalidArgument("conflicting options: cannot specify both --restart and --rm")
+    return {"restart_policy": name, "restart_max_retries": retries}
+
+
 def container_config_from_request(body: Any) -> ContainerConfig:
     """POST /containers/create's body (Config fields at the top, HostConfig inside)."""
     if not isinstance(body, dict):
@@ -98,8 +119,9 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         privileged=bool(host_body.get("Privileged")),
         readonly_rootfs=bool(host_body.get("ReadonlyRootfs")),
         network_mode=str(host_body.get("NetworkMode") or ""),
+        **_restart_policy(host_body),  # area A
     )
-    return ContainerConfig(
+    config = ContainerConfig(
         image=str(body.get("Image") or ""),
         cmd=_strings(body.get("Cmd"), "Cmd"),
         entrypoint=_strings(entrypoint, "Entrypoint"),
@@ -116,6 +138,9 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         hostname=str(body.get("Hostname") or ""),
         host=host,
     )
+    netmodels.apply_request(body, host_body, config)
+    mountmodels.apply_request(body, host_body, config)
+    return config
 
 
 def _network_mode(host: HostConfig) -> str:
@@ -140,13 +165,13 @@ def container_summary(c: Container) -> dict[str, Any]:
         "ImageID": c.image_id,
         "Command": " ".join(c.path_args),
         "Created": int(parse_time(c.created)),
-        "Ports": [],
+        "Ports": netmodels.summary_ports(c),
         "Labels": dict(c.config.labels),
         "State": STATUS_NAMES.get(c.state.status, "created"),
         "Status": _status_text(c),
-        "HostConfig": {"NetworkMode": _network_mode(c.config.host)},
-        "NetworkSettings": {"Networks": {}},
-        "Mounts": [],
+        "HostConfig": {"NetworkMode": netmodels.network_mode(c)},
+        "NetworkSettings": {"Networks": netmodels.summary_networks(c)},
+        "Mounts": mountmodels.summary_mounts(c),
     }
 
 
@@ -173,9 +198,9 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "FinishedAt": state.finished_at or ZERO_TIME,
         },
         "Image": c.image_id,
-        "ResolvConfPath": "",
-        "HostnamePath": "",
-        "HostsPath": "",
+        "ResolvConfPath": c.network_settings.resolv_conf_path,
+        "HostnamePath": c.network_settings.hostname_path,
+        "HostsPath": c.network_settings.hosts_path,
         "LogPath": c.log_path,
         "Name": f"/{c.name}",
         "RestartCount": c.restart_count,
@@ -194,13 +219,14 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "Privileged": host.privileged,
             "ReadonlyRootfs": host.readonly_rootfs,
             "NetworkMode": _network_mode(host),
-            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "RestartPolicy": {"Name": host.restart_policy or "no", "MaximumRetryCount": host.restart_max_retries},
             "LogConfig": {"Type": "json-file", "Config": {}},
-            "Binds": None,
+            "Binds": mountmodels.binds(c),
             "PortBindings": {},
+            **netmodels.host_config_fields(c),
         },
         "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": c.rootfs}},
-        "Mounts": [],
+        "Mounts": mountmodels.inspect_mounts(c),
         "Config": {
             "Hostname": cfg.hostname or c.id[:12],
             "Domainname": "",
@@ -214,18 +240,16 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "Env": list(cfg.env),
             "Cmd": list(cfg.cmd) or None,
             "Image": c.image_ref,
-            "Volumes": None,
+            "Volumes": {v: {} for v in cfg.volumes} or None,
             "WorkingDir": cfg.working_dir,
             "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint_set else None,
             "OnBuild": None,
             "Labels": dict(cfg.labels),
+            "ExposedPorts": {p: {} for p in cfg.exposed_ports} or None,
             **({"StopSignal": cfg.stop_signal} if cfg.stop_signal else {}),
             **({"StopTimeout": cfg.stop_timeout} if cfg.stop_timeout >= 0 else {}),
         },
-        "NetworkSettings": {
-            "Bridge": "", "SandboxID": "", "Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": "",
-            "Networks": {_network_mode(host): {"NetworkID": _network_mode(host), "IPAddress": "", "Gateway": ""}},
-        },
+        "NetworkSettings": netmodels.network_settings(c),
     }
 
 

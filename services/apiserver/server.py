@@ -89,19 +89,29 @@ class Routes:
 
 
 def make_app(config: Config) -> web.Application:
-    from services.apiserver import containers, images, system
+    from services.apiserver import containers, images, networks, system
 
     app = web.Application(middlewares=[versions_and_errors], client_max_size=0)
     channel = Channel(path=str(config.paths.daemon_socket))
     app[BACKEND] = Backend(ContainersStub(channel), ImagesStub(channel), SystemStub(channel), config)
+    app[networks.STUB] = networks.NetworksStub(channel)
 
     async def close_channel(_: web.Application) -> None:
         channel.close()
 
     app.on_cleanup.append(close_channel)
     routes = Routes(app)
-    for module in (system, containers, images):
+    from services.apiserver import archive, volumes  # area D
+
+    for extra in (archive, volumes):
+        extra.install(app, channel)
+    for module in (system, containers, images, networks, volumes, archive):
         module.register(routes)
+    from services.apiserver import exec as exec_api  # area A
+    from services.apiserver import operations
+
+    exec_api.register(routes)
+    operations.register(routes)
     return app
 
 

@@ -14,17 +14,19 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from services.common.errors import Conflict, InvalidArgument, NotFound, SkiffError, Unavailable
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError, Unavailable
 from services.common.grpc import call, client_errors
 from services.common.paths import Paths
 from services.daemon import logs as logfile
-from services.daemon.spec import build_spec, write_bundle
+from services.daemon.mounts import ContainerMounts
+from services.daemon.networking import Networking
+from services.daemon.spec import build_spec, merge_env, write_bundle
 from services.daemon.store import RecordStore
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
@@ -100,14 +102,19 @@ class ContainerManager:
         self.tasks = hl.TasksStub(channel)
         self.images = hl.ImagesStub(channel)
         self.snapshots = hl.SnapshotsStub(channel)
+        self.net = Networking(self, paths)
         self.entries: dict[str, Entry] = {}
         self.names: dict[str, str] = {}
         self.background: set[asyncio.Task[None]] = set()
+        # Area A: (action, entry, attributes) listeners: the event bus, restart policies, execs.
+        self.sinks: list[Callable[[str, Entry, dict[str, str]], None]] = []
+        self.mounts: ContainerMounts | None = None  # area D: volumes, binds, tmpfs (set by server.serve)
 
     # ---- start-up ----
 
     async def load(self) -> None:
         """Reload records, then reconcile them with the tasks highlevel still has."""
+        await self.net.load()
         for record in await asyncio.to_thread(self.store.load_all):
             self.entries[record.id] = Entry(record)
             self.names[record.name] = record.id
@@ -121,7 +128,12 @@ class ContainerManager:
                 await self._mark_exited(entry, hl.ExitStatus(exit_code=255, exited_at=now_rfc3339()))
             elif entry.running:
                 self._watch(entry)
+        await self.net.restore()
         log.info("loaded", containers=len(self.entries))
+
+    def emit(self, action: str, entry: Entry, attrs: dict[str, str] | None = None) -> None:
+        for sink in self.sinks:
+            sink(action, entry, attrs or {})
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -169,8 +181,7 @@ class ContainerManager:
     async def create(self, name: str, config: ContainerConfig) -> Container:
         if not config.image:
             raise InvalidArgument("config.Image is required")
-        if config.host.network_mode not in ("", "default", "bridge", "none", "host"):
-            raise InvalidArgument(f"network {config.host.network_mode} not found")
+        await self.net.validate(config)
         container_id = secrets.token_hex(32)
         name = self._reserve_name(name, container_id)
         bundle = self.bundles / container_id
@@ -186,12 +197,16 @@ class ContainerManager:
             snap = await call(self.snapshots.prepare(hl.PrepareSnapshotRequest(key=container_id, image=image.id)))
             rootfs = Path(snap.rootfs)
             spec = await asyncio.to_thread(build_spec, container_id, image_config, config, rootfs)
+            # Docker's inspect shows Config.Env merged with the image's.
+            config.env = merge_env(list(image_config.get("Env") or []), list(config.env))
+            points = await self.mounts.attach(config, image_config, rootfs, spec) if self.mounts else []
             await asyncio.to_thread(write_bundle, bundle, spec)
             record = Container(
                 id=container_id, name=name, created=now_rfc3339(), config=config,
                 state=ContainerState(status=State.CREATED), image_id=image.id, image_ref=config.image,
                 path_args=spec["process"]["args"], rootfs=str(rootfs), bundle=str(bundle),
                 log_path=str(self.store.folder(container_id) / f"{container_id}-json.log"),
+                mount_points=points,
             )
             await asyncio.to_thread(self.store.save, record)
         except BaseException:
@@ -203,6 +218,7 @@ class ContainerManager:
             await asyncio.to_thread(self._remove_files, container_id)
             raise
         self.entries[container_id] = Entry(record)
+        self.emit("create", self.entries[container_id])
         log.info("created", id=container_id, name=name, image=config.image)
         return record
 
@@ -213,7 +229,7 @@ class ContainerManager:
         async with entry.lock:
             record = entry.record
             if entry.running:
-                return
+                raise FailedPrecondition(f"container {record.id} is already started")
             if record.state.status in (State.REMOVING, State.DEAD):
                 raise Conflict(f"container {record.id} is marked for removal and cannot be started")
             # A task left from an earlier run (its exit already recorded) goes before the new one.
@@ -221,6 +237,7 @@ class ContainerManager:
                 await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
             cfg = record.config
             try:
+                await self.net.setup(record)
                 await call(self.tasks.create(hl.CreateTaskRequest(
                     id=record.id, bundle=record.bundle, runtime=self.runtime, terminal=cfg.tty,
                     stdin=cfg.open_stdin, stdin_once=cfg.stdin_once, log=hl.LogConfig(path=record.log_path))))
@@ -228,6 +245,7 @@ class ContainerManager:
             except SkiffError as exc:
                 with contextlib.suppress(SkiffError):
                     await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
+                await self.net.teardown(record)
                 record.state.error = exc.message
                 record.state.exit_code = 127 if "exec" in exc.message or "not found" in exc.message else 126
                 await asyncio.to_thread(self.store.save, record)
@@ -237,9 +255,11 @@ class ContainerManager:
                 raise
             record.state = ContainerState(status=State.RUNNING, pid=started.pid, started_at=now_rfc3339(),
                                           finished_at=record.state.finished_at)
+            record.stopped_by_user = False
             await asyncio.to_thread(self.store.save, record)
             entry.notify()
             self._watch(entry)
+            self.emit("start", entry)
         log.info("started", id=record.id, pid=started.pid)
 
     def _watch(self, entry: Entry) -> None:
@@ -268,6 +288,9 @@ class ContainerManager:
             if not entry.running:
                 return
             await self._mark_exited(entry, status)
+            if status.oom_killed:
+                self.emit("oom", entry)
+            self.emit("die", entry, {"exitCode": str(status.exit_code)})
             # The shim has written the status and the log: let it and its runtime state go.
             with contextlib.suppress(SkiffError):
                 await call(self.tasks.delete(hl.DeleteTaskRequest(id=entry.record.id, force=True)))
@@ -288,6 +311,7 @@ class ContainerManager:
         state.exit_code = status.exit_code
         state.oom_killed = status.oom_killed
         state.finished_at = status.exited_at or now_rfc3339()
+        await self.net.teardown(entry.record)
         await asyncio.to_thread(self.store.save, entry.record)
         entry.exits += 1
         entry.notify()
@@ -299,6 +323,8 @@ class ContainerManager:
         number = parse_signal(sig)
         if not entry.running:
             raise Conflict(f"Cannot kill container: {ref}: Container {entry.record.id} is not running")
+        entry.record.stopped_by_user = True
+        self.emit("kill", entry, {"signal": str(number)})
         with contextlib.suppress(NotFound):
             await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=number)))
 
@@ -306,6 +332,7 @@ class ContainerManager:
         entry = self.get(ref)
         if not entry.running:
             return
+        entry.record.stopped_by_user = True
         cfg = entry.record.config
         number = parse_signal(sig or cfg.stop_signal, default=signal.SIGTERM)
         if timeout is None:
@@ -355,7 +382,7 @@ class ContainerManager:
 
     # ---- remove ----
 
-    async def remove(self, ref: str, force: bool = False) -> None:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         entry = self.get(ref)
         record = entry.record
         if entry.running:
@@ -372,14 +399,19 @@ class ContainerManager:
                 await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
             with contextlib.suppress(NotFound):
                 await call(self.snapshots.remove(hl.SnapshotKeyRequest(key=record.id)))
+            await self.net.teardown(record)
             await asyncio.to_thread(self._remove_files, record.id)
             self.entries.pop(record.id, None)
             if self.names.get(record.name) == record.id:
                 del self.names[record.name]
             entry.removed = True
             entry.notify()
+            self.emit("destroy", entry)
         if entry.watcher is not None:
             entry.watcher.cancel()
+        if self.mounts is not None:
+            # Docker: --rm and rm -v take the container's anonymous volumes with it.
+            await self.mounts.release(list(record.mount_points), volumes or record.config.host.auto_remove)
         log.info("removed", id=record.id)
 
     def _remove_files(self, container_id: str) -> None:

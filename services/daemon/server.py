@@ -13,7 +13,7 @@ from grpclib.client import Channel
 from grpclib.server import Server
 
 from services.common.config import Config
-from services.common.errors import Unavailable
+from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, grpc_errors
 from services.daemon.containers import ContainerManager
 from services.daemon.images import ImagesService
@@ -55,13 +55,17 @@ class ContainersService(ContainersBase):
 
     @grpc_errors
     async def start(self, container_ref: ContainerRef) -> Empty:
-        await self.manager.start(container_ref.id)
+        await self.manager.start(container_ref.id)  # FailedPrecondition when running: the API's 304
         return Empty()
 
     @grpc_errors
     async def stop(self, stop_request: StopRequest) -> Empty:
         r = stop_request
+        entry = self.manager.get(r.id)
+        if not entry.running:
+            raise FailedPrecondition(f"container {entry.record.id} is already stopped")  # the API's 304
         await self.manager.stop(r.id, r.timeout if r.timeout_set else None, r.signal)
+        self.manager.emit("stop", entry)
         return Empty()
 
     @grpc_errors
@@ -71,7 +75,7 @@ class ContainersService(ContainersBase):
 
     @grpc_errors
     async def remove(self, remove_request: RemoveRequest) -> Empty:
-        await self.manager.remove(remove_request.id, remove_request.force)
+        await self.manager.remove(remove_request.id, remove_request.force, remove_request.volumes)
         return Empty()
 
     @grpc_errors
@@ -125,8 +129,17 @@ async def serve(config: Config) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     channel = Channel(path=str(paths.highlevel_socket))
     manager = ContainerManager(paths, channel, config.runtime)
+    from services.daemon.storage import storage_services
+
+    storage = storage_services(manager)  # area D: volumes, mounts, archive
+    from services.daemon.exec_service import depth_services
+
+    depth = depth_services(manager)  # area A: exec, stdin, restart policies, events, top/stats/...
     await manager.load()
-    server = Server([ContainersService(manager), ImagesService(manager), SystemService(manager, config)])
+    from services.daemon.networks_service import NetworksService
+
+    server = Server([ContainersService(manager), ImagesService(manager), SystemService(manager, config),
+                     NetworksService(manager.net), *storage, *depth])
     socket_path = str(paths.daemon_socket)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)
