@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -88,23 +89,27 @@ def test_cli_login_push_pull(stack: Stack, client: docker.DockerClient, auth_reg
     assert ok(cli(stack, "run", "--rm", name, "echo", "private")) == "private\n"
 
 
-def test_cli_save_load_through_a_pipe(stack: Stack, client: docker.DockerClient, tmp_path: Path) -> None:
+def test_cli_save_load_through_a_pipe(stack: Stack, client: docker.DockerClient) -> None:
     ok(cli(stack, "tag", "busybox", "roundtrip:v1"))
-    fifo = tmp_path / "pipe"
-    os.mkfifo(fifo)
     env = env_of(stack)
-    with subprocess.Popen(["docker", "save", "-o", str(fifo), "roundtrip:v1"], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as save:
+    with subprocess.Popen(["docker", "save", "roundtrip:v1"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as save:
         try:
-            # save writes into the fifo while load reads it: the tar streams through, never whole in a file.
+            assert save.stdout is not None
+            # Readable means the archive is already streaming (the engine wrote it whole first):
+            # removing the image now cannot change it. Nothing is read here: load gets every byte.
+            readable, _, _ = select.select([save.stdout], [], [], 30)
+            assert readable, "docker save sent nothing within 30 s"
             ok(cli(stack, "rmi", "roundtrip:v1"))
-            loaded = ok(cli(stack, "load", "-i", str(fifo)))
+            load = subprocess.run(["docker", "load"], stdin=save.stdout, capture_output=True, text=True,
+                                  env=env, timeout=60)
         finally:
             if save.poll() is None:
                 save.kill()
             _, err = save.communicate(timeout=30)
     assert save.returncode == 0, err
-    assert "Loaded image: roundtrip:v1" in loaded
+    assert load.returncode == 0, load.stderr
+    assert "Loaded image: roundtrip:v1" in load.stdout
     assert ok(cli(stack, "run", "--rm", "roundtrip:v1", "echo", "loaded")) == "loaded\n"
 
 
