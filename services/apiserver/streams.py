@@ -26,6 +26,9 @@ class HijackableHandler(RequestHandler):
 
     def eof_received(self) -> bool:  # type: ignore[override]
         # True keeps the transport open (asyncio's contract); a plain HTTP connection closes as before.
+        if self.hijacked and self._payload_parser is not None:
+            # The client's stdin ended (services.apiserver.stdin reads it): the process sees its EOF.
+            self._payload_parser.feed_eof()
         return self.hijacked
 
 

@@ -1,0 +1,132 @@
+"""Exec endpoints: create, start (hijacked or detached), resize, inspect; and container resize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from services.apiserver import stdin as stdin_pump
+from services.apiserver.server import Routes, backend
+from services.apiserver.streams import frame, hijack
+from services.common.errors import InvalidArgument, SkiffError
+from services.common.grpc import call, client_errors
+from services.gen.skiff.daemon.v1 import (
+    ContainerOpsStub,
+    ExecCreateRequest,
+    ExecInfo,
+    ExecRef,
+    ExecsStub,
+    ExecStartRequest,
+    ResizeRequest,
+)
+
+log = structlog.get_logger(service="apiserver")
+
+
+def execs(request: web.Request) -> ExecsStub:
+    return ExecsStub(backend(request).containers.channel)
+
+
+def ops(request: web.Request) -> ContainerOpsStub:
+    return ContainerOpsStub(backend(request).containers.channel)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise InvalidArgument("invalid JSON body") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("invalid JSON body: expected an object")
+    return body
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidArgument(f"invalid {name}: expected a list of strings")
+
+
+async def create(request: web.Request) -> web.Response:
+    body = await _body(request)
+    reply = await call(execs(request).create(ExecCreateRequest(
+        container=request.match_info["id"], cmd=_strings(body.get("Cmd"), "Cmd"),
+        env=_strings(body.get("Env"), "Env"), user=str(body.get("User") or ""),
+        working_dir=str(body.get("WorkingDir") or ""), tty=bool(body.get("Tty")),
+        attach_stdin=bool(body.get("AttachStdin")), attach_stdout=bool(body.get("AttachStdout")),
+        attach_stderr=bool(body.get("AttachStderr")), privileged=bool(body.get("Privileged")))))
+    return web.json_response({"Id": reply.id}, status=201)
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    exec_id = request.match_info["id"]
+    info: ExecInfo = await call(execs(request).inspect(ExecRef(id=exec_id)))
+    detach = bool(body.get("Detach"))
+    tty = bool(body.get("Tty", info.tty)) or info.tty
+    stream = execs(request).start(ExecStartRequest(id=exec_id, detach=detach)).__aiter__()
+    with client_errors():
+        await stream.__anext__()  # started: errors (not running, already started) still get their status
+    if detach:
+        return web.Response(status=200)
+    response = await hijack(request, tty)
+    pump = stdin_pump.pump(request, ops(request), info.container_id, exec_id, True) if info.open_stdin else None
+    try:
+        with client_errors():
+            async for out in stream:
+                if out.eof:
+                    break
+                await response.write(out.data if tty else frame(out.stream, out.data))
+    except SkiffError as exc:
+        log.warning("exec stream ended", exec_id=exec_id, error=exc.message)
+    except ConnectionResetError:
+        pass  # the client went away; the process runs on, as with dockerd
+    finally:
+        await stdin_pump.stop(pump)
+    await response.write_eof()
+    return response
+
+
+def _size(request: web.Request) -> tuple[int, int]:
+    try:
+        return int(request.query.get("w", "0")), int(request.query.get("h", "0"))
+    except ValueError:
+        raise InvalidArgument("invalid resize: h and w must be integers") from None
+
+
+async def resize(request: web.Request) -> web.Response:
+    width, height = _size(request)
+    await call(execs(request).resize(ResizeRequest(id=request.match_info["id"], width=width, height=height)))
+    return web.Response(status=200)
+
+
+async def container_resize(request: web.Request) -> web.Response:
+    width, height = _size(request)
+    await call(ops(request).resize(ResizeRequest(id=request.match_info["id"], width=width, height=height)))
+    return web.Response(status=200)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    info = await call(execs(request).inspect(ExecRef(id=request.match_info["id"])))
+    return web.json_response({
+        "ID": info.id, "ContainerID": info.container_id, "Running": info.running,
+        "ExitCode": info.exit_code if info.exited else None, "Pid": info.pid,
+        "OpenStdin": info.open_stdin, "OpenStdout": info.open_stdout, "OpenStderr": info.open_stderr,
+        "CanRemove": False, "DetachKeys": "",
+        "ProcessConfig": {"tty": info.tty, "entrypoint": info.cmd[0] if info.cmd else "",
+                          "arguments": list(info.cmd[1:]), "privileged": info.privileged, "user": info.user},
+    })
+
+
+def register(routes: Routes) -> None:
+    routes.add("POST", "/containers/{id}/exec", create)
+    routes.add("POST", "/exec/{id}/start", start)
+    routes.add("POST", "/exec/{id}/resize", resize)
+    routes.add("GET", "/exec/{id}/json", inspect)
+    routes.add("POST", "/containers/{id}/resize", container_resize)

@@ -1,0 +1,197 @@
+"""Container operations beyond the life cycle: stdin, restart, pause, top, stats, rename, update."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from services.common.grpc import call
+from services.daemon.containers import NAME_RE, ContainerManager, now_rfc3339
+from services.daemon.restart import POLICIES
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import (
+    State,
+    StatsSample,
+    StdinData,
+    TopResponse,
+    TopRow,
+    UpdateContainerRequest,
+)
+
+hl = highlevel.v1
+TOP_TITLES = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Operations:
+    def __init__(self, containers: ContainerManager) -> None:
+        self.containers = containers
+        self.tasks = containers.tasks
+
+    async def stdin(self, chunks: AsyncIterator[StdinData]) -> None:
+        iterator = chunks.__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        entry = self.containers.get(first.container)
+        # `docker run -i` attaches before it starts the container: stdin waits for the start (or the client).
+        while entry.record.state.status == State.CREATED and not entry.removed:
+            await entry.changed.wait()
+        if not entry.running:
+            raise Conflict(f"Container {entry.record.id} is not running")
+
+        async def forward() -> AsyncIterator[hl.StdinChunk]:
+            # highlevel knows an exec by its short id (services.daemon.exec.ExecRecord.task_exec_id).
+            yield hl.StdinChunk(id=entry.record.id, exec_id=first.exec_id[:12], data=first.data, close=first.close,
+                                close_on_end=first.close_on_end)
+            async for chunk in iterator:
+                yield hl.StdinChunk(data=chunk.data, close=chunk.close)
+
+        await call(self.tasks.write_stdin(forward()))
+
+    async def restart(self, ref: str, timeout: int | None, sig: str) -> None:
+        entry = self.containers.get(ref)
+        if entry.running:
+            await self.containers.stop(entry.record.id, timeout, sig)
+        entry.record.stopped_by_user = False
+        await self.containers.start(entry.record.id)
+        self.containers.emit("restart", entry, {})
+
+    async def pause(self, ref: str, pause: bool) -> None:
+        entry = self.containers.get(ref)
+        async with entry.lock:
+            status = entry.record.state.status
+            if pause and status == State.PAUSED:
+                raise Conflict(f"Container {entry.record.id} is already paused")
+            if not pause and status != State.PAUSED:
+                raise Conflict(f"Container {entry.record.id} is not paused")
+            if status not in (State.RUNNING, State.PAUSED):
+                raise Conflict(f"Container {entry.record.id} is not running")
+            if pause:
+                await call(self.tasks.pause(hl.TaskRequest(id=entry.record.id)))
+            else:
+                await call(self.tasks.resume(hl.TaskRequest(id=entry.record.id)))
+            entry.record.state.status = State.PAUSED if pause else State.RUNNING
+            await asyncio.to_thread(self.containers.store.save, entry.record)
+            entry.notify()
+        self.containers.emit("pause" if pause else "unpause", entry, {})
+
+    async def top(self, ref: str) -> TopResponse:
+        entry = self.containers.get(ref)
+        if not entry.running:
+            raise Conflict(f"Container {entry.record.id} is not running")
+        pids = (await call(self.tasks.list_pids(hl.TaskRequest(id=entry.record.id)))).pids
+        rows = await asyncio.to_thread(_ps_rows, list(pids))
+        return TopResponse(titles=TOP_TITLES, rows=[TopRow(cells=r) for r in rows])
+
+    async def stats(self, ref: str) -> StatsSample:
+        entry = self.containers.get(ref)
+        sample = StatsSample(id=entry.record.id, name=f"/{entry.record.name}", read=now_rfc3339(),
+                             online_cpus=os.cpu_count() or 1)
+        sample.system_cpu_ns = await asyncio.to_thread(_system_cpu_ns)
+        if not entry.running:
+            return sample
+        stats = await call(self.tasks.stats(hl.TaskRequest(id=entry.record.id)))
+        sample.raw, sample.cpu_usage_ns = stats.raw, stats.cpu_usage_ns
+        sample.memory_usage, sample.memory_limit = stats.memory_usage, stats.memory_limit
+        sample.pids_current = stats.pids_current
+        return sample
+
+    async def rename(self, ref: str, name: str) -> None:
+        entry = self.containers.get(ref)
+        name = name.lstrip("/")
+        if not name:
+            raise InvalidArgument("Neither old nor new names may be empty")
+        if not NAME_RE.match(name):
+            raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        old = entry.record.name
+        if name == old:
+            raise InvalidArgument("Renaming a container with the same name as its current name")
+        names = self.containers.names
+        if name in names:
+            raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
+                           f'"{names[name]}". You have to remove (or rename) that container to be able to reuse '
+                           "that name.")
+        async with entry.lock:
+            if entry.removed:
+                raise NotFound(f"No such container: {ref}")
+            names[name] = entry.record.id
+            names.pop(old, None)
+            entry.record.name = name
+            await asyncio.to_thread(self.containers.store.save, entry.record)
+        self.containers.emit("rename", entry, {"oldName": f"/{old}"})
+
+    async def update(self, request: UpdateContainerRequest) -> list[str]:
+        entry = self.containers.get(request.id)
+        host = entry.record.config.host
+        if request.restart_policy and request.restart_policy not in POLICIES:
+            raise InvalidArgument(f"invalid restart policy: {request.restart_policy}")
+        resources: dict[str, Any] = {}
+        if request.memory:
+            resources["memory"] = {"limit": request.memory}
+        if request.pids_limit:
+            resources["pids"] = {"limit": request.pids_limit}
+        cpu = {k: v for k, v in (("quota", request.cpu_quota), ("period", request.cpu_period),
+                                 ("shares", request.cpu_shares)) if v}
+        if cpu:
+            resources["cpu"] = cpu
+        async with entry.lock:
+            if resources and entry.running:
+                await call(self.tasks.update(hl.UpdateRequest(id=entry.record.id,
+                                                              resources=json.dumps(resources).encode())))
+            host.memory = request.memory or host.memory
+            host.pids_limit = request.pids_limit or host.pids_limit
+            host.cpu_quota = request.cpu_quota or host.cpu_quota
+            host.cpu_period = request.cpu_period or host.cpu_period
+            host.cpu_shares = request.cpu_shares or host.cpu_shares
+            if request.restart_policy:
+                if host.auto_remove and request.restart_policy != "no":
+                    raise FailedPrecondition("Restart policy cannot be updated because AutoRemove is enabled "
+                                             "for the container")
+                host.restart_policy = request.restart_policy
+                host.restart_max_retries = request.restart_max_retries
+            await asyncio.to_thread(self.containers.store.save, entry.record)
+        self.containers.emit("update", entry, {})
+        return []
+
+
+def _system_cpu_ns() -> int:
+    """/proc/stat's cpu line in nanoseconds: Docker's system_cpu_usage."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:8]
+    return sum(int(v) for v in fields) * 1_000_000_000 // CLOCK_TICKS
+
+
+def _ps_rows(pids: list[int]) -> list[list[str]]:
+    """ps -ef's columns, read from /proc (no ps binary needed, none of the container's)."""
+    boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
+    rows = []
+    for pid in sorted(pids):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()
+        ppid, tty_nr = fields[1], int(fields[4])
+        utime, stime, start = int(fields[11]), int(fields[12]), int(fields[19])
+        uid = next((line.split()[1] for line in status.splitlines() if line.startswith("Uid:")), "0")
+        cpu_seconds = (utime + stime) // CLOCK_TICKS
+        started = boot + start / CLOCK_TICKS
+        elapsed = max(time.time() - started, 1.0)
+        percent = int(100 * (utime + stime) / CLOCK_TICKS / elapsed)
+        stime_text = time.strftime("%H:%M", time.localtime(started))
+        tty = "?" if tty_nr == 0 else f"pts/{tty_nr & 0xff}"
+        cmd = cmdline.replace(b"\0", b" ").decode(errors="replace").strip() or \
+            "[" + stat[stat.index("(") + 1:stat.rindex(")")] + "]"
+        duration = f"{cpu_seconds // 3600:02d}:{cpu_seconds // 60 % 60:02d}:{cpu_seconds % 60:02d}"
+        rows.append([uid if uid != "0" else "root", str(pid), ppid, str(percent), stime_text, tty, duration, cmd])
+    return rows
