@@ -33,6 +33,10 @@ def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
     return True
 
 
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
 class ImagesService(ImagesBase):
     def __init__(self, manager: ContainerManager) -> None:
         self.manager = manager
@@ -57,10 +61,15 @@ class ImagesService(ImagesBase):
     async def remove(self, remove_image_request: hl.RemoveImageRequest) -> hl.RemoveImageResponse:
         r = remove_image_request
         image = (await call(self.images.inspect(hl.InspectImageRequest(reference=r.reference)))).image
-        users = [e.record.id for e in self.manager.entries.values() if e.record.image_id == image.id]
-        if users and r.force is False and r.reference.lower() in (image.id, image.id.removeprefix("sha256:")):
+        entries = [e for e in self.manager.entries.values() if e.record.image_id == image.id]
+        users = [e.record.id for e in entries]
+        by_id = r.reference.lower().removeprefix("sha256:")
+        named_by_id = len(by_id) >= 4 and _is_hex(by_id) and image.id.removeprefix("sha256:").startswith(by_id)
+        if users and not r.force and named_by_id:
+            # Docker's wording tells a running user from a stopped one (a running one needs force always).
+            state = "running" if entries[0].running else "stopped"
             raise Conflict(f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is being used "
-                           f"by stopped container {users[0][:12]}")
+                           f"by {state} container {users[0][:12]}")
         if users and not r.force and len(image.repo_tags) <= 1:
             # Its last name: Docker refuses this too, and says which container holds it.
             raise Conflict(f'conflict: unable to remove repository reference "{r.reference}" (must force) - '
