@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.common.config import resolve_runtime
 from services.common.paths import Paths, resolve_paths
+from tests.e2e.netstack import cleanup_networks, network_env
 from tests.support.oci_image import build_image, busybox_layer
 from tests.support.tasks import processes_mentioning, wait_for
 
@@ -58,7 +59,7 @@ class Stack:
             argv += ["--runtime", self.runtime]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log,
-                                    env=dict(os.environ, SKIFF_LOG_FORMAT="json"))
+                                    env=dict(os.environ, SKIFF_LOG_FORMAT="json", **network_env(self.prefix)))
         self.procs[module] = proc
 
         def ready() -> bool:
@@ -115,6 +116,7 @@ class Stack:
         for pid in processes_mentioning(str(self.prefix)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        cleanup_networks(self.paths)
         for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
             mount_point = line.split()[4]
             if mount_point.startswith(str(self.prefix)):

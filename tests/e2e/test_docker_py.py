@@ -98,7 +98,7 @@ def test_list_filters_and_inspect_shape(client: docker.DockerClient) -> None:
     assert attrs["Path"] == "sleep" and attrs["Args"] == ["300"]
     assert set(attrs["State"]) >= {"Status", "Running", "Pid", "ExitCode", "OOMKilled", "StartedAt", "FinishedAt"}
     assert attrs["Config"]["Labels"] == {"tier": "web"} and attrs["Config"]["Image"] == "busybox"
-    assert attrs["HostConfig"]["NetworkMode"] == "none"
+    assert attrs["HostConfig"]["NetworkMode"] == "bridge"  # the default network since bridges exist
 
 
 def test_errors_not_found_and_duplicate_name(client: docker.DockerClient) -> None:
