@@ -156,8 +156,9 @@ def test_cli_commit_and_rmi_in_use(stack: Stack, client: docker.DockerClient) ->
     assert ok(cli(stack, "run", "--rm", "committed:v1")) == "committed-content\n"
     assert ok(cli(stack, "run", "--rm", "committed:v1", "cat", "/marker")) == "committed-content\n"
     image_id = ok(cli(stack, "image", "inspect", "-f", "{{.Id}}", "busybox")).strip()
-    conflict = cli(stack, "rmi", image_id)
+    conflict = cli(stack, "rmi", image_id.removeprefix("sha256:")[:12])
     assert conflict.returncode != 0 and "conflict" in conflict.stderr and "must be forced" in conflict.stderr
+    assert "stopped container" in conflict.stderr
     by_name = cli(stack, "rmi", "busybox")
     assert by_name.returncode != 0 and "conflict" in by_name.stderr
     ok(cli(stack, "rm", "to-commit"))
