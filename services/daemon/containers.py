@@ -335,6 +335,7 @@ class ContainerManager:
         entry.record.stopped_by_user = True
         cfg = entry.record.config
         number = parse_signal(sig or cfg.stop_signal, default=signal.SIGTERM)
+        self.emit("kill", entry, {"signal": str(number)})
         if timeout is None:
             timeout = cfg.stop_timeout if cfg.stop_timeout >= 0 else DEFAULT_STOP_TIMEOUT
         exits = entry.exits

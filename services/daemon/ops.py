@@ -60,6 +60,7 @@ class Operations:
         entry = self.containers.get(ref)
         if entry.running:
             await self.containers.stop(entry.record.id, timeout, sig)
+            self.containers.emit("stop", entry, {})
         entry.record.stopped_by_user = False
         await self.containers.start(entry.record.id)
         self.containers.emit("restart", entry, {})
