@@ -50,9 +50,13 @@ def int_query(request: web.Request, name: str, default: int | None = None) -> in
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise InvalidArgument(f"invalid value for {name}: {value}") from None
+    # The daemon's fields are int32: a larger number cannot cross the boundary (found by schemathesis).
+    if not -(2**31) <= number < 2**31:
+        raise InvalidArgument(f"invalid value for {name}: {value} is out of range")
+    return number
 
 
 def parse_filters(raw: str | None) -> dict[str, list[str]]:

@@ -71,11 +71,14 @@ def _strings(value: Any, field: str) -> list[str]:
     raise InvalidArgument(f"invalid {field}: expected a string or a list of strings")
 
 
-def _int(value: Any, field: str) -> int:
+def _int(value: Any, field: str, bits: int = 64) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"invalid {field}: expected an integer")
+    # What does not fit the daemon's field cannot cross the boundary: a 400, not a 500 (schemathesis).
+    if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise InvalidArgument(f"invalid {field}: {value} is out of range")
     return value
 
 
@@ -134,7 +137,7 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         open_stdin=bool(body.get("OpenStdin")),
         stdin_once=bool(body.get("StdinOnce")),
         stop_signal=str(body.get("StopSignal") or ""),
-        stop_timeout=-1 if stop_timeout is None else _int(stop_timeout, "StopTimeout"),
+        stop_timeout=-1 if stop_timeout is None else _int(stop_timeout, "StopTimeout", bits=32),
         hostname=str(body.get("Hostname") or ""),
         host=host,
     )

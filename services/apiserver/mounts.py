@@ -81,7 +81,7 @@ def _mount(item: Any) -> MountSpec:
     size, mode = tmpfs_options.get("SizeBytes") or 0, tmpfs_options.get("Mode") or 0
     if isinstance(size, bool) or not isinstance(size, int) or isinstance(mode, bool) or not isinstance(mode, int):
         raise InvalidArgument("invalid mount config: TmpfsOptions SizeBytes and Mode must be integers")
-    if size < 0 or mode < 0 or mode > 0o7777:
+    if not 0 <= size < 2**63 or not 0 <= mode <= 0o7777:
         raise InvalidArgument("invalid mount config: TmpfsOptions out of range")
     spec.tmpfs_size, spec.tmpfs_mode = size, mode
     if kind != "tmpfs" and tmpfs_options:

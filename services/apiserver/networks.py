@@ -46,6 +46,9 @@ def _filters(request: web.Request) -> dict[str, list[str]]:
         data = json.loads(raw)
     except json.JSONDecodeError:
         raise InvalidArgument(f"invalid filters: {raw}") from None
+    # Found by schemathesis: filters=0 (not an object) or a value that is neither list nor object was a 500.
+    if not isinstance(data, dict) or not all(isinstance(v, (list, dict)) for v in data.values()):
+        raise InvalidArgument(f"invalid filters: {raw}")
     return {k: list(v) if isinstance(v, list) else [x for x, on in v.items() if on] for k, v in data.items()}
 
 
