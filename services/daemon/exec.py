@@ -77,6 +77,11 @@ def process_spec(bundle: str, request: ExecCreateRequest) -> dict[str, Any]:
     return process
 
 
+def _command(request: ExecCreateRequest) -> str:
+    """Docker names exec events with the command: "exec_start: sh -c date"."""
+    return " ".join(request.cmd)
+
+
 class ExecManager:
     def __init__(self, containers: ContainerManager) -> None:
         self.containers = containers
@@ -113,7 +118,7 @@ class ExecManager:
             stdin=request.attach_stdin, stdin_once=True)))
         request.container = entry.record.id
         self.execs[exec_id] = ExecRecord(exec_id, entry.record.id, request)
-        self._emit("exec_create", entry, {"execID": exec_id, "exec_id": exec_id})
+        self._emit(f"exec_create: {_command(request)}", entry, {"execID": exec_id, "exec_id": exec_id})
         return exec_id
 
     async def start(self, exec_id: str, detach: bool) -> AsyncIterator[ExecOutput]:
@@ -133,7 +138,7 @@ class ExecManager:
             raise
         record.pid, record.running = started.pid, True
         record.watcher = asyncio.ensure_future(self._watch(record, entry))
-        self._emit("exec_start", entry, {"execID": exec_id, "exec_id": exec_id})
+        self._emit(f"exec_start: {_command(record.request)}", entry, {"execID": exec_id, "exec_id": exec_id})
         yield ExecOutput(started=True)
         if detach:
             record.drained.set()
@@ -163,7 +168,8 @@ class ExecManager:
         except SkiffError as exc:
             log.warning("exec wait failed", exec_id=record.id, error=exc.message)
         record.exit_code, record.running = code, False
-        self._emit("exec_die", entry, {"execID": record.id, "exec_id": record.id, "exitCode": str(code)})
+        self._emit(f"exec_die: {_command(record.request)}", entry,
+                   {"execID": record.id, "exec_id": record.id, "exitCode": str(code)})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(record.drained.wait(), DRAIN_GRACE)
         with contextlib.suppress(SkiffError):

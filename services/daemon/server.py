@@ -63,6 +63,7 @@ class ContainersService(ContainersBase):
         r = stop_request
         entry = self.manager.get(r.id)
         if not entry.running:
+            entry.record.stopped_by_user = True  # a restart policy's pending restart is called off
             raise FailedPrecondition(f"container {entry.record.id} is already stopped")  # the API's 304
         await self.manager.stop(r.id, r.timeout if r.timeout_set else None, r.signal)
         self.manager.emit("stop", entry)

@@ -85,14 +85,33 @@ def test_attach_stdin_and_304s_and_restart(client: docker.DockerClient) -> None:
 
 def test_events_since_until(client: docker.DockerClient, stack: Stack) -> None:
     since = time.time()
-    box = client.containers.run("busybox", ["sh", "-c", "exit 4"], detach=True, name="ev-box")
+    box = client.containers.run("busybox", ["sh", "-c", "read x; exit 4"], detach=True, name="ev-box",
+                                stdin_open=True)
+    assert box.exec_run(["true"]).exit_code == 0
+    box.kill()
     box.wait(timeout=15)
     box.remove()
     until = time.time() + 0.5
     events = list(client.events(since=since, until=until, decode=True, filters={"container": "ev-box"}))
     actions = [e["Action"] for e in events]
-    assert actions == ["create", "start", "die", "destroy"], actions
-    die = events[2]
+    assert actions == ["create", "start", "exec_create: true", "exec_start: true", "exec_die: true", "kill", "die",
+                       "destroy"], actions
+    exec_die = [e for e in events if e["Action"].startswith("exec_die")][0]
+    assert exec_die["Actor"]["Attributes"]["exitCode"] == "0"
+    die = events[-2]
     assert die["Type"] == "container" and die["Actor"]["ID"] == box.id
-    assert die["Actor"]["Attributes"]["exitCode"] == "4" and die["Actor"]["Attributes"]["name"] == "ev-box"
+    assert die["Actor"]["Attributes"]["exitCode"] == "137" and die["Actor"]["Attributes"]["name"] == "ev-box"
     assert die["timeNano"] // 1_000_000_000 == die["time"]
+
+
+def test_restart_always_with_backoff_then_stop(client: docker.DockerClient) -> None:
+    started = time.monotonic()
+    box = client.containers.run("busybox", ["sh", "-c", "exit 1"], detach=True, restart_policy={"Name": "always"})
+    wait_for(lambda: client.containers.get(box.id).attrs["RestartCount"] >= 3, 20, "three restarts")
+    # Docker's back-off: 100, 200, 400 ms between the runs at least.
+    assert time.monotonic() - started >= 0.7
+    box.stop(timeout=1)
+    attrs = client.containers.get(box.id).attrs
+    assert attrs["State"]["Status"] == "exited"
+    assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
+    box.remove(force=True)
