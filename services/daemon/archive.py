@@ -126,10 +126,25 @@ def write_tar(host: str, arcname: str, out: str) -> None:
         tar.add(host, arcname=arcname, recursive=True)
 
 
-def extract_tar(archive: str, dest: str) -> None:
+def _check_overwrite(tar: tarfile.TarFile, dest: str) -> None:
+    """Docker's noOverwriteDirNonDir: a folder never replaces a file, nor a file a folder."""
+    for member in tar.getmembers():
+        existing = os.path.join(dest, member.name)
+        if not os.path.lexists(existing):
+            continue
+        is_dir = os.path.isdir(existing) and not os.path.islink(existing)
+        if member.isdir() and not is_dir:
+            raise InvalidArgument(f"cannot overwrite non-directory \"{member.name}\" with directory")
+        if not member.isdir() and is_dir:
+            raise InvalidArgument(f"cannot overwrite directory \"{member.name}\" with non-directory")
+
+
+def extract_tar(archive: str, dest: str, no_overwrite_dir_non_dir: bool = False) -> None:
     """The stdlib's "data" filter: no absolute or escaping names or links, no devices (blocking)."""
     try:
         with tarfile.open(archive, "r:*") as tar:
+            if no_overwrite_dir_non_dir:
+                _check_overwrite(tar, dest)
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as exc:
         raise InvalidArgument(f"unsafe archive: {exc}") from None
@@ -202,7 +217,7 @@ class ArchiveService(ArchiveBase):
                 raise NotFound(f"Could not find the file {first.path} in container {first.id}")
             if not os.path.isdir(dest):
                 raise InvalidArgument(f"extraction point is not a directory: {first.path}")
-            await asyncio.to_thread(extract_tar, out, dest)
+            await asyncio.to_thread(extract_tar, out, dest, first.no_overwrite_dir_non_dir)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out)
