@@ -34,20 +34,25 @@ def _kill(stack: Stack, module: str) -> None:
 def test_restore_after_sigkill(stack: Stack, client: docker.DockerClient, module: str) -> None:
     long = client.containers.run("busybox", ["sh", "-c", "echo up; sleep 300"], detach=True, name="long")
     short = client.containers.run("busybox", ["sh", "-c", WAITER], detach=True, name="short")
-    for c in (long, short):
+    pol = client.containers.run("busybox", ["sh", "-c", WAITER], detach=True, name="pol",
+                                restart_policy={"Name": "always"})
+    for c in (long, short, pol):
         c.reload()  # run() returns the record as created; the pid comes with the start
-    pids = {c.name: c.attrs["State"]["Pid"] for c in (long, short)}
+    pids = {c.name: c.attrs["State"]["Pid"] for c in (long, short, pol)}
     _kill(stack, module)
     try:
         # The container's root as the host sees it: its init's /proc root.
-        (Path(f"/proc/{pids['short']}/root") / "go").touch()
-        wait_for(lambda: _gone(pids["short"]), 15, "the short container's exit while the service is down")
+        for name in ("short", "pol"):
+            (Path(f"/proc/{pids[name]}/root") / "go").touch()
+        wait_for(lambda: _gone(pids["short"]) and _gone(pids["pol"]), 15, "exits while the service is down")
     finally:
         stack.start(module)
     restored = docker.DockerClient(base_url=stack.base_url, timeout=30)
     try:
-        running = {c.name: c.attrs["State"]["Pid"] for c in restored.containers.list()}
+        running = {c.name: c.attrs["State"]["Pid"] for c in restored.containers.list() if c.name != "pol"}
         assert running == {"long": pids["long"]}
+        # The restart policy applies to what exited meanwhile.
+        wait_for(lambda: restored.containers.get("pol").attrs["RestartCount"] >= 1, 15, "pol restarted")
         state = restored.containers.get("short").attrs["State"]
         assert state["Status"] == "exited" and state["ExitCode"] == 7
         assert restored.containers.get("short").logs() == b"bye\n"
