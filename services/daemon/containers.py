@@ -333,6 +333,11 @@ class ContainerManager:
         if not entry.running:
             return
         entry.record.stopped_by_user = True
+        if entry.record.state.status == State.PAUSED:
+            # A frozen process cannot act on a signal: thaw it first, as dockerd does (area A).
+            with contextlib.suppress(SkiffError):
+                await call(self.tasks.resume(hl.TaskRequest(id=entry.record.id)))
+            entry.record.state.status = State.RUNNING
         cfg = entry.record.config
         number = parse_signal(sig or cfg.stop_signal, default=signal.SIGTERM)
         self.emit("kill", entry, {"signal": str(number)})

@@ -115,3 +115,15 @@ def test_restart_always_with_backoff_then_stop(client: docker.DockerClient) -> N
     assert attrs["State"]["Status"] == "exited"
     assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
     box.remove(force=True)
+
+
+def test_pause_blocks_exec_and_stop_thaws(client: docker.DockerClient) -> None:
+    box = client.containers.run("busybox", ["sleep", "300"], detach=True)
+    box.pause()
+    assert client.containers.get(box.id).status == "paused"
+    with pytest.raises(docker.errors.APIError) as info:
+        box.exec_run(["true"])
+    assert info.value.status_code == 409
+    box.stop(timeout=1)
+    assert client.containers.get(box.id).attrs["State"]["Status"] == "exited"
+    box.remove()
