@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,16 @@ DEVICE_RULES = [
     *({"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
       for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, -1))),
 ]
+
+
+CGROUP_PARENT_ENV = "SKIFF_CGROUP_PARENT"
+
+
+def cgroup_parent() -> str:
+    parent = os.environ.get(CGROUP_PARENT_ENV, "skiff").strip("/")
+    if not parent or ".." in parent.split("/"):
+        raise InvalidArgument(f"{CGROUP_PARENT_ENV}: invalid cgroup parent {parent!r}")
+    return parent
 
 
 def normalise_cap(name: str) -> str:
@@ -164,8 +175,9 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "resources": resources,
-        # Under a "skiff" parent so that every container of the engine is found (and cleaned) together.
-        "cgroupsPath": f"/skiff/{container_id}",
+        # Under one parent so that every container of the engine is found (and cleaned) together;
+        # SKIFF_CGROUP_PARENT gives engines sharing a host (test stacks) parents of their own.
+        "cgroupsPath": f"/{cgroup_parent()}/{container_id}",
     }
     if not host.privileged:
         linux["maskedPaths"] = MASKED_PATHS

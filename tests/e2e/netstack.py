@@ -31,6 +31,24 @@ def network_env(prefix: Path) -> dict[str, str]:
     return {"SKIFF_BRIDGE_NAME": name, "SKIFF_DEFAULT_SUBNET": str(candidate)}
 
 
+def cgroup_parent(prefix: Path) -> str:
+    """The stack's own cgroup parent (the daemon's SKIFF_CGROUP_PARENT), removed at teardown."""
+    return "skiff-e2e-" + hashlib.sha256(str(prefix).encode()).hexdigest()[:10]
+
+
+def remove_cgroup_parent(prefix: Path) -> list[str]:
+    """rmdir the parent in every hierarchy; returns the folders that could not go (still in use)."""
+    left = []
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        folder = hierarchy / cgroup_parent(prefix)
+        if folder.is_dir():
+            try:
+                folder.rmdir()
+            except OSError:
+                left.append(str(folder))
+    return left
+
+
 def cleanup_networks(paths: Paths) -> None:
     """Every bridge, veth, netns, address and rule of this stack's daemon: gone (the daemon is stopped)."""
     from services.daemon.network.ipam import Ipam

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from services.common.config import resolve_runtime
 from services.common.paths import Paths, resolve_paths
-from tests.e2e.netstack import cleanup_networks, network_env
+from tests.e2e.netstack import cgroup_parent, cleanup_networks, network_env, remove_cgroup_parent
 from tests.support.oci_image import build_image, busybox_layer
 from tests.support.tasks import processes_mentioning, wait_for
 
@@ -58,8 +58,9 @@ class Stack:
         if module != "services.apiserver":
             argv += ["--runtime", self.runtime]
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log,
-                                    env=dict(os.environ, SKIFF_LOG_FORMAT="json", **network_env(self.prefix)))
+            env = dict(os.environ, SKIFF_LOG_FORMAT="json", SKIFF_CGROUP_PARENT=cgroup_parent(self.prefix),
+                       **network_env(self.prefix))
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
         self.procs[module] = proc
 
         def ready() -> bool:
@@ -117,21 +118,22 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         cleanup_networks(self.paths)
+        remove_cgroup_parent(self.prefix)
         for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
             mount_point = line.split()[4]
             if mount_point.startswith(str(self.prefix)):
                 subprocess.run(["umount", "-l", mount_point], capture_output=True, timeout=10)
 
     def leftovers(self, ids: list[str]) -> list[str]:
-        # highlevel's shim zygote outlives highlevel by design (it forks the next shims): not a leak.
-        left = [f"process {p}: {_cmdline(p)}" for p in processes_mentioning(str(self.prefix))
-                if "services.shim.zygote" not in _cmdline(p)]
+        # highlevel stops its shim zygote on a clean stop: anything still running here is a leak.
+        left = [f"process {p}: {_cmdline(p)}" for p in processes_mentioning(str(self.prefix))]
         left += [f"shim {p}" for p in self.shim_pids()]
         mounts = Path("/proc/self/mountinfo").read_text()
         left += [f"mount {line.split()[4]}" for line in mounts.splitlines() if str(self.prefix) in line]
         for id_ in ids:
             for found in Path("/sys/fs/cgroup").rglob(f"*{id_}*"):
                 left.append(f"cgroup {found}")
+        left += [f"cgroup {folder}" for folder in remove_cgroup_parent(self.prefix)]
         return left
 
 
