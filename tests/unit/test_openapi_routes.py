@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import yaml
+from aiohttp import web
 
 from services.apiserver.server import make_app
 from services.common.config import Config
@@ -14,8 +16,17 @@ DOC = Path(__file__).resolve().parents[2] / "services" / "apiserver" / "openapi.
 METHODS = {"get", "head", "post", "put", "delete", "patch", "options"}
 
 
+def build_app(tmp_path: Path) -> web.Application:
+    async def build() -> web.Application:
+        # The app's gRPC channel wants a running loop: an earlier test's asyncio.run unset the
+        # default one, so the app is made inside a loop of its own, as the apiserver does.
+        return make_app(Config(paths=resolve_paths(tmp_path), runtime="skiff-lowlevel"))
+
+    return asyncio.run(build())
+
+
 def served(tmp_path: Path) -> set[tuple[str, str]]:
-    app = make_app(Config(paths=resolve_paths(tmp_path), runtime="skiff-lowlevel"))
+    app = build_app(tmp_path)
     routes = set()
     for route in app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
@@ -39,7 +50,7 @@ def test_every_route_is_documented_and_every_documented_path_is_served(tmp_path:
 
 
 def test_each_route_has_its_versioned_twin(tmp_path: Path) -> None:
-    app = make_app(Config(paths=resolve_paths(tmp_path), runtime="skiff-lowlevel"))
+    app = build_app(tmp_path)
     canon = [(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None]
     plain = {(m, p) for m, p in canon if not p.startswith("/v{api_version")}
     versioned = {(m, p.split("}", 1)[1]) for m, p in canon if p.startswith("/v{api_version")}
