@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from typing import Any
 
 import structlog
@@ -172,18 +175,32 @@ async def logs(request: web.Request) -> web.StreamResponse:
     tail_text = request.query.get("tail", "all")
     tail = -1 if tail_text in ("", "all") else int_query(request, "tail", -1)
     timestamps = flag(request, "timestamps")
+    from services.apiserver.operations import _since  # operations imports this module
+
+    since = _since(request.query.get("since"), "since") / 1e9
+    until = _since(request.query.get("until"), "until") / 1e9
     containers = backend(request).containers
     record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
     tty = record.config.tty
     response = web.StreamResponse(status=200)
     response.content_type = RAW if tty else MULTIPLEXED
     await response.prepare(request)
-    with client_errors():
-        async for entry in containers.logs(LogsRequest(id=record.id, follow=flag(request, "follow"), stdout=stdout,
-                                                       stderr=stderr, tail=tail if tail is not None else -1,
-                                                       timestamps=timestamps)):
-            data = _payload(entry, timestamps)
-            await response.write(data if tty else frame(entry.stream, data))
+    # Docker's --until: nothing written after it, and a follower stops there even when no entry comes.
+    follow = flag(request, "follow")
+    deadline = asyncio.timeout(max(0.0, until - time.time()) if until and follow else None)
+    with client_errors(), contextlib.suppress(TimeoutError):
+        async with deadline:
+            async for entry in containers.logs(LogsRequest(
+                    id=record.id, follow=follow, stdout=stdout, stderr=stderr,
+                    tail=tail if tail is not None else -1, timestamps=timestamps)):
+                if since or until:
+                    at = models.parse_time(entry.time)
+                    if until and at > until:
+                        break
+                    if since and at < since:
+                        continue
+                data = _payload(entry, timestamps)
+                await response.write(data if tty else frame(entry.stream, data))
     await response.write_eof()
     return response
 

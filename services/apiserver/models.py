@@ -101,6 +101,37 @@ def _restart_policy(host_body: dict[str, Any]) -> dict[str, Any]:
     return {"restart_policy": name, "restart_max_retries": retries}
 
 
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def _log_config(host_body: dict[str, Any]) -> dict[str, int]:
+    """HostConfig.LogConfig of the json-file driver: max-size ("10k", "1m") and max-file."""
+    log_config = host_body.get("LogConfig") or {}
+    if not isinstance(log_config, dict):
+        raise InvalidArgument("invalid LogConfig: expected an object")
+    kind = log_config.get("Type") or "json-file"
+    if kind not in ("json-file", "local"):
+        raise InvalidArgument(f'logger: no log driver named \'{kind}\' is registered')
+    options = log_config.get("Config") or {}
+    if not isinstance(options, dict):
+        raise InvalidArgument("invalid LogConfig.Config: expected an object")
+    size_text = str(options.get("max-size") or "").strip().lower()
+    size = 0
+    if size_text and size_text != "-1":
+        number = size_text.rstrip("bkmg")
+        unit = size_text[len(number):]
+        try:
+            size = int(float(number) * SIZE_UNITS[unit])
+        except (ValueError, KeyError):
+            raise InvalidArgument(f"invalid max-size: {options.get('max-size')}") from None
+    files_text = str(options.get("max-file") or "1")
+    if not files_text.isdigit() or int(files_text) < 1:
+        raise InvalidArgument(f"invalid max-file: {options.get('max-file')}")
+    if int(files_text) > 1 and size <= 0:
+        raise InvalidArgument("max-file cannot be set without max-size")
+    return {"log_max_size": size, "log_max_file": min(int(files_text), 1000)}
+
+
 def container_config_from_request(body: Any) -> ContainerConfig:
     """POST /containers/create's body (Config fields at the top, HostConfig inside)."""
     if not isinstance(body, dict):
@@ -123,6 +154,7 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         readonly_rootfs=bool(host_body.get("ReadonlyRootfs")),
         network_mode=str(host_body.get("NetworkMode") or ""),
         **_restart_policy(host_body),  # area A
+        **_log_config(host_body),  # area A
     )
     config = ContainerConfig(
         image=str(body.get("Image") or ""),
@@ -189,7 +221,7 @@ def container_inspect(c: Container) -> dict[str, Any]:
         "Args": list(c.path_args[1:]),
         "State": {
             "Status": STATUS_NAMES.get(status, "created"),
-            "Running": status in (State.RUNNING, State.PAUSED),
+            "Running": status in (State.RUNNING, State.PAUSED, State.RESTARTING),
             "Paused": status == State.PAUSED,
             "Restarting": status == State.RESTARTING,
             "OOMKilled": state.oom_killed,
@@ -223,7 +255,9 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "ReadonlyRootfs": host.readonly_rootfs,
             "NetworkMode": _network_mode(host),
             "RestartPolicy": {"Name": host.restart_policy or "no", "MaximumRetryCount": host.restart_max_retries},
-            "LogConfig": {"Type": "json-file", "Config": {}},
+            "LogConfig": {"Type": "json-file", "Config": {
+                **({"max-size": str(host.log_max_size)} if host.log_max_size else {}),
+                **({"max-file": str(host.log_max_file)} if host.log_max_file > 1 else {})}},
             "Binds": mountmodels.binds(c),
             "PortBindings": {},
             **netmodels.host_config_fields(c),

@@ -123,6 +123,8 @@ class ContainerManager:
             task = tasks.get(entry.record.id)
             if entry.record.state.status == State.REMOVING:
                 self._spawn(self.remove(entry.record.id, force=True))
+            elif entry.record.state.status == State.RESTARTING and task is None:
+                entry.record.state.status = State.EXITED  # its back-off was cut short: the exit stands
             elif entry.running and task is None:
                 # The task vanished while we were down (highlevel lost it): nothing can report its exit.
                 await self._mark_exited(entry, hl.ExitStatus(exit_code=255, exited_at=now_rfc3339()))
@@ -228,7 +230,7 @@ class ContainerManager:
         entry = self.get(ref)
         async with entry.lock:
             record = entry.record
-            if entry.running:
+            if entry.running and record.state.status != State.RESTARTING:
                 raise FailedPrecondition(f"container {record.id} is already started")
             if record.state.status in (State.REMOVING, State.DEAD):
                 raise Conflict(f"container {record.id} is marked for removal and cannot be started")
@@ -240,7 +242,8 @@ class ContainerManager:
                 await self.net.setup(record)
                 await call(self.tasks.create(hl.CreateTaskRequest(
                     id=record.id, bundle=record.bundle, runtime=self.runtime, terminal=cfg.tty,
-                    stdin=cfg.open_stdin, stdin_once=cfg.stdin_once, log=hl.LogConfig(path=record.log_path))))
+                    stdin=cfg.open_stdin, stdin_once=cfg.stdin_once, log=hl.LogConfig(
+                        path=record.log_path, max_size=cfg.host.log_max_size, max_file=cfg.host.log_max_file))))
                 started = await call(self.tasks.start(hl.StartRequest(id=record.id)))
             except SkiffError as exc:
                 with contextlib.suppress(SkiffError):
@@ -325,14 +328,36 @@ class ContainerManager:
             raise Conflict(f"Cannot kill container: {ref}: Container {entry.record.id} is not running")
         entry.record.stopped_by_user = True
         self.emit("kill", entry, {"signal": str(number)})
+        if await self._end_restarting(entry):
+            return
         with contextlib.suppress(NotFound):
             await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=number)))
+        if entry.record.state.status == State.PAUSED:
+            # A frozen process only acts on the signal once thawed (dockerd resumes it after signalling).
+            with contextlib.suppress(SkiffError):
+                await call(self.tasks.resume(hl.TaskRequest(id=entry.record.id)))
+            if entry.record.state.status == State.PAUSED:
+                entry.record.state.status = State.RUNNING
+                self.emit("unpause", entry)
+
+    async def _end_restarting(self, entry: Entry) -> bool:
+        """Stop or kill during a restart policy's back-off: no task runs; the container stays exited."""
+        if entry.record.state.status != State.RESTARTING:
+            return False
+        entry.record.state.status = State.EXITED
+        await asyncio.to_thread(self.store.save, entry.record)
+        entry.notify()
+        return True
 
     async def stop(self, ref: str, timeout: int | None = None, sig: str = "") -> None:
         entry = self.get(ref)
         if not entry.running:
             return
         entry.record.stopped_by_user = True
+        if entry.record.state.status == State.RESTARTING:
+            self.emit("kill", entry, {"signal": str(signal.SIGKILL)})  # calls off the pending restart
+            await self._end_restarting(entry)
+            return
         if entry.record.state.status == State.PAUSED:
             # A frozen process cannot act on a signal: thaw it first, as dockerd does (area A).
             with contextlib.suppress(SkiffError):
@@ -481,15 +506,18 @@ class ContainerManager:
     async def _follow(self, entry: Entry, path: str, cursor: logfile.Cursor, wanted: set[LogStream],
                       exits: int, *, stop_when_stopped: bool) -> AsyncIterator[LogEntry]:
         """Polls the log (the shim writes it, nothing tells us) until the container's exit is drained."""
-        while True:
-            done = entry.removed or entry.exits > exits or (stop_when_stopped and not entry.running)
-            for item in await asyncio.to_thread(logfile.read_new, path, cursor):
-                if item.stream in wanted:
-                    yield item
-            if done:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(entry.changed.wait(), 0.05)
+        try:
+            while True:
+                done = entry.removed or entry.exits > exits or (stop_when_stopped and not entry.running)
+                for item in await asyncio.to_thread(logfile.read_new, path, cursor):
+                    if item.stream in wanted:
+                        yield item
+                if done:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(entry.changed.wait(), 0.05)
+        finally:
+            cursor.close()
 
     async def close(self) -> None:
         for entry in self.entries.values():

@@ -59,6 +59,10 @@ class RestartPolicies:
         delay = FIRST_DELAY if ran >= RESET_AFTER else self.delays.get(container_id, FIRST_DELAY / 2) * 2
         delay = min(delay, MAX_DELAY)
         self.delays[container_id] = delay
+        # Docker shows the back-off: State.Status "restarting", Restarting true (not persisted: a reload
+        # finds the record exited and applies the policy again).
+        entry.record.state.status = State.RESTARTING
+        entry.notify()
         task = asyncio.ensure_future(self._restart_later(entry, delay))
         self.pending[container_id] = task
         task.add_done_callback(lambda _: self.pending.pop(container_id, None)
@@ -66,13 +70,20 @@ class RestartPolicies:
 
     async def _restart_later(self, entry: Entry, delay: float) -> None:
         await asyncio.sleep(delay)
-        if not self.should_restart(entry) or entry.record.state.status != State.EXITED:
+        if entry.record.state.status != State.RESTARTING:
+            return  # stopped, killed or started meanwhile
+        if not self.should_restart(entry):
+            entry.record.state.status = State.EXITED
+            entry.notify()
             return
         entry.record.restart_count += 1
         try:
             await self.containers.start(entry.record.id)
         except SkiffError as exc:
             log.warning("restart failed", id=entry.record.id, error=exc.message)
+            if entry.record.state.status == State.RESTARTING:
+                entry.record.state.status = State.EXITED
+                entry.notify()
             entry.record.state.error = exc.message
             entry.record.state.finished_at = now_rfc3339()
             return
