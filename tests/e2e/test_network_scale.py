@@ -191,7 +191,8 @@ def test_fifty_concurrent_on_one_network(stack: Stack, client: docker.DockerClie
 # ---- 2. SIGKILL of the daemon in the middle of 20 concurrent runs -----------------------------------
 
 
-def test_daemon_sigkill_during_concurrent_runs(stack: Stack, client: docker.DockerClient) -> None:
+@pytest.mark.parametrize("kill_when", ["endpoints", "returned"])
+def test_daemon_sigkill_during_concurrent_runs(stack: Stack, client: docker.DockerClient, kill_when: str) -> None:
     count = 20
     pooled = new_client(stack, pool=count)
     try:
@@ -201,11 +202,16 @@ def test_daemon_sigkill_during_concurrent_runs(stack: Stack, client: docker.Dock
 
                 def run(i: int) -> Any:
                     return pooled.containers.run("busybox", ["sleep", "300"], detach=True, network=net.name,
-                                                 name=f"{net.name}-{i}")
+                                                 name=f"{net.name}-{i}", ports={"80/tcp": ("127.0.0.1", None)})
 
                 futures = [pool.submit(run, i) for i in range(count)]
-                # in the middle: a quarter of the runs have returned, the rest are in flight
-                poll(lambda: sum(f.done() for f in futures) >= count // 4, 60, "a quarter of the runs")
+                # in the middle: half of the endpoints made (early: inside network setup, none started yet)
+                # or a quarter of the runs returned (late: some running, the rest in flight)
+                if kill_when == "endpoints":
+                    poll(lambda: len(endpoint_veths(net.id)) >= count // 2 or all(f.done() for f in futures), 60,
+                         "half of the endpoints")
+                else:
+                    poll(lambda: sum(f.done() for f in futures) >= count // 4, 60, "a quarter of the runs")
                 daemon = stack.procs["services.daemon"]
                 daemon.kill()  # SIGKILL, by pid
                 daemon.wait(10)
@@ -234,11 +240,19 @@ def test_daemon_sigkill_during_concurrent_runs(stack: Stack, client: docker.Dock
             assert netns_files(stack) == running
             alloc = allocations(stack, net.id)
             assert set(alloc.values()) == running, alloc
+            ports = []
             for c in everything:
                 c.reload()
                 if c.id in running:
                     ip = ip_on(c, net.name)
                     assert alloc.get(ip) == c.id
+                    # the published port is proxied again by the restarted daemon
+                    port = int(c.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+                    assert not refused(port), (c.id, port)
+                    ports.append(port)
+                else:  # a container that does not run shows no address either
+                    networks = c.attrs["NetworkSettings"]["Networks"] or {}
+                    assert (networks.get(net.name) or {}).get("IPAddress", "") == "", (c.id, networks)
             # and nothing else: no endpoint on any of the stack's networks owned by a container that is gone
             orphans = [link for link in bridge.owned_links()
                        if link.kind == "endpoint" and link.container_id not in existing
@@ -251,6 +265,7 @@ def test_daemon_sigkill_during_concurrent_runs(stack: Stack, client: docker.Dock
             assert bridge_ports(net.id) == set()
             assert netns_files(stack) == set()
             assert allocations(stack, net.id) == {}
+            assert [p for p in ports if not refused(p)] == []
     finally:
         pooled.close()
 
