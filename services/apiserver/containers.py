@@ -88,7 +88,12 @@ async def create(request: web.Request) -> web.Response:
         body: Any = await request.json()
     except ValueError:
         raise InvalidArgument("invalid JSON body") from None
-    config = models.container_config_from_request(body)
+    try:
+        config = models.container_config_from_request(body)
+    except (TypeError, AttributeError, KeyError) as e:
+        # The body is untyped client JSON: a value of the wrong type anywhere in it is the
+        # client's mistake (400), not a fault of ours (500).
+        raise InvalidArgument(f"invalid container config: {type(e).__name__}: {e}") from None
     reply = await call(backend(request).containers.create(
         CreateContainerRequest(name=request.query.get("name", ""), config=config)))
     return web.json_response({"Id": reply.id, "Warnings": list(reply.warnings)}, status=201)

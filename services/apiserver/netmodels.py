@@ -32,6 +32,8 @@ def endpoint_config(body: Any) -> EndpointConfig:
     if not isinstance(body, dict):
         return EndpointConfig()
     ipam = body.get("IPAMConfig") or {}
+    if not isinstance(ipam, dict):
+        raise InvalidArgument("invalid IPAMConfig: expected an object")
     return EndpointConfig(ipv4_address=str(ipam.get("IPv4Address") or ""),
                           aliases=_strings(body.get("Aliases"), "Aliases"))
 
@@ -43,7 +45,11 @@ def apply_request(body: dict[str, Any], host_body: dict[str, Any], config: Conta
     if not isinstance(bindings, dict):
         raise InvalidArgument("invalid PortBindings: expected an object")
     for key, values in bindings.items():
+        if values is not None and not isinstance(values, list):
+            raise InvalidArgument(f"invalid PortBindings[{key!r}]: expected a list of bindings")
         for v in values or [{}]:
+            if not isinstance(v, dict):
+                raise InvalidArgument(f"invalid PortBindings[{key!r}]: expected objects with HostIp/HostPort")
             host.port_bindings.append(PortBinding(container_port=_port_key(key), host_ip=str(v.get("HostIp") or ""),
                                                   host_port=str(v.get("HostPort") or "")))
     host.publish_all_ports = bool(host_body.get("PublishAllPorts"))
@@ -52,12 +58,16 @@ def apply_request(body: dict[str, Any], host_body: dict[str, Any], config: Conta
     host.dns_options = _strings(host_body.get("DnsOptions"), "DnsOptions")
     host.extra_hosts = _strings(host_body.get("ExtraHosts"), "ExtraHosts")
     exposed = body.get("ExposedPorts") or {}
+    if not isinstance(exposed, dict):
+        raise InvalidArgument("invalid ExposedPorts: expected an object")
     config.exposed_ports = [_port_key(k) for k in exposed] + [
         b.container_port for b in host.port_bindings if b.container_port not in exposed]
     config.domainname = str(body.get("Domainname") or "")
     endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
     if isinstance(endpoints, dict):
         for name, ep in endpoints.items():
+            if ep is not None and not isinstance(ep, dict):
+                raise InvalidArgument(f"invalid EndpointsConfig[{name!r}]: expected an object")
             if name == "default":  # the CLI's name for the network of NetworkMode "default"
                 name = "bridge" if host.network_mode in ("", "default") else host.network_mode
             host.endpoints[name] = endpoint_config(ep)

@@ -428,10 +428,15 @@ class TaskManager:
             async for kind, payload in stream.frames():
                 if kind != FrameKind.JSON:
                     continue
-                with contextlib.suppress(ValueError, TypeError):
+                try:
                     notice = json.loads(payload)
-                    if notice.get("event") == "oom":
-                        self._publish_oom(task, int(notice.get("oom_kill") or 0))
+                    count = int(notice.get("oom_kill") or 0) if notice.get("event") == "oom" else 0
+                except (ValueError, TypeError, AttributeError):
+                    continue
+                if count:
+                    # A process killed right after start: its start event still goes out first.
+                    await self._after_start(task.init)
+                    self._publish_oom(task, count)
         finally:
             stream.close()
 
@@ -447,11 +452,15 @@ class TaskManager:
         proc.exit = info
         asyncio.create_task(self._publish_exit(task, proc))
 
-    async def _publish_exit(self, task: Task, proc: ProcRecord) -> None:
-        # An exit is never reported before its start: wait for a start in flight to be published.
+    @staticmethod
+    async def _after_start(proc: ProcRecord) -> None:
+        """Nothing of a process is reported before its start: wait for a start in flight (bounded)."""
         if proc.starting and not proc.started.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.started.wait(), 10)
+
+    async def _publish_exit(self, task: Task, proc: ProcRecord) -> None:
+        await self._after_start(proc)
         assert proc.exit is not None
         if proc.exec_id:
             self.events.publish(EventType.EXEC_EXITED, task.id, proc.exec_id, proc.pid, proc.exit.to_proto())
