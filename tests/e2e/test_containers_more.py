@@ -96,7 +96,7 @@ def test_logs_since_until_tail_and_short_lived_output(stack: Stack, client: dock
     assert [c.name for c in client.containers.list(all=True)] == ["sut"]
 
 
-def test_events_streamed_live(stack: Stack, client: docker.DockerClient, tmp_path: Path) -> None:
+def test_events_and_stats_streamed(stack: Stack, client: docker.DockerClient, tmp_path: Path) -> None:
     out = tmp_path / "events.txt"
     # --since covers the moment between the process start and its subscription; the rest comes live.
     since = f"{time.time():.6f}"
@@ -115,6 +115,7 @@ def test_events_streamed_live(stack: Stack, client: docker.DockerClient, tmp_pat
         assert events.poll() is None  # still streaming
     finally:
         _stop(events)
+    _stats_streamed(client)
 
 
 def test_restarting_state_and_kill_of_paused(stack: Stack, client: docker.DockerClient) -> None:
@@ -144,11 +145,11 @@ def test_restarting_state_and_kill_of_paused(stack: Stack, client: docker.Docker
     assert client.containers.get("frozen").attrs["State"]["Status"] == "exited"
 
 
-def test_stats_streamed(client: docker.DockerClient) -> None:
+def _stats_streamed(client: docker.DockerClient) -> None:
     box = client.containers.run("busybox", ["sleep", "300"], detach=True)
     samples = []
     stream = box.stats(stream=True, decode=True)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10  # samples come once a second
     try:
         for sample in stream:
             samples.append(sample)
