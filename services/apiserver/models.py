@@ -122,7 +122,7 @@ def _log_config(host_body: dict[str, Any]) -> dict[str, int]:
         unit = size_text[len(number):]
         try:
             size = int(float(number) * SIZE_UNITS[unit])
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, OverflowError):
             raise InvalidArgument(f"invalid max-size: {options.get('max-size')}") from None
     files_text = str(options.get("max-file") or "1")
     if not files_text.isdigit() or int(files_text) < 1:
