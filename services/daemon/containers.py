@@ -130,6 +130,13 @@ class ContainerManager:
                 await self._mark_exited(entry, hl.ExitStatus(exit_code=255, exited_at=now_rfc3339()))
             elif entry.running:
                 self._watch(entry)
+            elif task is not None:
+                # A start cut short by a crash: highlevel has a task the record never saw start,
+                # and its network was never recorded. The start failed for its caller; it fails
+                # here too, so no process runs unaccounted for.
+                log.warning("removing the task of an unfinished start", id=entry.record.id)
+                with contextlib.suppress(SkiffError):
+                    await call(self.tasks.delete(hl.DeleteTaskRequest(id=entry.record.id, force=True)))
         await self.net.restore()
         log.info("loaded", containers=len(self.entries))
 
