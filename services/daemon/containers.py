@@ -427,7 +427,10 @@ class ContainerManager:
             if not force:
                 raise Conflict(f"You cannot remove a running container {record.id}. Stop the container before "
                                "attempting removal or force remove")
-            await self.stop(record.id, timeout=0)
+            # It may exit (or finish a restart) meanwhile: "not running" is no reason to refuse a
+            # forced removal, which deletes whatever task is left below anyway.
+            with contextlib.suppress(FailedPrecondition, Conflict):
+                await self.stop(record.id, timeout=0)
         async with entry.lock:
             if entry.removed:
                 return

@@ -76,6 +76,11 @@ class RestartPolicies:
             entry.record.state.status = State.EXITED
             entry.notify()
             return
+        # From here the restart is a start like any other: a stop, kill or removal now waits for
+        # the container's lock and acts on the started container. Cancelled mid-start, it would
+        # leave what start had made (a network namespace made in a thread) without its owner.
+        if self.pending.get(entry.record.id) is asyncio.current_task():
+            self.pending.pop(entry.record.id)
         entry.record.restart_count += 1
         try:
             await self.containers.start(entry.record.id)
