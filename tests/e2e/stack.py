@@ -14,11 +14,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.config import resolve_runtime
 from services.common.paths import Paths, resolve_paths
 from tests.e2e.netstack import cgroup_parent, cleanup_networks, network_env, remove_cgroup_parent
 from tests.support.oci_image import build_image, busybox_layer
-from tests.support.tasks import processes_mentioning, wait_for
+from tests.support.tasks import processes_mentioning, remove_containers_and_processes, wait_for
 
 SERVICES = ("services.highlevel", "services.daemon", "services.apiserver")
 
@@ -108,15 +107,7 @@ class Stack:
         for pid in self.shim_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        state_root = self.paths.highlevel_run / "runtime-state"
-        if state_root.is_dir():
-            argv = resolve_runtime(self.runtime)
-            for entry in state_root.iterdir():
-                subprocess.run([*argv, "--root", str(state_root), "delete", "--force", entry.name],
-                               capture_output=True, timeout=30)
-        for pid in processes_mentioning(str(self.prefix)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        remove_containers_and_processes(self.paths, self.runtime, self.prefix)
         cleanup_networks(self.paths)
         remove_cgroup_parent(self.prefix)
         for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):

@@ -19,7 +19,7 @@ from typing import Any
 from grpclib.client import Channel
 
 from services.common.config import resolve_runtime
-from services.common.paths import resolve_paths
+from services.common.paths import Paths, resolve_paths
 from services.gen.skiff.highlevel.v1 import ContainersStub, TasksStub
 from tests.support.busybox import build_rootfs, default_spec
 
@@ -158,15 +158,7 @@ class Highlevel:
         for pid in self.shim_pids().values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        state_root = self.paths.highlevel_run / "runtime-state"
-        if state_root.is_dir():
-            argv = resolve_runtime(self.runtime)
-            for entry in state_root.iterdir():
-                subprocess.run([*argv, "--root", str(state_root), "delete", "--force", entry.name],
-                               capture_output=True, timeout=30)
-        for pid in processes_mentioning(str(self.prefix)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        remove_containers_and_processes(self.paths, self.runtime, self.prefix)
 
     def leftovers(self, ids: list[str]) -> list[str]:
         """Everything a removed task could leave behind, named; empty when clean."""
@@ -215,3 +207,17 @@ class Bundles:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def remove_containers_and_processes(paths: Paths, runtime: str, prefix: Path) -> None:
+    """Every container highlevel's runtime state knows, deleted by force; then any process that
+    still names the prefix on its command line, killed. Used by teardowns even after a failure."""
+    state_root = paths.highlevel_run / "runtime-state"
+    if state_root.is_dir():
+        argv = resolve_runtime(runtime)
+        for entry in state_root.iterdir():
+            subprocess.run([*argv, "--root", str(state_root), "delete", "--force", entry.name],
+                           capture_output=True, timeout=30)
+    for pid in processes_mentioning(str(prefix)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
