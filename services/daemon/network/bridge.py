@@ -121,11 +121,16 @@ def attach(
         bridge_index = _lookup(ipr, bridge)
         if bridge_index is None:
             raise NotFound(f"bridge {bridge} not found")
-        ipr.link("add", ifname=host_ifname, kind="veth", peer=temp_peer)
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # The peer is born inside the container's netns: a crash between two netlink calls
+            # cannot leave a pair on the host, and when that netns goes the pair goes with it.
+            ipr.link("add", ifname=host_ifname, kind="veth", peer={"ifname": temp_peer, "net_ns_fd": fd})
+        finally:
+            os.close(fd)
         try:
             host_index = _lookup(ipr, host_ifname)
-            peer_index = _lookup(ipr, temp_peer)
-            assert host_index is not None and peer_index is not None
+            assert host_index is not None
             ipr.link(
                 "set",
                 index=host_index,
@@ -133,12 +138,6 @@ def attach(
                 mtu=mtu,
                 ifalias=f"{ENDPOINT_ALIAS}{container_id}:{network_id}",
             )
-            ipr.link("set", index=peer_index, mtu=mtu)
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                ipr.link("set", index=peer_index, net_ns_fd=fd)
-            finally:
-                os.close(fd)
             ipr.link("set", index=host_index, state="up")
 
             def configure_inside() -> str:
@@ -148,7 +147,7 @@ def attach(
                         raise NotFound(f"veth peer {temp_peer} did not arrive in {netns_path}")
                     if _lookup(inner, ifname) is not None:
                         raise Conflict(f"container {container_id} already has an interface {ifname}")
-                    inner.link("set", index=index, ifname=ifname)
+                    inner.link("set", index=index, ifname=ifname, mtu=mtu)
                     inner.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
                     inner.link("set", index=index, state="up")
                     if default_route and gateway is not None:
