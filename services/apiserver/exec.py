@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from services.apiserver import stdin as stdin_pump
+from services.apiserver.fields import string_list
 from services.apiserver.server import Routes, backend
 from services.apiserver.streams import frame, hijack
 from services.common.errors import InvalidArgument, SkiffError
@@ -43,21 +44,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _strings(value: Any, name: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise InvalidArgument(f"invalid {name}: expected a list of strings")
-
-
 async def create(request: web.Request) -> web.Response:
     body = await _body(request)
     reply = await call(execs(request).create(ExecCreateRequest(
-        container=request.match_info["id"], cmd=_strings(body.get("Cmd"), "Cmd"),
-        env=_strings(body.get("Env"), "Env"), user=str(body.get("User") or ""),
+        container=request.match_info["id"], cmd=string_list(body.get("Cmd"), "Cmd"),
+        env=string_list(body.get("Env"), "Env"), user=str(body.get("User") or ""),
         working_dir=str(body.get("WorkingDir") or ""), tty=bool(body.get("Tty")),
         attach_stdin=bool(body.get("AttachStdin")), attach_stdout=bool(body.get("AttachStdout")),
         attach_stderr=bool(body.get("AttachStderr")), privileged=bool(body.get("Privileged")))))

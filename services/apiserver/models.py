@@ -11,6 +11,7 @@ from typing import Any
 
 from services.apiserver import mounts as mountmodels
 from services.apiserver import netmodels
+from services.apiserver.fields import string_list
 from services.common.errors import InvalidArgument
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import Container, ContainerConfig, HostConfig, InfoResponse, State
@@ -59,16 +60,6 @@ def _human(seconds: float) -> str:
     if hours < 48:
         return f"{hours} hours"
     return f"{s // 86400} days"
-
-
-def _strings(value: Any, field: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise InvalidArgument(f"invalid {field}: expected a string or a list of strings")
 
 
 def _int(value: Any, field: str, bits: int = 64) -> int:
@@ -148,8 +139,8 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         auto_remove=bool(host_body.get("AutoRemove")),
         memory=_int(host_body.get("Memory"), "Memory"),
         pids_limit=_int(host_body.get("PidsLimit"), "PidsLimit"),
-        cap_add=_strings(host_body.get("CapAdd"), "CapAdd"),
-        cap_drop=_strings(host_body.get("CapDrop"), "CapDrop"),
+        cap_add=string_list(host_body.get("CapAdd"), "CapAdd"),
+        cap_drop=string_list(host_body.get("CapDrop"), "CapDrop"),
         privileged=bool(host_body.get("Privileged")),
         readonly_rootfs=bool(host_body.get("ReadonlyRootfs")),
         network_mode=str(host_body.get("NetworkMode") or ""),
@@ -158,10 +149,10 @@ def container_config_from_request(body: Any) -> ContainerConfig:
     )
     config = ContainerConfig(
         image=str(body.get("Image") or ""),
-        cmd=_strings(body.get("Cmd"), "Cmd"),
-        entrypoint=_strings(entrypoint, "Entrypoint"),
+        cmd=string_list(body.get("Cmd"), "Cmd"),
+        entrypoint=string_list(entrypoint, "Entrypoint"),
         entrypoint_set=entrypoint is not None,
-        env=_strings(body.get("Env"), "Env"),
+        env=string_list(body.get("Env"), "Env"),
         working_dir=str(body.get("WorkingDir") or ""),
         user=str(body.get("User") or ""),
         labels={str(k): v for k, v in labels.items()},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.apiserver.fields import string_list
 from services.common.errors import InvalidArgument
 from services.gen.skiff.daemon.v1 import (
     Container,
@@ -14,14 +15,6 @@ from services.gen.skiff.daemon.v1 import (
     NetworkInspect,
     PortBinding,
 )
-
-
-def _strings(value: Any, field: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise InvalidArgument(f"invalid {field}: expected a list of strings")
 
 
 def _port_key(key: str) -> str:
@@ -35,7 +28,7 @@ def endpoint_config(body: Any) -> EndpointConfig:
     if not isinstance(ipam, dict):
         raise InvalidArgument("invalid IPAMConfig: expected an object")
     return EndpointConfig(ipv4_address=str(ipam.get("IPv4Address") or ""),
-                          aliases=_strings(body.get("Aliases"), "Aliases"))
+                          aliases=string_list(body.get("Aliases"), "Aliases", allow_single=False))
 
 
 def apply_request(body: dict[str, Any], host_body: dict[str, Any], config: ContainerConfig) -> None:
@@ -53,10 +46,10 @@ def apply_request(body: dict[str, Any], host_body: dict[str, Any], config: Conta
             host.port_bindings.append(PortBinding(container_port=_port_key(key), host_ip=str(v.get("HostIp") or ""),
                                                   host_port=str(v.get("HostPort") or "")))
     host.publish_all_ports = bool(host_body.get("PublishAllPorts"))
-    host.dns = _strings(host_body.get("Dns"), "Dns")
-    host.dns_search = _strings(host_body.get("DnsSearch"), "DnsSearch")
-    host.dns_options = _strings(host_body.get("DnsOptions"), "DnsOptions")
-    host.extra_hosts = _strings(host_body.get("ExtraHosts"), "ExtraHosts")
+    host.dns = string_list(host_body.get("Dns"), "Dns", allow_single=False)
+    host.dns_search = string_list(host_body.get("DnsSearch"), "DnsSearch", allow_single=False)
+    host.dns_options = string_list(host_body.get("DnsOptions"), "DnsOptions", allow_single=False)
+    host.extra_hosts = string_list(host_body.get("ExtraHosts"), "ExtraHosts", allow_single=False)
     exposed = body.get("ExposedPorts") or {}
     if not isinstance(exposed, dict):
         raise InvalidArgument("invalid ExposedPorts: expected an object")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from services.common.atomic import atomic_write
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.common.paths import Paths
 from services.daemon.network import bridge, dns, firewall, netns, reconcile
@@ -83,14 +84,7 @@ class NetworkRecords:
 
     def save(self, net: Network) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f"{net.id}.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, net.to_json().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.folder / f"{net.id}.json")
+        atomic_write(self.folder / f"{net.id}.json", net.to_json().encode())
 
     def load_all(self) -> list[Network]:
         if not self.folder.is_dir():

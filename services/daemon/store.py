@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from pathlib import Path
 
+from services.common.atomic import atomic_write
 from services.gen.skiff.daemon.v1 import Container
 
 RECORD = "record.pb"
@@ -25,15 +25,7 @@ class RecordStore:
         """tmp, fsync, rename: a crash leaves the old record or the new one, never half of one."""
         folder = self.folder(record.id)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{RECORD}.tmp"
-        data = bytes(record)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, folder / RECORD)
+        atomic_write(folder / RECORD, bytes(record))
 
     def load_all(self) -> list[Container]:
         records: list[Container] = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
 from pathlib import Path
 
+from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.grpc import grpc_errors
 from services.gen.skiff.highlevel.v1 import (
@@ -34,12 +34,7 @@ def check_id(id_: str) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    atomic_write(path, data)
 
 
 class ContainerStore:

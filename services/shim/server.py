@@ -15,6 +15,7 @@ import select
 import time
 
 from services.common import jsonio as json
+from services.common.atomic import atomic_write
 from services.shim.logfile import JsonFileLog, rfc3339_nano
 from services.shim.protocol import (
     FrameKind,
@@ -92,15 +93,6 @@ class ShimError(Exception):
         self.message = message
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
 
 
 class Proc:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 
 DEFAULT_CANDIDATES: tuple[str, ...] = tuple(f"172.{n}.0.0/16" for n in range(17, 32)) + tuple(
@@ -60,19 +61,8 @@ class Pool:
 
 
 def _write_atomic(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps(data, indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
+    # sync_dir: an address handed out must stay handed out after a power cut.
+    atomic_write(path, json.dumps(data, indent=1).encode(), sync_dir=True)
 
 
 class Ipam:

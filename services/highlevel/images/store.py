@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.common.atomic import atomic_write
 from services.common.errors import NotFound
 from services.highlevel.images.manifest import Descriptor
 
@@ -49,12 +49,7 @@ class ImageStore:
             pass
 
     def _save(self) -> None:
-        tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({k: v.to_json() for k, v in self._records.items()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self._path)
+        atomic_write(self._path, json.dumps({k: v.to_json() for k, v in self._records.items()}).encode())
 
     def get(self, name: str) -> ImageRecord:
         with self._lock:

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, SyscallError
 from services.highlevel.snapshots import mount as mnt
 from services.highlevel.snapshots.unpack import (
@@ -140,12 +141,7 @@ class Snapshotter:
 
     def _save(self) -> None:
         data = {"next_id": self._next_id, "snapshots": {k: v.to_json() for k, v in self._snapshots.items()}}
-        tmp = self._meta_path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self._meta_path)
+        atomic_write(self._meta_path, json.dumps(data).encode())
 
     def _alloc(self) -> int:
         with self._lock:
