@@ -440,6 +440,27 @@ class HostConfig(betterproto.Message):
     Area D (volumes.proto): Binds and Tmpfs parsed into mounts, with HostConfig.Mounts.
     """
 
+    cpuset_cpus: str = betterproto.string_field(30)
+    """Resources and security (30-49)."""
+
+    cpuset_mems: str = betterproto.string_field(31)
+    nano_cpus: int = betterproto.int64_field(32)
+    ulimits: List["Ulimit"] = betterproto.message_field(33)
+    sysctls: Dict[str, str] = betterproto.map_field(
+        34, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    security_opt: List[str] = betterproto.string_field(35)
+    no_new_privileges: bool = betterproto.bool_field(36)
+    seccomp_profile: str = betterproto.string_field(37)
+    init: bool = betterproto.bool_field(38)
+
+
+@dataclass(eq=False, repr=False)
+class Ulimit(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    soft: int = betterproto.int64_field(2)
+    hard: int = betterproto.int64_field(3)
+
 
 @dataclass(eq=False, repr=False)
 class ContainerConfig(betterproto.Message):
