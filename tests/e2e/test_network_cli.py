@@ -7,11 +7,13 @@ import secrets
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import docker
 import pytest
 
 from services.daemon.network import bridge
+from tests.e2e.netstack import DNSD_IMAGE, dns_a_answers, dns_query, dnsd_archive
 from tests.e2e.stack import Stack
 from tests.e2e.test_docker_cli import cli
 
@@ -52,8 +54,17 @@ def owned_devices() -> set[str]:
 
 
 def test_publish_tcp_udp_port_and_conflict(stack: Stack, client: docker.DockerClient) -> None:
-    web = ok(stack, "run", "-d", "-p", "127.0.0.1::80", "busybox", "sh", "-c",
-             "mkdir -p /www && echo hello-skiff > /www/index.html && exec httpd -f -p 80 -h /www")
+    web = ok(
+        stack,
+        "run",
+        "-d",
+        "-p",
+        "127.0.0.1::80",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-skiff > /www/index.html && exec httpd -f -p 80 -h /www",
+    )
     info = json.loads(ok(stack, "inspect", web))[0]
     ports = info["NetworkSettings"]["Ports"]
     tcp_port = int(ports["80/tcp"][0]["HostPort"])
@@ -79,10 +90,23 @@ def test_user_networks_names_isolation_connect(stack: Stack, client: docker.Dock
     ok(stack, "network", "create", "--subnet", f"10.{199}.{secrets.randbelow(250)}.0/24", b)
     names = ok(stack, "network", "ls", "--format", "{{.Name}}").split()
     assert {"bridge", "host", "none", a, b} <= set(names)
-    ok(stack, "run", "-d", "--name", f"one-{tag}", "--network", a, "--network-alias", "web", "busybox",
-       "sleep", "300")
-    ok(stack, "run", "-d", "--name", f"two-{tag}", "--network", a, "--add-host", "extra.test:10.1.2.3",
-       "--dns", "10.9.9.9", "busybox", "sleep", "300")
+    ok(stack, "run", "-d", "--name", f"one-{tag}", "--network", a, "--network-alias", "web", "busybox", "sleep", "300")
+    ok(
+        stack,
+        "run",
+        "-d",
+        "--name",
+        f"two-{tag}",
+        "--network",
+        a,
+        "--add-host",
+        "extra.test:10.1.2.3",
+        "--dns",
+        "10.9.9.9",
+        "busybox",
+        "sleep",
+        "300",
+    )
     ok(stack, "run", "-d", "--name", f"three-{tag}", "--network", b, "busybox", "sleep", "300")
     assert reaches(stack, f"two-{tag}", f"one-{tag}")
     assert reaches(stack, f"two-{tag}", "web")
@@ -118,24 +142,58 @@ def test_none_and_host_modes(stack: Stack, client: docker.DockerClient) -> None:
     assert "lo:" in out
 
 
-def test_publish_udp(stack: Stack, client: docker.DockerClient) -> None:
-    echo = ok(stack, "run", "-d", "-p", "127.0.0.1::53/udp", "busybox", "busybox", "udpsvd", "-E", "0", "53", "cat")
-    deadline = time.monotonic() + 5
-    while json.loads(ok(stack, "inspect", echo))[0]["State"]["Running"] is not True and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if json.loads(ok(stack, "inspect", echo))[0]["State"]["Running"] is not True:
-        pytest.skip("this busybox has no udpsvd applet: no UDP server to publish")
-    # udp through the proxy: nc -e cat echoes the datagram back
-    udp_port = int(ok(stack, "port", echo, "53/udp").rsplit(":", 1)[1])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.5)
-        got = b""
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            s.sendto(b"ping-udp\n", ("127.0.0.1", udp_port))
+def ask_dns(server: tuple[str, int], name: str, deadline: float, sock: socket.socket | None = None) -> list[str]:
+    """An A query for ``name`` over UDP, sent again every 0.3 s until its answer comes (the server may still
+    be starting: the proxy then gets ICMP unreachable and drops the datagram, as a network would)."""
+    qid = secrets.randbelow(65536)
+    own = sock is None
+    s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(0.3)
+        while time.monotonic() < deadline:
+            s.sendto(dns_query(name, qid), server)
             try:
-                got = s.recv(100)
+                while True:  # a late answer to an earlier try is read and skipped
+                    reply, source = s.recvfrom(512)
+                    assert source == server, f"answer from {source}, asked {server}"
+                    if int.from_bytes(reply[:2], "big") == qid:
+                        rcode, found = dns_a_answers(reply, qid)
+                        assert rcode == 0, f"rcode {rcode} for {name}"
+                        return found
             except TimeoutError:
                 continue
-        assert got == b"ping-udp\n"
-    ok(stack, "rm", "-f", echo)
+        raise AssertionError(f"no DNS answer for {name} from {server}")
+    finally:
+        if own:
+            s.close()
+
+
+def test_publish_udp(stack: Stack, client: docker.DockerClient, tmp_path: Path) -> None:
+    """A real UDP DNS server in a container: queried from 127.0.0.1 through the published port's proxy
+    (two clients at once, each answered on its own flow), and from another container on a user network."""
+    tag = secrets.token_hex(3)
+    names = {"svc.skiff.test": "10.1.2.3", "db.skiff.test": "10.4.5.6"}
+    with open(dnsd_archive(tmp_path, names), "rb") as archive:
+        client.images.load(archive.read())
+    net, server = f"udp-{tag}", f"dnsd-{tag}"
+    ok(stack, "network", "create", net)
+    ok(stack, "run", "-d", "--name", server, "--network", net, "-p", "127.0.0.1::53/udp", DNSD_IMAGE)
+    binding = json.loads(ok(stack, "inspect", server))[0]["NetworkSettings"]["Ports"]["53/udp"][0]
+    assert binding["HostIp"] == "127.0.0.1"
+    published = ("127.0.0.1", int(binding["HostPort"]))
+    assert f"127.0.0.1:{published[1]}" in ok(stack, "port", server, "53/udp")
+    deadline = time.monotonic() + 15
+    assert ask_dns(published, "svc.skiff.test", deadline) == ["10.1.2.3"]
+    # two clients (two source ports) interleaved: each gets the answer to its own question
+    udp = (socket.AF_INET, socket.SOCK_DGRAM)
+    with socket.socket(*udp) as one, socket.socket(*udp) as two:
+        for _ in range(3):
+            assert ask_dns(published, "svc.skiff.test", deadline, one) == ["10.1.2.3"]
+            assert ask_dns(published, "db.skiff.test", deadline, two) == ["10.4.5.6"]
+    # container -> container over UDP on the user network, the server found by its name
+    out = ok(stack, "run", "--rm", "--network", net, "busybox", "nslookup", "db.skiff.test", server)
+    assert "10.4.5.6" in out, out
+    ok(stack, "rm", "-f", server)
+    ok(stack, "network", "rm", net)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(published)  # the proxy let go of the port
