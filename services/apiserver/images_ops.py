@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from services.apiserver import images_auth
-from services.apiserver.containers import parse_filters
+from services.apiserver.containers import flag, parse_filters
 from services.apiserver.images_changes import apply_changes
 from services.apiserver.images_progress import error_message, line, pull_message, push_message, registry_auth
 from services.apiserver.models import parse_time
@@ -27,6 +27,8 @@ from services.gen.skiff.daemon.v1 import CommitContainerRequest, ImagePruneReque
 
 hl = highlevel.v1
 CHUNK = 1 << 20
+# The daemon reads it until CommitContainerRequest has a pause field (services.daemon.images).
+COMMIT_PAUSE_METADATA = "skiff-commit-pause"
 
 
 def _reference(name: str, tag: str) -> str:
@@ -218,9 +220,11 @@ async def commit(request: web.Request) -> web.Response:
     config = apply_changes(q.getall("changes", []), {k: v for k, v in body.items() if v not in (None, "", [], {})})
     repo = q.get("repo", "")
     reference = _reference(repo, q.get("tag", "") or "latest") if repo else ""
+    # Docker's default pauses the container while its filesystem is captured (the daemon does it).
+    metadata = None if flag(request, "pause", True) else {COMMIT_PAUSE_METADATA: "0"}
     reply = await call(backend(request).images.commit(CommitContainerRequest(
         container=container, reference=reference, comment=q.get("comment", ""), author=q.get("author", ""),
-        config=json.dumps(config).encode() if config else b"")))
+        config=json.dumps(config).encode() if config else b""), metadata=metadata))
     return web.json_response({"Id": reply.id}, status=201)
 
 

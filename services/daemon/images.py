@@ -3,12 +3,19 @@ its containers use), for remove, prune and commit."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
-from services.common.errors import Conflict
+import grpclib.const
+import grpclib.server
+
+from services.common.errors import Conflict, NotFound
 from services.common.grpc import call, client_errors, grpc_errors
 from services.daemon.containers import ContainerManager
+from services.daemon.ops import Operations
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     CommitContainerRequest,
@@ -17,9 +24,14 @@ from services.gen.skiff.daemon.v1 import (
     ImagePruneResponse,
     ImagesBase,
     ImagesInUseResponse,
+    State,
 )
 
 hl = highlevel.v1
+# docker commit's `pause` (default true). CommitContainerRequest has no field for it yet: until it
+# does, "0" in this gRPC metadata key asks for no pause (the apiserver sends it for pause=0).
+COMMIT_PAUSE_METADATA = "skiff-commit-pause"
+COMMIT_ROUTE = "/skiff.daemon.v1.Images/Commit"
 
 
 def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
@@ -41,6 +53,18 @@ class ImagesService(ImagesBase):
     def __init__(self, manager: ContainerManager) -> None:
         self.manager = manager
         self.images = manager.images
+        self.ops = Operations(manager)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping = super().__mapping__()
+        handler = mapping[COMMIT_ROUTE]
+        mapping[COMMIT_ROUTE] = handler._replace(func=self._rpc_commit)
+        return mapping
+
+    async def _rpc_commit(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        pause = (stream.metadata or {}).get(COMMIT_PAUSE_METADATA, "1") != "0"
+        await stream.send_message(await self.commit_container(request, pause=pause))
 
     def _in_use(self) -> set[str]:
         return {e.record.image_id for e in self.manager.entries.values() if e.record.image_id}
@@ -101,14 +125,33 @@ class ImagesService(ImagesBase):
     async def import_(self, highlevel_v1_import_image_request: hl.ImportImageRequest) -> hl.ImportImageResponse:
         return await call(self.images.import_(highlevel_v1_import_image_request))
 
-    @grpc_errors
     async def commit(self, commit_container_request: CommitContainerRequest) -> hl.CommitImageResponse:
-        r = commit_container_request
-        record = self.manager.get(r.container).record
-        # The snapshot key is the container id (containers.py prepares it so).
-        return await call(self.images.commit(hl.CommitImageRequest(
-            snapshot_key=record.id, parent_image=record.image_id, reference=r.reference, comment=r.comment,
-            author=r.author, config=r.config)))
+        return await self.commit_container(commit_container_request, pause=True)
+
+    @grpc_errors
+    async def commit_container(self, request: CommitContainerRequest, *, pause: bool) -> hl.CommitImageResponse:
+        """Docker's commit: a running container is frozen (the pause path: cgroup freezer) while its
+        filesystem is captured, and thawed after, whatever the outcome. One already paused stays so."""
+        entry = self.manager.get(request.container)
+        record = entry.record
+        paused_here = False
+        if pause and record.state.status == State.RUNNING:
+            await self.ops.pause(record.id, True)
+            paused_here = True
+        try:
+            # The snapshot key is the container id (containers.py prepares it so).
+            reply = await call(self.images.commit(hl.CommitImageRequest(
+                snapshot_key=record.id, parent_image=record.image_id, reference=request.reference,
+                comment=request.comment, author=request.author, config=request.config)))
+            self.manager.emit("commit", entry, {"comment": request.comment, "imageID": reply.id,
+                                                "imageRef": request.reference})
+            return reply
+        finally:
+            if paused_here:
+                # Shielded: a caller that goes away must not leave the container frozen. Someone may
+                # have unpaused it, or it may have been killed or removed meanwhile: nothing to thaw.
+                with contextlib.suppress(Conflict, NotFound):
+                    await asyncio.shield(self.ops.pause(record.id, False))
 
     @grpc_errors
     async def prune(self, image_prune_request: ImagePruneRequest) -> ImagePruneResponse:

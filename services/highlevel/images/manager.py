@@ -614,6 +614,8 @@ class ImageManager:
     async def commit(self, key: str, parent_image: str | None, reference: str | None = None, *,
                      comment: str = "", author: str = "", config_overrides: dict[str, Any] | None = None) -> str:
         """``docker commit``: the container's changes as a new gzip layer over its image."""
+        # A bad name fails before any work, not after the layer is written.
+        name = str(parse_reference(reference)) if reference else None
         base_cfg: dict[str, Any] = {}
         base_layers: list[Descriptor] = []
         if parent_image:
@@ -647,8 +649,7 @@ class ImageManager:
             except BaseException:
                 await self._discard(lease)
                 raise
-            name = str(parse_reference(reference)) if reference else target.digest
-            self.store.put(ImageRecord(name, target))
+            self.store.put(ImageRecord(name or target.digest, target))
         return cfg_digest
 
     def _gzip_into_store(self, tar_path: Path) -> tuple[str, str]:
