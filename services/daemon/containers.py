@@ -14,7 +14,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +109,8 @@ class ContainerManager:
         # Area A: (action, entry, attributes) listeners: the event bus, restart policies, execs.
         self.sinks: list[Callable[[str, Entry, dict[str, str]], None]] = []
         self.mounts: ContainerMounts | None = None  # area D: volumes, binds, tmpfs (set by server.serve)
+        # Run by load once the records are in, before any exit is watched (the execs restore theirs).
+        self.restore_hooks: list[Callable[[], Awaitable[None]]] = []
 
     # ---- start-up ----
 
@@ -119,6 +121,8 @@ class ContainerManager:
             self.entries[record.id] = Entry(record)
             self.names[record.name] = record.id
         tasks = {t.id: t for t in (await call(self.tasks.list(hl.ListTasksRequest()))).tasks}
+        for hook in self.restore_hooks:
+            await hook()
         for entry in list(self.entries.values()):
             task = tasks.get(entry.record.id)
             if entry.record.state.status == State.REMOVING:
