@@ -31,6 +31,15 @@ from services.common import jsonio as json
 from services.shim import __main__ as shim_main
 from services.shim import server  # noqa: F401 - loaded by _serve in every shim
 
+# skiff-lowlevel runs inside forked shims (server.Shim._fork_runtime): its modules are loaded here
+# once too. A module that fails to import is simply loaded later by the runtime, as before.
+for _module in ("cli", "commands", "state", "lifecycle", "create", "mounts", "process", "syscalls",
+                "capabilities", "console", "hooks", "spec", "exec", "cgroups", "cgroups.v1", "cgroups.v2"):
+    try:
+        __import__(f"services.lowlevel.{_module}")
+    except ImportError:
+        pass
+
 REQUEST_TIMEOUT = 5.0
 # The forked shim rewrites its command line (as ``python -S -m services.shim STATE_DIR``) so
 # that ps, leak checks and operators see which container it serves; this much room is reserved.
