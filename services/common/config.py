@@ -41,3 +41,13 @@ class Config:
     @classmethod
     def load(cls, root: str | None = None, runtime: str | None = None) -> Config:
         return cls(paths=resolve_paths(root), runtime=runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME)
+
+
+INIT_PATH_ENV = "SKIFF_INIT_PATH"
+# Debian's tini package: a static init, so it runs in any image (Docker ships the same as docker-init).
+DEFAULT_INIT_PATH = "/usr/bin/tini-static"
+
+
+def resolve_init_path() -> str:
+    """The host binary that ``docker run --init`` mounts at /sbin/docker-init (SKIFF_INIT_PATH)."""
+    return os.environ.get(INIT_PATH_ENV) or DEFAULT_INIT_PATH

@@ -8,8 +8,10 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import InvalidArgument
-from services.gen.skiff.daemon.v1 import ContainerConfig
+from services.common.config import INIT_PATH_ENV, resolve_init_path
+from services.common.errors import Internal, InvalidArgument
+from services.daemon.seccomp_default import default_profile, from_docker_profile
+from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -57,10 +59,39 @@ def normalise_cap(name: str) -> str:
     return upper if upper.startswith("CAP_") or upper == "ALL" else f"CAP_{upper}"
 
 
+# Capability numbers (linux/capability.h), to read /proc/self/status's CapBnd.
+ALL_CAPS_BITS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4,
+    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_LINUX_IMMUTABLE": 9,
+    "CAP_NET_BIND_SERVICE": 10, "CAP_NET_BROADCAST": 11, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13,
+    "CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_CHROOT": 18,
+    "CAP_SYS_PTRACE": 19, "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23,
+    "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25, "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27, "CAP_LEASE": 28,
+    "CAP_AUDIT_WRITE": 29, "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31, "CAP_MAC_OVERRIDE": 32,
+    "CAP_MAC_ADMIN": 33, "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35, "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37,
+    "CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40,
+}
+
+
+def _own_bounding_set() -> set[int] | None:
+    """The capability numbers in this process's bounding set; None when it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                mask = int(line.split()[1], 16)
+                return {bit for bit in range(64) if mask >> bit & 1}
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def capabilities(config: ContainerConfig) -> list[str]:
     host = config.host
     if host.privileged:
-        return list(ALL_CAPS)
+        # All the engine itself may grant: a capability outside its own bounding set cannot be
+        # raised in the container either (capset fails), as in a sandboxed or rootless engine.
+        bounding = _own_bounding_set()
+        return [c for c in ALL_CAPS if bounding is None or ALL_CAPS_BITS.get(c, 0) in bounding]
     adds = [normalise_cap(c) for c in host.cap_add]
     drops = [normalise_cap(c) for c in host.cap_drop]
     for cap in adds + drops:
@@ -149,14 +180,138 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
+# Docker's ulimit names (go-units); each is RLIMIT_<NAME upper-cased> in the OCI spec.
+ULIMIT_NAMES = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+                "rss", "rtprio", "rttime", "sigpending", "stack")
+INIT_DEST = "/sbin/docker-init"  # where Docker mounts its init; the command becomes INIT_DEST -- args
+CPU_PERIOD = 100_000  # microseconds: Docker's period for NanoCpus
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """A kernel list ("0-3,5") as a set; ValueError when it is not one."""
+    numbers: set[int] = set()
+    for part in text.strip().split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(text)
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first or last > 1 << 16:
+            raise ValueError(text)
+        numbers.update(range(first, last + 1))
+    return numbers
+
+
+def _available(paths: tuple[str, ...], fallback: str) -> str:
+    for path in paths:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return fallback
+
+
+def _check_cpuset(value: str, kind: str) -> None:
+    """Docker's checks of CpusetCpus/CpusetMems against what this host (its root cpuset) has."""
+    if not value:
+        return
+    if kind == "cpus":
+        available = _available(("/sys/fs/cgroup/cpuset/cpuset.cpus", "/sys/fs/cgroup/cpuset.cpus.effective",
+                                "/sys/devices/system/cpu/online"), "0")
+        what = "CPUs"
+    else:
+        available = _available(("/sys/fs/cgroup/cpuset/cpuset.mems", "/sys/fs/cgroup/cpuset.mems.effective",
+                                "/sys/devices/system/node/online"), "0")
+        what = "memory nodes"
+    try:
+        requested = parse_cpu_list(value)
+    except ValueError:
+        raise InvalidArgument(f"Invalid value {value} for cpuset {kind}") from None
+    if not requested <= parse_cpu_list(available):
+        raise InvalidArgument(f"Requested {what} are not available - requested {value}, available: {available}")
+
+
+def cpu_resources(host: HostConfig) -> dict[str, Any]:
+    """OCI linux.resources.cpu: shares, quota/period (NanoCpus as a quota of a 100 ms period), cpuset."""
+    cpu: dict[str, Any] = {}
+    if host.nano_cpus:
+        if host.cpu_quota or host.cpu_period:
+            raise InvalidArgument("Conflicting options: Nano CPUs and CPU Period/Quota cannot both be set")
+        count = os.cpu_count() or 1
+        if host.nano_cpus < 10_000_000 or host.nano_cpus > count * 1_000_000_000:
+            raise InvalidArgument(f"Range of CPUs is from 0.01 to {count}.00, as there are only {count} CPUs "
+                                  "available")
+        cpu["quota"], cpu["period"] = host.nano_cpus * CPU_PERIOD // 1_000_000_000, CPU_PERIOD
+    else:
+        if host.cpu_quota:
+            cpu["quota"] = host.cpu_quota
+        if host.cpu_period:
+            cpu["period"] = host.cpu_period
+    if host.cpu_shares:
+        cpu["shares"] = host.cpu_shares
+    _check_cpuset(host.cpuset_cpus, "cpus")
+    _check_cpuset(host.cpuset_mems, "mems")
+    if host.cpuset_cpus:
+        cpu["cpus"] = host.cpuset_cpus
+    if host.cpuset_mems:
+        cpu["mems"] = host.cpuset_mems
+    return cpu
+
+
+def rlimits(host: HostConfig) -> list[dict[str, Any]]:
+    """Docker's default nofile (1048576 where the engine's own hard limit allows), then Ulimits."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 1048576 if hard == resource.RLIM_INFINITY else min(hard, 1048576)
+    limits: dict[str, dict[str, Any]] = {"RLIMIT_NOFILE": {"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}}
+    for ulimit in host.ulimits:
+        if ulimit.name not in ULIMIT_NAMES:
+            raise InvalidArgument(f"invalid ulimit type: {ulimit.name}")
+        if ulimit.soft < 0 or ulimit.hard < 0:
+            raise InvalidArgument(f"invalid ulimit {ulimit.name}: negative (unlimited) values are not supported")
+        if ulimit.soft > ulimit.hard:
+            raise InvalidArgument(f"ulimit soft limit must be less than or equal to hard limit: "
+                                  f"{ulimit.soft} > {ulimit.hard}")
+        kind = f"RLIMIT_{ulimit.name.upper()}"
+        limits[kind] = {"type": kind, "hard": ulimit.hard, "soft": ulimit.soft}
+    return list(limits.values())
+
+
+def seccomp(host: HostConfig, caps: list[str]) -> dict[str, Any] | None:
+    """OCI linux.seccomp: none when privileged or unconfined; the client's profile; else ours."""
+    if host.privileged or host.seccomp_profile == "unconfined":
+        return None
+    if not host.seccomp_profile or host.seccomp_profile == "builtin":
+        return default_profile(caps)
+    try:
+        profile = json.loads(host.seccomp_profile)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"Decoding seccomp profile failed: {exc}") from None
+    oci = from_docker_profile(profile, caps)
+    # The runtime's own parser: a profile it cannot load is a 400 now, not a failed start later.
+    from services.lowlevel.seccomp import validate_seccomp
+
+    try:
+        validate_seccomp(oci)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"invalid seccomp profile: {exc.message}") from None
+    return oci
+
+
+def init_mount() -> dict[str, Any]:
+    """The engine's init, read-only at /sbin/docker-init (a 500 naming the setting when it is missing)."""
+    path = resolve_init_path()
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise Internal(f"--init: the init binary {path} is missing or not executable (install tini, or set "
+                       f"{INIT_PATH_ENV})")
+    return {"destination": INIT_DEST, "type": "bind", "source": path, "options": ["rbind", "ro", "nosuid", "nodev"]}
+
+
 def build_spec(container_id: str, image_config: dict[str, Any], config: ContainerConfig,
                rootfs: Path) -> dict[str, Any]:
     """The whole config.json (blocking for the user lookup: call in a thread)."""
     host = config.host
     caps = capabilities(config)
-    # Docker's 1048576 where allowed; never above the engine's own hard limit (raising it is refused).
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nofile = 1048576 if hard == resource.RLIM_INFINITY else min(hard, 1048576)
     env = merge_env(list(image_config.get("Env") or [DEFAULT_PATH]), list(config.env))
     hostname = config.hostname or container_id[:12]
     env = merge_env([f"HOSTNAME={hostname}"], env)
@@ -172,6 +327,8 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
         resources["memory"] = {"limit": host.memory}
     if host.pids_limit > 0:
         resources["pids"] = {"limit": host.pids_limit}
+    if cpu := cpu_resources(host):
+        resources["cpu"] = cpu
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "resources": resources,
@@ -182,18 +339,27 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
     if not host.privileged:
         linux["maskedPaths"] = MASKED_PATHS
         linux["readonlyPaths"] = READONLY_PATHS
+    if host.sysctls:
+        linux["sysctl"] = dict(host.sysctls)
+    if (filter_ := seccomp(host, caps)) is not None:
+        linux["seccomp"] = filter_
+    args = resolve_args(image_config, config)
+    extra_mounts = []
+    if host.init:
+        extra_mounts.append(init_mount())
+        args = [INIT_DEST, "--", *args]
     sys_options = ["nosuid", "noexec", "nodev", "ro" if not host.privileged else "rw"]
     return {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": config.tty,
             "user": resolve_user(rootfs, config.user or image_config.get("User") or ""),
-            "args": resolve_args(image_config, config),
+            "args": args,
             "env": env,
             "cwd": config.working_dir or image_config.get("WorkingDir") or "/",
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
-            "noNewPrivileges": False,
+            "rlimits": rlimits(host),
+            "noNewPrivileges": host.no_new_privileges,
         },
         "root": {"path": str(rootfs), "readonly": host.readonly_rootfs},
         "hostname": hostname,
@@ -210,6 +376,7 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
                                                                                            "nodev"]},
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            *extra_mounts,
         ],
         "linux": linux,
     }
