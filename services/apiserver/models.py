@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,7 @@ from services.apiserver import netmodels
 from services.apiserver.fields import string_list
 from services.common.errors import InvalidArgument
 from services.gen.skiff import highlevel
-from services.gen.skiff.daemon.v1 import Container, ContainerConfig, HostConfig, InfoResponse, State
+from services.gen.skiff.daemon.v1 import Container, ContainerConfig, HostConfig, InfoResponse, State, Ulimit
 
 hl = highlevel.v1
 
@@ -123,6 +124,117 @@ def _log_config(host_body: dict[str, Any]) -> dict[str, int]:
     return {"log_max_size": size, "log_max_file": min(int(files_text), 1000)}
 
 
+CPUSET_RE = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
+# Docker's list of namespaced sysctls (the CLI's ValidateSysctl): what a container may set for itself.
+SYSCTL_NAMES = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
+                "kernel.shmmni", "kernel.shm_rmid_forced")
+SYSCTL_PREFIXES = ("net.", "fs.mqueue.")
+
+
+def _string(value: Any, field: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"invalid {field}: expected a string")
+    return value
+
+
+def _ulimits(value: Any) -> list[Ulimit]:
+    """HostConfig.Ulimits: [{"Name": "nofile", "Soft": 1024, "Hard": 2048}] (names checked by the daemon)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(u, dict) for u in value):
+        raise InvalidArgument("invalid Ulimits: expected a list of objects")
+    out: list[Ulimit] = []
+    for item in value:
+        name = _string(item.get("Name"), "Ulimits.Name")
+        soft, hard = _int(item.get("Soft"), "Ulimits.Soft"), _int(item.get("Hard"), "Ulimits.Hard")
+        if not name:
+            raise InvalidArgument("invalid ulimit: a Name is required")
+        out.append(Ulimit(name=name, soft=soft, hard=hard))
+    return out
+
+
+def _sysctls(value: Any, network_mode: str) -> dict[str, str]:
+    """HostConfig.Sysctls: namespaced ones only; none of net.* when the container shares the host's network."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidArgument("invalid Sysctls: expected an object of strings")
+    for key in value:
+        if key not in SYSCTL_NAMES and not key.startswith(SYSCTL_PREFIXES):
+            raise InvalidArgument(f"invalid argument: sysctl '{key}' is not allowed: only namespaced sysctls "
+                                  "(net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*) can be set")
+        if key.startswith("net.") and network_mode == "host":
+            raise InvalidArgument(f"invalid argument: sysctl '{key}' is not allowed in host network mode")
+    return {str(k): v for k, v in value.items()}
+
+
+def _security_opt(value: Any) -> dict[str, Any]:
+    """HostConfig.SecurityOpt, parsed as dockerd does (daemon_unix.go parseSecurityOpt)."""
+    opts = string_list(value, "SecurityOpt", allow_single=False)
+    no_new_privileges, profile = False, ""
+    for opt in opts:
+        if opt == "no-new-privileges":
+            no_new_privileges = True
+            continue
+        if opt == "disable":
+            continue  # label=disable's short form
+        if "=" in opt:
+            key, _, val = opt.partition("=")
+        elif ":" in opt:  # the separator of old clients
+            key, _, val = opt.partition(":")
+        else:
+            raise InvalidArgument(f'invalid --security-opt 1: "{opt}"')
+        if key in ("label", "apparmor"):
+            continue  # no SELinux or AppArmor here: accepted and ignored, as dockerd does without them
+        if key == "seccomp":
+            if not val:
+                raise InvalidArgument(f'invalid --security-opt 2: "{opt}"')
+            if val not in ("unconfined", "builtin"):
+                try:
+                    parsed = json.loads(val)
+                except (ValueError, RecursionError) as exc:
+                    raise InvalidArgument(f"Decoding seccomp profile failed: {exc}") from None
+                if not isinstance(parsed, dict):
+                    raise InvalidArgument("Decoding seccomp profile failed: expected a JSON object")
+            profile = val
+        elif key == "no-new-privileges":
+            if val.lower() not in ("1", "t", "true", "0", "f", "false"):
+                raise InvalidArgument(f'invalid --security-opt 2: "{opt}"')
+            no_new_privileges = val.lower() in ("1", "t", "true")
+        else:
+            raise InvalidArgument(f'invalid --security-opt 2: "{opt}"')
+    return {"security_opt": opts, "no_new_privileges": no_new_privileges, "seccomp_profile": profile}
+
+
+def _resources_security(host_body: dict[str, Any]) -> dict[str, Any]:
+    """CPU limits and cpusets, Ulimits, Sysctls, SecurityOpt and Init of HostConfig."""
+    nano_cpus = _int(host_body.get("NanoCpus"), "NanoCpus")
+    quota, period = _int(host_body.get("CpuQuota"), "CpuQuota"), _int(host_body.get("CpuPeriod"), "CpuPeriod")
+    if nano_cpus and period:
+        raise InvalidArgument("Conflicting options: Nano CPUs and CPU Period cannot both be set")
+    if nano_cpus and quota:
+        raise InvalidArgument("Conflicting options: Nano CPUs and CPU Quota cannot both be set")
+    if nano_cpus < 0 or quota < 0 and quota != -1 or period < 0:
+        raise InvalidArgument("invalid CPU limit: negative value")
+    fields: dict[str, Any] = {"nano_cpus": nano_cpus, "cpu_quota": max(quota, 0), "cpu_period": period,
+                              "cpu_shares": _int(host_body.get("CpuShares"), "CpuShares")}
+    for key, field in (("CpusetCpus", "cpuset_cpus"), ("CpusetMems", "cpuset_mems")):
+        text = _string(host_body.get(key), key).strip()
+        if text and not CPUSET_RE.match(text):
+            raise InvalidArgument(f"Invalid value {text} for cpuset {field.removeprefix('cpuset_')}")
+        fields[field] = text
+    fields["ulimits"] = _ulimits(host_body.get("Ulimits"))
+    fields["sysctls"] = _sysctls(host_body.get("Sysctls"), str(host_body.get("NetworkMode") or ""))
+    fields.update(_security_opt(host_body.get("SecurityOpt")))
+    init = host_body.get("Init")
+    if init is not None and not isinstance(init, bool):
+        raise InvalidArgument("invalid Init: expected a boolean")
+    fields["init"] = bool(init)
+    return fields
+
+
 def container_config_from_request(body: Any) -> ContainerConfig:
     """POST /containers/create's body (Config fields at the top, HostConfig inside)."""
     if not isinstance(body, dict):
@@ -146,6 +258,7 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         network_mode=str(host_body.get("NetworkMode") or ""),
         **_restart_policy(host_body),  # area A
         **_log_config(host_body),  # area A
+        **_resources_security(host_body),
     )
     config = ContainerConfig(
         image=str(body.get("Image") or ""),
@@ -201,15 +314,39 @@ def container_summary(c: Container) -> dict[str, Any]:
     }
 
 
+def _inspect_path_args(c: Container) -> list[str]:
+    """The command as the client knows it: without the init that --init put in front of it."""
+    args = list(c.path_args)
+    if c.config.host.init and args[:2] == ["/sbin/docker-init", "--"]:
+        return args[2:]
+    return args
+
+
+def _resources_security_inspect(host: HostConfig) -> dict[str, Any]:
+    return {
+        "NanoCpus": host.nano_cpus,
+        "CpuShares": host.cpu_shares,
+        "CpuQuota": host.cpu_quota,
+        "CpuPeriod": host.cpu_period,
+        "CpusetCpus": host.cpuset_cpus,
+        "CpusetMems": host.cpuset_mems,
+        "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in host.ulimits] or None,
+        **({"Sysctls": dict(host.sysctls)} if host.sysctls else {}),
+        "SecurityOpt": list(host.security_opt) or None,
+        **({"Init": True} if host.init else {}),
+    }
+
+
 def container_inspect(c: Container) -> dict[str, Any]:
     """GET /containers/{id}/json."""
     cfg, host, state = c.config, c.config.host, c.state
     status = state.status
+    path_args = _inspect_path_args(c)
     return {
         "Id": c.id,
         "Created": c.created,
-        "Path": c.path_args[0] if c.path_args else "",
-        "Args": list(c.path_args[1:]),
+        "Path": path_args[0] if path_args else "",
+        "Args": path_args[1:],
         "State": {
             "Status": STATUS_NAMES.get(status, "created"),
             "Running": status in (State.RUNNING, State.PAUSED, State.RESTARTING),
@@ -251,6 +388,7 @@ def container_inspect(c: Container) -> dict[str, Any]:
                 **({"max-file": str(host.log_max_file)} if host.log_max_file > 1 else {})}},
             "Binds": mountmodels.binds(c),
             "PortBindings": {},
+            **_resources_security_inspect(host),
             **netmodels.host_config_fields(c),
         },
         "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": c.rootfs}},
