@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from services.common.errors import InvalidArgument, SkiffError
+from services.lowlevel.prime import prime_for
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False
@@ -226,6 +227,7 @@ class Logger:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    prime_for(argv)  # already done by __main__ when launched as a program
     log = Logger(None, None)
     try:
         p = parse(argv)

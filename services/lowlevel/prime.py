@@ -1,0 +1,88 @@
+"""Start the cgroup migration lock's RCU grace period early, off the critical path.
+
+Every write to a ``cgroup.procs`` takes the kernel's global ``cgroup_threadgroup_rwsem`` for
+writing. That percpu rwsem first switches its readers to the slow path (``rcu_sync_enter``),
+which waits for an RCU grace period: 6-20 ms on this machine, for runc as for us (strace -T of
+runc's first write to cgroup.procs: 11 ms). It stays switched until about one grace period after
+the last writer left, and during that window another write costs nothing.
+
+So ``create``, ``run`` and ``exec`` write their own pid into the cgroup they are already in (a
+no-op move) from a thread, as soon as the interpreter is up: the grace period then elapses while
+the imports, the spec and the cgroup folders are dealt with, and the container's real moves fall
+into the window. Any failure is ignored: at worst the real move waits as it did before.
+
+Imports only ``posix`` and ``_thread`` (builtins): it runs before everything else.
+"""
+
+import _thread
+import posix
+
+_COMMANDS = ("create", "run", "exec")
+# Global flags that take a value (runc's): their value is not the command.
+_VALUED = ("--root", "--log", "--log-format", "--rootless", "--criu")
+_started = False
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command word of a runc command line, skipping the global flags."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _VALUED:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        return arg
+    return None
+
+
+def prime_for(argv: list[str]) -> None:
+    """Prime the lock when this command will move a process into a cgroup; once per process."""
+    global _started
+    if _started or command_of(argv) not in _COMMANDS:
+        return
+    _started = True
+    try:
+        target = _own_procs_file()
+        if target is not None:
+            _thread.start_new_thread(_write_own_pid, (target, str(posix.getpid()).encode()))
+    except Exception:  # noqa: BLE001 - an optimisation only: never fail the command for it
+        pass
+
+
+def _own_procs_file() -> str | None:
+    """cgroup.procs of a cgroup this process is in: v1 pids (hybrid or legacy), else the v2 one."""
+    fd = posix.open("/proc/self/cgroup", posix.O_RDONLY | posix.O_CLOEXEC)
+    try:
+        text = posix.read(fd, 65536).decode()
+    finally:
+        posix.close(fd)
+    unified = None
+    for line in text.split("\n"):
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if "pids" in parts[1].split(","):
+            return f"/sys/fs/cgroup/{parts[1]}{parts[2].rstrip('/')}/cgroup.procs"
+        if parts[0] == "0" and not parts[1]:
+            unified = parts[2].rstrip("/")
+    if unified is None:
+        return None
+    try:
+        posix.stat("/sys/fs/cgroup/cgroup.controllers")
+        return f"/sys/fs/cgroup{unified}/cgroup.procs"
+    except OSError:
+        return f"/sys/fs/cgroup/unified{unified}/cgroup.procs"
+
+
+def _write_own_pid(path: str, pid: bytes) -> None:
+    try:
+        fd = posix.open(path, posix.O_WRONLY | posix.O_CLOEXEC)
+        try:
+            posix.write(fd, pid)
+        finally:
+            posix.close(fd)
+    except OSError:
+        pass
