@@ -17,11 +17,11 @@ config runs on older kernels; names not in the table are an error.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
 from services.common.errors import InvalidArgument, SyscallError
+from services.lowlevel.libc import CDLL, Structure, byref, c_int, c_size_t, c_uint, c_uint32, c_ulong, get_errno, libc
 
 CAPABILITIES: dict[str, int] = {
     "CAP_CHOWN": 0,
@@ -78,21 +78,21 @@ _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class _CapHeader(Structure):
+    _fields_ = [("version", c_uint32), ("pid", c_int)]
 
 
-class _CapData(ctypes.Structure):
+class _CapData(Structure):
     _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
+        ("effective", c_uint32),
+        ("permitted", c_uint32),
+        ("inheritable", c_uint32),
     ]
 
 
-def _libc() -> ctypes.CDLL:
-    # CDLL(None) is the already-loaded libc: a handle lookup, no file is opened.
-    return ctypes.CDLL(None, use_errno=True)
+def _libc() -> CDLL:
+    # The already-loaded libc: a handle lookup, no file is opened.
+    return libc()
 
 
 def last_cap() -> int:
@@ -138,21 +138,21 @@ def _mask(caps: dict, key: str, last: int) -> int:
     return mask
 
 
-def _prctl(libc: ctypes.CDLL, option: int, arg2: int, arg3: int = 0) -> int:
+def _prctl(lib: CDLL, option: int, arg2: int, arg3: int = 0) -> int:
     """prctl with every argument passed as unsigned long: PR_CAP_AMBIENT rejects junk in 4 and 5."""
-    ulong = ctypes.c_ulong
-    rc = libc.prctl(option, ulong(arg2), ulong(arg3), ulong(0), ulong(0))
-    return 0 if rc == 0 else ctypes.get_errno()
+    ulong = c_ulong
+    rc = lib.prctl(option, ulong(arg2), ulong(arg3), ulong(0), ulong(0))
+    return 0 if rc == 0 else get_errno()
 
 
 def drop_bounding(caps: dict) -> None:
     """Drop from the bounding set every capability not in ``caps["bounding"]`` (all if absent)."""
     last = last_cap()
     keep = _mask(caps, "bounding", last)
-    libc = _libc()
+    lib = _libc()
     for number in range(last + 1):
         if not keep & (1 << number):
-            err = _prctl(libc, _PR_CAPBSET_DROP, number)
+            err = _prctl(lib, _PR_CAPBSET_DROP, number)
             if err:
                 raise SyscallError(f"prctl PR_CAPBSET_DROP {number}", None, err)
 
@@ -180,11 +180,11 @@ def set_capabilities(caps: dict) -> list[str]:
         data[half].effective = (masks["effective"] >> shift) & 0xFFFFFFFF
         data[half].permitted = (masks["permitted"] >> shift) & 0xFFFFFFFF
         data[half].inheritable = (masks["inheritable"] >> shift) & 0xFFFFFFFF
-    libc = _libc()
-    if libc.capset(ctypes.byref(header), data) != 0:
-        raise SyscallError("capset", None, ctypes.get_errno())
+    lib = _libc()
+    if lib.capset(byref(header), data) != 0:
+        raise SyscallError("capset", None, get_errno())
 
-    err = _prctl(libc, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    err = _prctl(lib, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
     if err and err != errno.EINVAL:  # EINVAL: a kernel without ambient capabilities (< 4.3)
         raise SyscallError("prctl PR_CAP_AMBIENT_CLEAR_ALL", None, err)
     refused: list[str] = []
@@ -192,7 +192,7 @@ def set_capabilities(caps: dict) -> list[str]:
         number = CAPABILITIES[name]
         if number > last:
             continue
-        err = _prctl(libc, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, number)
+        err = _prctl(lib, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, number)
         if err in (errno.EPERM, errno.EINVAL):
             refused.append(name)
         elif err:
@@ -222,20 +222,20 @@ def switch_user(uid: int, gid: int, additional_gids: list[int]) -> None:
     PR_SET_KEEPCAPS is on during the change so the permitted set survives (effective is cleared
     by the kernel and restored by ``set_capabilities``) and off afterwards, as in runc.
     """
-    libc = _libc()
+    lib = _libc()
     keep_caps(True)
     try:
-        gids = (ctypes.c_uint * len(additional_gids))(*additional_gids)
-        if libc.setgroups(ctypes.c_size_t(len(additional_gids)), gids) != 0:
-            err = ctypes.get_errno()
+        gids = (c_uint * len(additional_gids))(*additional_gids)
+        if lib.setgroups(c_size_t(len(additional_gids)), gids) != 0:
+            err = get_errno()
             # In a user namespace with /proc/self/setgroups "deny" the call is refused; runc
             # skips it there, which is harmless when no groups were asked for.
             if not (err == errno.EPERM and not additional_gids and _setgroups_denied()):
                 raise SyscallError(f"setgroups {additional_gids}", None, err)
-        if libc.setresgid(*[ctypes.c_uint(gid)] * 3) != 0:
-            raise SyscallError(f"setresgid {gid}", None, ctypes.get_errno())
-        if libc.setresuid(*[ctypes.c_uint(uid)] * 3) != 0:
-            raise SyscallError(f"setresuid {uid}", None, ctypes.get_errno())
+        if lib.setresgid(*[c_uint(gid)] * 3) != 0:
+            raise SyscallError(f"setresgid {gid}", None, get_errno())
+        if lib.setresuid(*[c_uint(uid)] * 3) != 0:
+            raise SyscallError(f"setresuid {uid}", None, get_errno())
     finally:
         keep_caps(False)
 

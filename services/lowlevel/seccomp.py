@@ -13,10 +13,10 @@ pay nothing for it. Its calls return ``-errno`` rather than setting ``errno``.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 
 from services.common.errors import InvalidArgument, SyscallError
+from services.lowlevel.libc import CDLL, Structure, c_char_p, c_int, c_uint, c_uint32, c_uint64, c_void_p
 
 # Actions that take no errno. SCMP_ACT_KILL is KILL_THREAD in libseccomp (and in runc).
 _ACTIONS: dict[str, int] = {
@@ -82,14 +82,14 @@ _MAX_ARGS = 6  # a syscall has at most six arguments
 _NR_SCMP_ERROR = -1  # seccomp_syscall_resolve_name's "no such syscall"
 
 
-class _ArgCmp(ctypes.Structure):
+class _ArgCmp(Structure):
     """struct scmp_arg_cmp: the argument index, the comparison and two 64-bit operands."""
 
     _fields_ = [
-        ("arg", ctypes.c_uint),
-        ("op", ctypes.c_int),
-        ("datum_a", ctypes.c_uint64),
-        ("datum_b", ctypes.c_uint64),
+        ("arg", c_uint),
+        ("op", c_int),
+        ("datum_a", c_uint64),
+        ("datum_b", c_uint64),
     ]
 
 
@@ -232,7 +232,7 @@ def _string_list(value: object, field: str) -> list[str]:
     return value
 
 
-def _add_rule(lib: ctypes.CDLL, ctx: int, name: str, nr: int, action: int, conds: list[_Cond]) -> None:
+def _add_rule(lib: CDLL, ctx: int, name: str, nr: int, action: int, conds: list[_Cond]) -> None:
     # libseccomp takes one comparison per argument per rule. Like runc, when an argument is
     # compared more than once, each condition becomes a rule of its own (they are OR-ed).
     indexes = [c[0] for c in conds]
@@ -250,7 +250,7 @@ def _check(rc: int, operation: str) -> None:
         raise SyscallError(operation, None, -rc)
 
 
-_lib: ctypes.CDLL | None = None
+_lib: CDLL | None = None
 
 
 def preload() -> None:
@@ -258,16 +258,16 @@ def preload() -> None:
     _libseccomp()
 
 
-def _libseccomp() -> ctypes.CDLL:
-    """Open libseccomp and declare the prototypes used (ctypes would truncate the pointer)."""
+def _libseccomp() -> CDLL:
+    """Open libseccomp and declare the prototypes used (an int result would truncate the pointer)."""
     global _lib
     if _lib is not None:
         return _lib
     try:
-        lib = ctypes.CDLL("libseccomp.so.2")
+        lib = CDLL("libseccomp.so.2")
     except OSError as exc:
         raise SyscallError("dlopen libseccomp.so.2", None, errno.ENOENT) from exc
-    ptr, u32, c_int, c_char_p = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_char_p
+    ptr, u32 = c_void_p, c_uint32
     lib.seccomp_init.argtypes, lib.seccomp_init.restype = [u32], ptr
     lib.seccomp_release.argtypes, lib.seccomp_release.restype = [ptr], None
     lib.seccomp_load.argtypes, lib.seccomp_load.restype = [ptr], c_int
@@ -276,7 +276,7 @@ def _libseccomp() -> ctypes.CDLL:
     lib.seccomp_arch_add.argtypes, lib.seccomp_arch_add.restype = [ptr, u32], c_int
     lib.seccomp_syscall_resolve_name.argtypes = [c_char_p]
     lib.seccomp_syscall_resolve_name.restype = c_int
-    lib.seccomp_rule_add_array.argtypes = [ptr, u32, c_int, ctypes.c_uint, ctypes.c_void_p]
+    lib.seccomp_rule_add_array.argtypes = [ptr, u32, c_int, c_uint, c_void_p]
     lib.seccomp_rule_add_array.restype = c_int
     _lib = lib
     return lib

@@ -1,16 +1,16 @@
-"""Thin ctypes wrappers over the syscalls Python 3.11's os module lacks.
+"""Thin wrappers (``_ctypes``, see libc.py) over the syscalls Python 3.11's os module lacks.
 
 Each failure raises SyscallError with the operation, the path and the errno, as crun reports them.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 from services.common.errors import SyscallError
+from services.lowlevel.libc import c_char_p, c_int, c_ulong, get_errno, libc
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = libc()
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -71,11 +71,11 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 _mount = _libc.mount
-_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_mount.argtypes = [c_char_p, c_char_p, c_char_p, c_ulong, c_char_p]
 _umount2 = _libc.umount2
-_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_umount2.argtypes = [c_char_p, c_int]
 _prctl = _libc.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.argtypes = [c_int, c_ulong, c_ulong, c_ulong, c_ulong]
 _syscall = _libc.syscall
 
 SYS_PIVOT_ROOT = 155  # x86_64
@@ -87,47 +87,47 @@ def _b(value: str | None) -> bytes | None:
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     if _mount(_b(source), target.encode(), _b(fstype), flags, _b(data)) != 0:
-        err = ctypes.get_errno()
+        err = get_errno()
         what = f"mount `{source or fstype or ''}` to" if source or fstype else "remount"
         raise SyscallError(what, target, err)
 
 
 def umount(target: str, flags: int = 0) -> None:
     if _umount2(target.encode(), flags) != 0:
-        raise SyscallError("umount", target, ctypes.get_errno())
+        raise SyscallError("umount", target, get_errno())
 
 
 def unshare(flags: int) -> None:
     if _libc.unshare(flags) != 0:
-        raise SyscallError(f"unshare({flags:#x})", None, ctypes.get_errno())
+        raise SyscallError(f"unshare({flags:#x})", None, get_errno())
 
 
 def setns(fd: int, nstype: int, path: str) -> None:
     if _libc.setns(fd, nstype) != 0:
-        raise SyscallError("setns", path, ctypes.get_errno())
+        raise SyscallError("setns", path, get_errno())
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
     if _syscall(SYS_PIVOT_ROOT, new_root.encode(), put_old.encode()) != 0:
-        raise SyscallError("pivot_root", new_root, ctypes.get_errno())
+        raise SyscallError("pivot_root", new_root, get_errno())
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
     if _libc.sethostname(raw, len(raw)) != 0:
-        raise SyscallError("sethostname", name, ctypes.get_errno())
+        raise SyscallError("sethostname", name, get_errno())
 
 
 def setdomainname(name: str) -> None:
     raw = name.encode()
     if _libc.setdomainname(raw, len(raw)) != 0:
-        raise SyscallError("setdomainname", name, ctypes.get_errno())
+        raise SyscallError("setdomainname", name, get_errno())
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     rc = _prctl(option, arg2, arg3, arg4, arg5)
     if rc < 0:
-        raise SyscallError(f"prctl({option})", None, ctypes.get_errno())
+        raise SyscallError(f"prctl({option})", None, get_errno())
     return rc
 
 
