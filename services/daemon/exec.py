@@ -1,7 +1,12 @@
-"""Docker's execs over highlevel's: records in memory (as dockerd keeps them), output streamed, exit watched.
+"""Docker's execs over highlevel's: records kept on disk, output streamed, exit watched.
 
 An exec's output is not in the container's log: the shim keeps what an exec printed before anyone attached
 for its first attacher, so Start runs the process first and attaches after, and nothing is lost.
+
+Each record is written atomically to ``<lib>/daemon/execs/<id>.json`` when it is created, started and
+when it exits, and goes with its container. At start the daemon reloads them and asks highlevel (whose
+shim recorded the exit) what became of the ones that were running: an exec that ended while the daemon
+was down reports its true exit code.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from services.common.atomic import atomic_write
 from services.common.errors import Conflict, InvalidArgument, NotFound, SkiffError
 from services.common.grpc import call, client_errors
 from services.daemon.containers import ContainerManager, Entry
@@ -43,6 +50,9 @@ class ExecRecord:
     exit_code: int | None = None
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: asyncio.Task[None] | None = None
+    # Saves of one record go one at a time, each writing its latest state; none after it is forgotten.
+    save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    forgotten: bool = False
 
     @property
     def task_exec_id(self) -> str:
@@ -56,6 +66,50 @@ class ExecRecord:
                         cmd=list(r.cmd), tty=r.tty, open_stdin=r.attach_stdin, open_stdout=r.attach_stdout,
                         open_stderr=r.attach_stderr, user=r.user, privileged=r.privileged,
                         working_dir=r.working_dir)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "id": self.id, "container_id": self.container_id, "request": self.request.to_dict(),
+            "started": self.started, "running": self.running, "pid": self.pid, "exit_code": self.exit_code,
+        }).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ExecRecord:
+        doc = json.loads(raw)
+        code = doc.get("exit_code")
+        return cls(str(doc["id"]), str(doc["container_id"]), ExecCreateRequest().from_dict(doc.get("request") or {}),
+                   started=bool(doc.get("started")), running=bool(doc.get("running")), pid=int(doc.get("pid") or 0),
+                   exit_code=None if code is None else int(code))
+
+
+class ExecStore:
+    """Exec records on disk, one file each, written atomically. Blocking: called through ``to_thread``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def save(self, exec_id: str, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.root / f"{exec_id}.json", data)
+
+    def load_all(self) -> list[ExecRecord]:
+        records: list[ExecRecord] = []
+        if not self.root.is_dir():
+            return records
+        for path in self.root.glob("*.json"):
+            try:
+                records.append(ExecRecord.from_json(path.read_bytes()))
+            except FileNotFoundError:
+                continue
+            except (ValueError, KeyError, TypeError) as exc:
+                # Cannot happen with atomic writes; a foreign or damaged file is set aside, not fatal.
+                log.warning("exec record unreadable, removed", path=str(path), error=str(exc))
+                self.delete(path.stem)
+        return records
+
+    def delete(self, exec_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.root / f"{exec_id}.json")
 
 
 def process_spec(bundle: str, request: ExecCreateRequest) -> dict[str, Any]:
@@ -88,6 +142,52 @@ class ExecManager:
         self.tasks = containers.tasks
         self.execs: dict[str, ExecRecord] = {}
         self.sinks: list[EventSink] = []
+        self.store = ExecStore(containers.paths.daemon_lib / "execs")
+        self.background: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _save(self, record: ExecRecord) -> None:
+        async with record.save_lock:
+            if not record.forgotten:
+                await asyncio.to_thread(self.store.save, record.id, record.to_json())
+
+    async def _delete(self, record: ExecRecord) -> None:
+        async with record.save_lock:
+            await asyncio.to_thread(self.store.delete, record.id)
+
+    async def restore(self) -> None:
+        """At daemon start (before container exits are watched): reload the records, and learn from
+        highlevel what became of the execs that were running while the daemon was down."""
+        for record in await asyncio.to_thread(self.store.load_all):
+            entry = self.containers.entries.get(record.container_id)
+            if entry is None:
+                await asyncio.to_thread(self.store.delete, record.id)  # its container went
+                continue
+            self.execs[record.id] = record
+            # No attacher survives a daemon restart: nothing waits for one to drain.
+            record.drained.set()
+            if record.running:
+                await self._reconcile(record, entry)
+        log.info("execs restored", execs=len(self.execs))
+
+    async def _reconcile(self, record: ExecRecord, entry: Entry) -> None:
+        try:
+            state = await call(self.tasks.state(hl.StateRequest(id=record.container_id,
+                                                                exec_id=record.task_exec_id)))
+        except NotFound:
+            # highlevel no longer knows the process (it or its container's task went): its end is unknown.
+            log.warning("exec lost while the daemon was down", exec_id=record.id)
+            await self._exited(record, entry, 255)
+            return
+        if state.status == hl.TaskStatus.STOPPED:
+            await self._exited(record, entry, state.exit.exit_code if state.exit else 255)
+            await self._forget_task(record)
+        else:
+            record.watcher = asyncio.ensure_future(self._watch(record, entry))
 
     def _emit(self, action: str, entry: Entry, attrs: dict[str, str]) -> None:
         for sink in self.sinks:
@@ -117,7 +217,9 @@ class ExecManager:
             id=entry.record.id, exec_id=exec_id[:12], process=json.dumps(spec).encode(), terminal=request.tty,
             stdin=request.attach_stdin, stdin_once=True)))
         request.container = entry.record.id
-        self.execs[exec_id] = ExecRecord(exec_id, entry.record.id, request)
+        record = ExecRecord(exec_id, entry.record.id, request)
+        self.execs[exec_id] = record
+        await self._save(record)
         self._emit(f"exec_create: {_command(request)}", entry, {"execID": exec_id, "exec_id": exec_id})
         return exec_id
 
@@ -132,11 +234,11 @@ class ExecManager:
                                                                   exec_id=record.task_exec_id)))
         except SkiffError:
             record.exit_code = 126
-            with contextlib.suppress(SkiffError):
-                await call(self.tasks.delete(hl.DeleteTaskRequest(
-                    id=record.container_id, exec_id=record.task_exec_id, force=True)))
+            await self._save(record)
+            await self._forget_task(record)
             raise
         record.pid, record.running = started.pid, True
+        await self._save(record)
         record.watcher = asyncio.ensure_future(self._watch(record, entry))
         self._emit(f"exec_start: {_command(record.request)}", entry, {"execID": exec_id, "exec_id": exec_id})
         yield ExecOutput(started=True)
@@ -167,11 +269,20 @@ class ExecManager:
                         code = message.exit.exit_code
         except SkiffError as exc:
             log.warning("exec wait failed", exec_id=record.id, error=exc.message)
-        record.exit_code, record.running = code, False
-        self._emit(f"exec_die: {_command(record.request)}", entry,
-                   {"execID": record.id, "exec_id": record.id, "exitCode": str(code)})
+        await self._exited(record, entry, code)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(record.drained.wait(), DRAIN_GRACE)
+        await self._forget_task(record)
+
+    async def _exited(self, record: ExecRecord, entry: Entry, code: int) -> None:
+        """The exit is on disk before it is told (a daemon killed now still reports it after restart)."""
+        record.exit_code, record.running = code, False
+        await self._save(record)
+        self._emit(f"exec_die: {_command(record.request)}", entry,
+                   {"execID": record.id, "exec_id": record.id, "exitCode": str(code)})
+
+    async def _forget_task(self, record: ExecRecord) -> None:
+        """highlevel (and the shim) may let the finished process go: its exit is in the record."""
         with contextlib.suppress(SkiffError):
             await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.container_id,
                                                               exec_id=record.task_exec_id, force=True)))
@@ -187,10 +298,14 @@ class ExecManager:
         """A removed container's execs go with it (dockerd does the same)."""
         for exec_id in [k for k, v in self.execs.items() if v.container_id == container_id]:
             record = self.execs.pop(exec_id)
+            record.forgotten = True
             if record.watcher is not None:
                 record.watcher.cancel()
+            self._spawn(self._delete(record))
 
     async def close(self) -> None:
         for record in self.execs.values():
             if record.watcher is not None:
                 record.watcher.cancel()
+        for task in list(self.background):
+            task.cancel()

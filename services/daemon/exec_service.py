@@ -136,6 +136,7 @@ def depth_services(manager: ContainerManager) -> list[ServiceBase]:
     policies = RestartPolicies(manager)
     manager.sinks += [bus.container_event, policies.on_event]
     execs.sinks.append(bus.container_event)
+    manager.restore_hooks.append(execs.restore)
     manager.sinks.append(lambda action, entry, _: execs.forget_container(entry.record.id)
                          if action == "destroy" else None)
     return [ExecsService(execs), ContainerOpsService(Operations(manager)), EventsService(bus)]
