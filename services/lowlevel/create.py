@@ -30,6 +30,7 @@ from services.lowlevel.spec import load_spec, rootfs_path
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 
@@ -42,7 +43,7 @@ class Sync:
 
     USERNS_CREATED = "userns-created"  # intermediate → parent: write my uid/gid maps
     USERNS_MAPPED = "userns-mapped"  # parent → intermediate
-    GO = "go"  # parent → intermediate: you are in the cgroup, go on
+    GO = "go"  # parent → exec's intermediate: you are in the cgroup, go on
     INIT_PID = "init-pid"  # intermediate → parent: the init's host pid
     CGROUP_JOINED = "cgroup-joined"  # parent → init: you are in the cgroup; speak only after this
     RUN_HOOKS = "run-hooks"  # init → parent: run the createRuntime hooks now
@@ -109,7 +110,12 @@ class Created:
 
 
 def create_container(opts: CreateOptions) -> Created:
-    """Make the container up to the point where it waits for ``start``. Nothing is left on failure."""
+    """Make the container up to the point where it waits for ``start``. Nothing is left on failure.
+
+    The children are forked as early as they can be, right after the cgroup folders exist (the
+    init bind-mounts them): the parent writes config.json and the state, and applies the
+    resources, while the intermediate unshares and the init builds its root filesystem.
+    """
     state.validate_id(opts.container_id)
     bundle = os.path.abspath(opts.bundle)
     spec = load_spec_checked(bundle)
@@ -129,17 +135,21 @@ def create_container(opts: CreateOptions) -> Created:
     cgroup: Cgroup | None = None
     init_pid = 0
     try:
-        with open(os.path.join(directory, state.CONFIG_FILE), "w") as f:
-            f.write(json.dumps(spec))
-        state.save(opts.root, st)
         fifo = os.path.join(directory, state.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
         # As runc: whatever the umask, the init may open it for writing after it switched user.
         os.chmod(fifo, 0o622)
         cgroup = open_cgroup(st.cgroups_path or None, opts.container_id)
         cgroup.create()
-        cgroup.set(resources_with_default_devices(linux))
-        init_pid = _spawn(spec, st, cgroup, fifo, opts)
+
+        def meanwhile() -> None:
+            """The parent's share, done while the children work."""
+            with open(os.path.join(directory, state.CONFIG_FILE), "w") as f:
+                f.write(json.dumps(spec))
+            state.save(opts.root, st)
+            cgroup.set(resources_with_default_devices(linux))
+
+        init_pid = _spawn(spec, st, cgroup, fifo, opts, meanwhile)
         if opts.pid_file:
             _write_pid_file(opts.pid_file, init_pid)
     except BaseException:
@@ -214,7 +224,14 @@ def _undo(root: str, st: state.ContainerState, cgroup: Cgroup | None, init_pid: 
     state.remove_container_dir(root, st.id)
 
 
-def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo: str, opts: CreateOptions) -> int:
+def _spawn(
+    spec: dict[str, Any],
+    st: state.ContainerState,
+    cgroup: Cgroup,
+    fifo: str,
+    opts: CreateOptions,
+    meanwhile: Callable[[], None],
+) -> int:
     linux = spec.get("linux") or {}
     namespaces = linux.get("namespaces") or []
     new_user = any(ns["type"] == "user" and not ns.get("path") for ns in namespaces)
@@ -235,12 +252,14 @@ def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo:
     if console is not None:
         console.close()
     init_pid = 0
+    unblocked = False
     try:
         if new_user:
             _expect(parent_sock, Sync.USERNS_CREATED)
             _write_id_maps(pid, linux)
             _send(parent_sock, Sync.USERNS_MAPPED)
-        _send(parent_sock, Sync.GO)
+        unblocked = True  # from here on the intermediate needs nothing more from us
+        meanwhile()
         init_pid = int(_expect(parent_sock, Sync.INIT_PID))
         # The first move into a v1 cgroup waits for an RCU grace period (10-20 ms here): the
         # init builds its root filesystem meanwhile, and waits for this message before it
@@ -269,6 +288,10 @@ def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo:
         return init_pid
     except BaseException:
         if init_pid == 0:
+            if unblocked:
+                # The parent's share failed while the intermediate forks the init, which it
+                # does without waiting for us: learn the init's pid, so that it goes too.
+                init_pid = _next_init_pid(parent_sock)
             try:
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)
@@ -285,6 +308,15 @@ def _spawn(spec: dict[str, Any], st: state.ContainerState, cgroup: Cgroup, fifo:
         raise
     finally:
         parent_sock.close()
+
+
+def _next_init_pid(sock: socket.socket) -> int:
+    """The intermediate's INIT_PID (bounded wait), or 0 when it failed or died instead."""
+    try:
+        kind, payload = _recv(sock, timeout=5.0)
+        return int(payload) if kind == Sync.INIT_PID else 0
+    except (SkiffError, OSError, ValueError, TypeError):
+        return 0
 
 
 def _write_id_maps(pid: int, linux: dict[str, Any]) -> None:
@@ -361,7 +393,6 @@ def _intermediate(
         _expect(sock, Sync.USERNS_MAPPED)
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
-    _expect(sock, Sync.GO)
     flags = 0
     for ns in namespaces:
         # The cgroup namespace is made by the init once it is in its cgroup: that is its root.
