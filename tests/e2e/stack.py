@@ -35,6 +35,10 @@ def accepts(path: Path) -> bool:
 class Stack:
     prefix: Path
     runtime: str
+    # None: the services run in the test's own network namespace (the default). A pinned namespace's
+    # path: they run inside it (its own iptables and bridge sysctls); the sockets are files, reachable
+    # from any namespace.
+    netns: Path | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
@@ -59,7 +63,8 @@ class Stack:
         with open(log_path, "ab") as log:
             env = dict(os.environ, SKIFF_LOG_FORMAT="json", SKIFF_CGROUP_PARENT=cgroup_parent(self.prefix),
                        **network_env(self.prefix))
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env,
+                                    preexec_fn=self._enter_netns if self.netns is not None else None)
         self.procs[module] = proc
 
         def ready() -> bool:
@@ -68,6 +73,16 @@ class Stack:
             return accepts(self.socket_of(module))
 
         wait_for(ready, 30, f"{module} socket")
+
+    def _enter_netns(self) -> None:
+        """In the forked child, before exec: join ``self.netns``."""
+        from services.daemon.network import _sys
+
+        fd = os.open(str(self.netns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _sys.setns(fd, _sys.CLONE_NEWNET, str(self.netns))
+        finally:
+            os.close(fd)
 
     def start_all(self) -> None:
         for module in SERVICES:
@@ -108,7 +123,12 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         remove_containers_and_processes(self.paths, self.runtime, self.prefix)
-        cleanup_networks(self.paths)
+        if self.netns is not None:
+            from services.daemon.network.netns import run_in_netns
+
+            run_in_netns(self.netns, lambda: cleanup_networks(self.paths))
+        else:
+            cleanup_networks(self.paths)
         remove_cgroup_parent(self.prefix)
         for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
             mount_point = line.split()[4]

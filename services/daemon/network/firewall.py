@@ -12,13 +12,24 @@ Layout, all idempotent (checked with ``-C`` before inserting):
   SKIFF-ISOLATION-1: per bridge: -i BR ! -o BR -j SKIFF-ISOLATION-2
   SKIFF-ISOLATION-2: per bridge: -o BR -j DROP      (one bridge never reaches another, as Docker does)
   nat POSTROUTING -> per subnet: -s SUBNET ! -o BR -j MASQUERADE
+
+The chains and the FORWARD jump are shared by every Skiff daemon of the network namespace (one per
+root prefix); ``remove_base_if_unused`` takes them away once no bridge has a rule left. That check and
+its removal, and every add, hold one host-wide lock, so a daemon adding its first network never has
+the chains deleted under it by another one removing its last.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import ipaddress
+import os
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from services.common.errors import FailedPrecondition, Internal
@@ -28,6 +39,8 @@ ISOLATION_1 = "SKIFF-ISOLATION-1"
 ISOLATION_2 = "SKIFF-ISOLATION-2"
 TIMEOUT = 10.0
 COMMENT = "skiff"
+LOCK_PATH = "/run/skiff-firewall.lock"
+LOCK_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +55,7 @@ def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
     if binary is None:
         raise FailedPrecondition("iptables is not installed: Skiff's bridges need it for forwarding and NAT")
     try:
-        return subprocess.run(
-            [binary, "-w", "5", *args], capture_output=True, text=True, timeout=TIMEOUT, check=False
-        )
+        return subprocess.run([binary, "-w", "5", *args], capture_output=True, text=True, timeout=TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         raise Internal(f"iptables {' '.join(args)}: no answer within {TIMEOUT:.0f}s") from None
 
@@ -83,6 +94,25 @@ def _delete(rule: Rule) -> None:
         _must("-t", rule.table, "-D", rule.chain, *rule.spec)
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """The host-wide firewall lock (flock), waited for at most ``LOCK_TIMEOUT`` seconds."""
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise Internal(f"firewall lock {LOCK_PATH}: {exc.strerror}") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def enable_ip_forward() -> None:
     with open("/proc/sys/net/ipv4/ip_forward", "r+") as f:
         if f.read().strip() != "1":
@@ -112,21 +142,37 @@ def network_rules(bridge: str, subnet: ipaddress.IPv4Network, masquerade: bool =
 
 
 def add_network(bridge: str, subnet: ipaddress.IPv4Network, masquerade: bool = True) -> None:
-    ensure_base()
-    added: list[Rule] = []
-    try:
-        for rule in network_rules(bridge, subnet, masquerade):
-            _insert(rule)
-            added.append(rule)
-    except BaseException:
-        for rule in reversed(added):  # nothing half-made: a network has all its rules or none
-            _delete(rule)
-        raise
+    with _locked():
+        ensure_base()
+        added: list[Rule] = []
+        try:
+            for rule in network_rules(bridge, subnet, masquerade):
+                _insert(rule)
+                added.append(rule)
+        except BaseException:
+            for rule in reversed(added):  # nothing half-made: a network has all its rules or none
+                _delete(rule)
+            raise
 
 
 def remove_network(bridge: str, subnet: ipaddress.IPv4Network) -> None:
     for rule in reversed(network_rules(bridge, subnet, masquerade=True)):
         _delete(rule)
+
+
+def remove_base_if_unused() -> bool:
+    """The FORWARD jump and the Skiff chains, once no bridge has a rule in them; True if removed."""
+    with _locked():
+        if bridges_with_rules():
+            return False
+        _delete(Rule("filter", "FORWARD", ("-j", FORWARD_CHAIN)))
+        for chain in (FORWARD_CHAIN, ISOLATION_1, ISOLATION_2):
+            if _iptables("-t", "filter", "-n", "-L", chain).returncode == 0:
+                _must("-t", "filter", "-F", chain)
+        for chain in (FORWARD_CHAIN, ISOLATION_1, ISOLATION_2):
+            if _iptables("-t", "filter", "-n", "-L", chain).returncode == 0:
+                _must("-t", "filter", "-X", chain)
+        return True
 
 
 def bridges_with_rules() -> set[str]:

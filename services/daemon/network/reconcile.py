@@ -45,9 +45,13 @@ def reconcile_sync(
     # root prefix on the same host keeps its devices.
     known = {p.network_id for p in ipam.pools()}
     for link in bridge.owned_links():
-        if link.kind == "endpoint" and link.network_id in known and (
-            link.container_id not in live_containers
-            or (live_networks is not None and link.network_id not in live_networks)
+        if (
+            link.kind == "endpoint"
+            and link.network_id in known
+            and (
+                link.container_id not in live_containers
+                or (live_networks is not None and link.network_id not in live_networks)
+            )
         ):
             bridge.detach(link.ifname)
             report.veths.append(link.ifname)
@@ -70,6 +74,8 @@ def reconcile_sync(
             if network_id not in live_networks:
                 ipam.remove_pool(network_id)
         _remove_stray_rules(report)
+        if firewall.remove_base_if_unused():  # the last Skiff network of the namespace is gone
+            report.rules.append(firewall.FORWARD_CHAIN)
     return report
 
 
