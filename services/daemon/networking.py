@@ -63,7 +63,7 @@ def parse_port(spec: str) -> tuple[int, str]:
     port, _, proto = spec.partition("/")
     proto = proto or "tcp"
     if proto not in ("tcp", "udp") or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgument(f"invalid port specification: \"{spec}\"")
+        raise InvalidArgument(f'invalid port specification: "{spec}"')
     return int(port), proto
 
 
@@ -72,7 +72,7 @@ def _host_port(text: str) -> int:
         return 0
     low = text.split("-", 1)[0]
     if not low.isdigit() or int(low) > 65535:
-        raise InvalidArgument(f"invalid host port: \"{text}\"")
+        raise InvalidArgument(f'invalid host port: "{text}"')
     return int(low)
 
 
@@ -117,13 +117,22 @@ class Networking:
         names = {n.name for n in self.networks.values()}
         for name, driver in (("host", "host"), ("none", "null")):
             if name not in names:
-                await self._save(Network(id=secrets.token_hex(32), name=name, driver=driver, scope="local",
-                                         created=_now()))
+                await self._save(
+                    Network(id=secrets.token_hex(32), name=name, driver=driver, scope="local", created=_now())
+                )
         if "bridge" not in names:
-            net = Network(id=secrets.token_hex(32), name="bridge", driver="bridge", scope="local", created=_now(),
-                          bridge=self.bridge_name,
-                          options={"com.docker.network.bridge.default_bridge": "true",
-                                   "com.docker.network.bridge.name": self.bridge_name})
+            net = Network(
+                id=secrets.token_hex(32),
+                name="bridge",
+                driver="bridge",
+                scope="local",
+                created=_now(),
+                bridge=self.bridge_name,
+                options={
+                    "com.docker.network.bridge.default_bridge": "true",
+                    "com.docker.network.bridge.name": self.bridge_name,
+                },
+            )
             await self._make_bridge(net, self.default_subnet, "")
             await self._save(net)
         for net in self.networks.values():
@@ -133,10 +142,14 @@ class Networking:
     async def restore(self) -> None:
         """After the containers are loaded: proxies again for the running ones, the rest reconciled away."""
         live = {cid for cid, e in self.manager.entries.items() if e.running and e.record.network_settings.sandbox_key}
-        report = await reconcile.reconcile(live_containers=live, live_networks=set(self.networks),
-                                           netns_dir=self.paths.netns, ipam=self.ipam, proxies=self.proxies)
-        log.info("network reconciled", veths=len(report.veths), netns=len(report.netns),
-                 bridges=len(report.bridges))
+        report = await reconcile.reconcile(
+            live_containers=live,
+            live_networks=set(self.networks),
+            netns_dir=self.paths.netns,
+            ipam=self.ipam,
+            proxies=self.proxies,
+        )
+        log.info("network reconciled", veths=len(report.veths), netns=len(report.netns), bridges=len(report.bridges))
         for cid in live:
             record = self.manager.entries[cid].record
             wanted = self._mappings_from_settings(record)
@@ -155,14 +168,20 @@ class Networking:
             pools = {p.network_id: p for p in self.ipam.pools()}
             pool = pools.get(net.id)
             if pool is None:
-                subnet = (ipaddress.IPv4Network(subnet_text) if subnet_text
-                          else choose_subnet(taken=[p.subnet for p in pools.values()]))
+                subnet = (
+                    ipaddress.IPv4Network(subnet_text)
+                    if subnet_text
+                    else choose_subnet(taken=[p.subnet for p in pools.values()])
+                )
                 gateway = ipaddress.IPv4Address(gateway_text) if gateway_text else None
                 pool = self.ipam.create_pool(net.id, subnet, gateway)
             net.subnet, net.gateway = str(pool.subnet), str(pool.gateway)
             try:
-                bridge.ensure_bridge(bridge.BridgeSpec(net.bridge, net.id, ipaddress.IPv4Interface(
-                    f"{pool.gateway}/{pool.subnet.prefixlen}"), MTU))
+                bridge.ensure_bridge(
+                    bridge.BridgeSpec(
+                        net.bridge, net.id, ipaddress.IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"), MTU
+                    )
+                )
                 firewall.add_network(net.bridge, pool.subnet, masquerade=not net.internal)
             except BaseException:
                 firewall.remove_network(net.bridge, pool.subnet)
@@ -200,7 +219,7 @@ class Networking:
 
     async def create(self, r: CreateNetworkRequest) -> Network:
         if not NAME_RE.match(r.name):
-            raise InvalidArgument(f"invalid network name: \"{r.name}\"")
+            raise InvalidArgument(f'invalid network name: "{r.name}"')
         if r.driver not in ("", "bridge"):
             raise InvalidArgument(f"network driver {r.driver} is not supported (bridge only)")
         async with self.lock:
@@ -208,9 +227,18 @@ class Networking:
                 raise Conflict(f"network with name {r.name} already exists")
             nid = secrets.token_hex(32)
             name = r.options.get("com.docker.network.bridge.name") or bridge.user_bridge_name(nid)
-            net = Network(id=nid, name=r.name, driver="bridge", scope="local", created=_now(), bridge=name,
-                          internal=r.internal, attachable=r.attachable, labels=dict(r.labels),
-                          options=dict(r.options))
+            net = Network(
+                id=nid,
+                name=r.name,
+                driver="bridge",
+                scope="local",
+                created=_now(),
+                bridge=name,
+                internal=r.internal,
+                attachable=r.attachable,
+                labels=dict(r.labels),
+                options=dict(r.options),
+            )
             await self._make_bridge(net, r.subnet, r.gateway)
             try:
                 await self._save(net)
@@ -233,8 +261,9 @@ class Networking:
 
     def inspect(self, ref: str) -> NetworkInspect:
         net = self.get(ref)
-        members = [NetworkMember(container_id=e.record.id, name=e.record.name, endpoint=ep)
-                   for e, ep in self.members(net.id)]
+        members = [
+            NetworkMember(container_id=e.record.id, name=e.record.name, endpoint=ep) for e, ep in self.members(net.id)
+        ]
         return NetworkInspect(network=net, containers=members)
 
     async def remove(self, ref: str) -> None:
@@ -246,8 +275,9 @@ class Networking:
                 raise Conflict(f"error while removing network: network {net.name} id {net.id} has active endpoints")
             users = [e.record.name for e in self.manager.entries.values() if net.name in self._wanted(e.record)]
             if users:
-                raise Conflict(f"error while removing network: network {net.name} id {net.id} is in use by "
-                               f"container {users[0]}")
+                raise Conflict(
+                    f"error while removing network: network {net.name} id {net.id} is in use by container {users[0]}"
+                )
             await asyncio.to_thread(self.records.delete, net.id)
             self.networks.pop(net.id, None)
             await self._drop_bridge(net)
@@ -314,10 +344,16 @@ class Networking:
                     peers.append(dns.HostEntry(oep.ip_address, tuple(dict.fromkeys(names))))
         own = () if first is None else tuple(a for a in first.aliases if a)
         return dns.ContainerDns(
-            hostname=cfg.hostname or record.id[:12], address=first.ip_address if first else None,
-            own_names=own, domainname=cfg.domainname, peers=tuple(peers),
-            extra_hosts=tuple(dns.parse_add_host(h) for h in host.extra_hosts), dns=tuple(host.dns),
-            dns_search=tuple(host.dns_search), dns_options=tuple(host.dns_options))
+            hostname=cfg.hostname or record.id[:12],
+            address=first.ip_address if first else None,
+            own_names=own,
+            domainname=cfg.domainname,
+            peers=tuple(peers),
+            extra_hosts=tuple(dns.parse_add_host(h) for h in host.extra_hosts),
+            dns=tuple(host.dns),
+            dns_search=tuple(host.dns_search),
+            dns_options=tuple(host.dns_options),
+        )
 
     async def setup(self, record: Container) -> None:
         """Everything the container's network needs before its task starts; all or nothing."""
@@ -349,8 +385,12 @@ class Networking:
             wanted = self._mappings(record)
             if wanted:
                 started = await self.proxies.publish(record.id, wanted)
-                settings.ports = [PortBinding(container_port=f"{m.container_port}/{m.proto}", host_ip=m.host_ip,
-                                              host_port=str(m.host_port)) for m in started]
+                settings.ports = [
+                    PortBinding(
+                        container_port=f"{m.container_port}/{m.proto}", host_ip=m.host_ip, host_port=str(m.host_port)
+                    )
+                    for m in started
+                ]
             await asyncio.to_thread(self._patch_bundle, record, path)
         except BaseException:
             await self.teardown(record)
@@ -369,10 +409,17 @@ class Networking:
         addr = await asyncio.to_thread(self.ipam.allocate, net.id, record.id, wanted_ip)
         try:
             ep = await asyncio.to_thread(
-                bridge.attach, container_id=record.id, network_id=net.id, bridge=net.bridge,
-                netns_path=Path(record.network_settings.sandbox_key), address=addr,
-                gateway=ipaddress.IPv4Address(net.gateway), ifname=f"eth{index}", default_route=(index == 0),
-                mtu=MTU)
+                bridge.attach,
+                container_id=record.id,
+                network_id=net.id,
+                bridge=net.bridge,
+                netns_path=Path(record.network_settings.sandbox_key),
+                address=addr,
+                gateway=ipaddress.IPv4Address(net.gateway),
+                ifname=f"eth{index}",
+                default_route=(index == 0),
+                mtu=MTU,
+            )
         except BaseException:
             await asyncio.to_thread(self.ipam.release, net.id, record.id)
             raise
@@ -380,9 +427,17 @@ class Networking:
         if net.name != "bridge":
             aliases += [a for a in (record.id[:12],) if a not in aliases]
         settings = EndpointSettings(
-            network_id=net.id, network_name=net.name, endpoint_id=secrets.token_hex(32),
-            ip_address=str(addr.ip), prefix_len=addr.network.prefixlen, gateway=net.gateway, mac_address=ep.mac,
-            aliases=aliases, host_ifname=ep.host_ifname, ifname=ep.ifname)
+            network_id=net.id,
+            network_name=net.name,
+            endpoint_id=secrets.token_hex(32),
+            ip_address=str(addr.ip),
+            prefix_len=addr.network.prefixlen,
+            gateway=net.gateway,
+            mac_address=ep.mac,
+            aliases=aliases,
+            host_ifname=ep.host_ifname,
+            ifname=ep.ifname,
+        )
         record.network_settings.endpoints.append(settings)
         return settings
 
@@ -401,8 +456,9 @@ class Networking:
         mappings = []
         for b in bindings:
             port, proto = parse_port(b.container_port)
-            mappings.append(PortMapping(proto, b.host_ip or "0.0.0.0", _host_port(b.host_port),
-                                        eps[0].ip_address, port))
+            mappings.append(
+                PortMapping(proto, b.host_ip or "0.0.0.0", _host_port(b.host_port), eps[0].ip_address, port)
+            )
         return mappings
 
     def _mappings_from_settings(self, record: Container) -> list[PortMapping]:
@@ -426,8 +482,13 @@ class Networking:
         mounts = [m for m in spec["mounts"] if m["destination"] not in ours]
         s = record.network_settings
         if s.hosts_path:
-            mounts += dns.bind_mounts({"/etc/hosts": Path(s.hosts_path), "/etc/hostname": Path(s.hostname_path),
-                                       "/etc/resolv.conf": Path(s.resolv_conf_path)})
+            mounts += dns.bind_mounts(
+                {
+                    "/etc/hosts": Path(s.hosts_path),
+                    "/etc/hostname": Path(s.hostname_path),
+                    "/etc/resolv.conf": Path(s.resolv_conf_path),
+                }
+            )
         spec["mounts"] = mounts
         tmp = config_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(spec))
@@ -448,8 +509,9 @@ class Networking:
 
         await asyncio.to_thread(release)
         files = (settings.hosts_path, settings.hostname_path, settings.resolv_conf_path)
-        record.network_settings = NetworkSettings(hosts_path=files[0], hostname_path=files[1],
-                                                  resolv_conf_path=files[2])
+        record.network_settings = NetworkSettings(
+            hosts_path=files[0], hostname_path=files[1], resolv_conf_path=files[2]
+        )
         for nid in left:
             await self._refresh_network(nid)
 
@@ -475,11 +537,14 @@ class Networking:
         record = entry.record
         mode = self._mode(record.config)
         if mode in ("host", "none") or mode.startswith("container:"):
-            raise InvalidArgument(f"container sharing network namespace with another container or host cannot "
-                                  f"be connected to any other network ({mode})")
+            raise InvalidArgument(
+                f"container sharing network namespace with another container or host cannot "
+                f"be connected to any other network ({mode})"
+            )
         async with entry.lock:
-            if net.name in self._wanted(record) and (not entry.running or any(
-                    ep.network_id == net.id for ep in record.network_settings.endpoints)):
+            if net.name in self._wanted(record) and (
+                not entry.running or any(ep.network_id == net.id for ep in record.network_settings.endpoints)
+            ):
                 raise Conflict(f"endpoint with name {record.name} already exists in network {net.name}")
             if entry.running:
                 index = max((int(ep.ifname[3:]) for ep in record.network_settings.endpoints), default=-1) + 1
@@ -502,12 +567,14 @@ class Networking:
             for ep in eps:
                 await asyncio.to_thread(bridge.detach, ep.host_ifname)
                 await asyncio.to_thread(self.ipam.release, net.id, record.id)
-            record.network_settings.endpoints = [ep for ep in record.network_settings.endpoints
-                                                 if ep.network_id != net.id]
+            record.network_settings.endpoints = [
+                ep for ep in record.network_settings.endpoints if ep.network_id != net.id
+            ]
             record.config.host.endpoints.pop(net.name, None)
             if self._mode(record.config) == net.name:
-                record.config.host.network_mode = "none" if not record.config.host.endpoints else next(
-                    iter(record.config.host.endpoints))
+                record.config.host.network_mode = (
+                    "none" if not record.config.host.endpoints else next(iter(record.config.host.endpoints))
+                )
             await asyncio.to_thread(self.manager.store.save, record)
         await self._refresh_network(net.id)
 
