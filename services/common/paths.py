@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT_ENV = "SKIFF_ROOT"
+# Registry CAs and client certificates per host[:port], as Docker's /etc/docker/certs.d.
+CERTS_D_ENV = "SKIFF_CERTS_D"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,18 @@ class Paths:
     @property
     def lib(self) -> Path:
         return self.prefix / "var" / "lib" / "skiff"
+
+    @property
+    def etc(self) -> Path:
+        return self.prefix / "etc" / "skiff"
+
+    @property
+    def certs_d(self) -> Path:
+        """``<etc>/certs.d/<host:port>/``: ``*.crt`` CAs, ``*.cert`` + ``*.key`` client pairs.
+
+        ``$SKIFF_CERTS_D`` names another folder (used as given, not moved under the prefix)."""
+        override = os.environ.get(CERTS_D_ENV)
+        return Path(override) if override else self.etc / "certs.d"
 
     @property
     def lowlevel_state(self) -> Path:
