@@ -99,9 +99,15 @@ class _UdpListener(asyncio.DatagramProtocol):
         self.flows: dict[tuple[str, int], _UdpFlow] = {}
         self.pending: dict[tuple[str, int], list[bytes]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The socket is really closed only now, a loop iteration after transport.close(): the port is free.
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         flow = self.flows.get(addr)
@@ -240,6 +246,11 @@ class PortProxy:
             server.close()
         for listener in self._udp:
             listener.close()
+        if self._udp:
+            # close() returns with the ports free: a restart that publishes the same port again never races
+            # the listener's socket still being open (EADDRINUSE, "port is already allocated").
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(u.closed for u in self._udp)), 5)
         for task in list(self._conns):
             task.cancel()
         if self._conns:
