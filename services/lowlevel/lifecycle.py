@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import _signal as signal
 import os
-import select
 
 from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.lowlevel import hooks, state
-from services.lowlevel.cgroups import Cgroup, open_cgroup
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from services.lowlevel.cgroups import Cgroup
 
 
 START_TIMEOUT = 10.0
@@ -26,6 +26,8 @@ def load_spec_of(root: str, container_id: str) -> dict[str, Any]:
 
 
 def cgroup_of(st: state.ContainerState) -> Cgroup:
+    from services.lowlevel.cgroups import open_cgroup  # start does not need it
+
     return open_cgroup(st.cgroups_path or None, st.id)
 
 
@@ -37,14 +39,7 @@ def start(root: str, container_id: str) -> state.ContainerState:
     if status != state.Status.CREATED:
         raise FailedPrecondition(f"cannot start an already {status} container")
     fifo = os.path.join(state.container_dir(root, container_id), state.EXEC_FIFO)
-    # Non-blocking open and a bounded poll: an init that died must not hang ``start``.
-    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        ready, _, _ = select.select([fd], [], [], START_TIMEOUT)
-        data = os.read(fd, 1) if ready else b""
-    finally:
-        os.close(fd)
-    if data != b"0":
+    if _read_exec_fifo(fifo) != b"0":
         raise FailedPrecondition("cannot start container: its init process is gone")
     os.unlink(fifo)
     st.status = state.Status.RUNNING
@@ -57,6 +52,36 @@ def start(root: str, container_id: str) -> state.ContainerState:
         kill(root, container_id, signal.SIGKILL, all_processes=True)
         raise
     return st
+
+
+class _FifoTimeout(Exception):
+    pass
+
+
+def _fifo_timeout(signum: int, frame: object) -> None:
+    raise _FifoTimeout
+
+
+def _read_exec_fifo(fifo: str) -> bytes:
+    """The init's byte, or b"" when it is gone; bounded by START_TIMEOUT.
+
+    Blocking open and read, cut off by SIGALRM (``select`` would cost an import a launch): the
+    open waits for the init's open for writing (it may not be there yet right after create),
+    the read for its byte, or end of file if it died meanwhile.
+    """
+    previous = signal.signal(signal.SIGALRM, _fifo_timeout)
+    signal.alarm(int(START_TIMEOUT))
+    try:
+        fd = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.read(fd, 1)
+        finally:
+            os.close(fd)
+    except _FifoTimeout:
+        return b""
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
 
 
 def parse_signal(value: str) -> int:
