@@ -157,11 +157,11 @@ async def wait(request: web.Request) -> web.StreamResponse:
 
 async def list_(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"))
-    reply = await call(backend(request).containers.list(ListRequest(
+    reply = await call(backend(request).containers.list_summaries(ListRequest(
         all=flag(request, "all"), limit=int_query(request, "limit", 0) or 0,
         filters=ListFilters(id=filters.get("id", []), name=filters.get("name", []),
                             label=filters.get("label", []), status=filters.get("status", [])))))
-    return web.json_response([models.container_summary(c) for c in reply.containers])
+    return web.Response(body=reply.json, content_type="application/json")
 
 
 async def inspect(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, grpc_errors
 from services.daemon.containers import ContainerManager
 from services.daemon.images import ImagesService
+from services.daemon.summaries import summaries_json
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     AttachRequest,
@@ -30,6 +31,7 @@ from services.gen.skiff.daemon.v1 import (
     KillRequest,
     ListRequest,
     ListResponse,
+    ListSummariesResponse,
     LogEntry,
     LogsRequest,
     RemoveRequest,
@@ -88,6 +90,11 @@ class ContainersService(ContainersBase):
     async def list(self, list_request: ListRequest) -> ListResponse:
         r = list_request
         return ListResponse(containers=self.manager.list(r.all, r.filters, r.limit))
+
+    @grpc_errors
+    async def list_summaries(self, list_request: ListRequest) -> ListSummariesResponse:
+        r = list_request
+        return ListSummariesResponse(json=summaries_json(self.manager.list(r.all, r.filters, r.limit)))
 
     @grpc_errors
     async def inspect(self, container_ref: ContainerRef) -> Container:

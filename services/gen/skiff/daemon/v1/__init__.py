@@ -592,6 +592,11 @@ class ListResponse(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class ListSummariesResponse(betterproto.Message):
+    json: bytes = betterproto.bytes_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class LogsRequest(betterproto.Message):
     id: str = betterproto.string_field(1)
     follow: bool = betterproto.bool_field(2)
@@ -1201,6 +1206,23 @@ class ContainersStub(betterproto.ServiceStub):
             "/skiff.daemon.v1.Containers/List",
             list_request,
             ListResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_summaries(
+        self,
+        list_request: "ListRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListSummariesResponse":
+        return await self._unary_unary(
+            "/skiff.daemon.v1.Containers/ListSummaries",
+            list_request,
+            ListSummariesResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2096,6 +2118,11 @@ class ContainersBase(ServiceBase):
     async def list(self, list_request: "ListRequest") -> "ListResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def list_summaries(
+        self, list_request: "ListRequest"
+    ) -> "ListSummariesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def inspect(self, container_ref: "ContainerRef") -> "Container":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -2158,6 +2185,13 @@ class ContainersBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.list(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_summaries(
+        self, stream: "grpclib.server.Stream[ListRequest, ListSummariesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_summaries(request)
         await stream.send_message(response)
 
     async def __rpc_inspect(
@@ -2230,6 +2264,12 @@ class ContainersBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListRequest,
                 ListResponse,
+            ),
+            "/skiff.daemon.v1.Containers/ListSummaries": grpclib.const.Handler(
+                self.__rpc_list_summaries,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListRequest,
+                ListSummariesResponse,
             ),
             "/skiff.daemon.v1.Containers/Inspect": grpclib.const.Handler(
                 self.__rpc_inspect,
