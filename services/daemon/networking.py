@@ -167,6 +167,7 @@ class Networking:
         def make() -> None:
             pools = {p.network_id: p for p in self.ipam.pools()}
             pool = pools.get(net.id)
+            new = pool is None
             if pool is None:
                 subnet = (
                     ipaddress.IPv4Network(subnet_text)
@@ -184,9 +185,12 @@ class Networking:
                 )
                 firewall.add_network(net.bridge, pool.subnet, masquerade=not net.internal)
             except BaseException:
-                firewall.remove_network(net.bridge, pool.subnet)
-                bridge.delete_bridge(net.bridge)
-                self.ipam.remove_pool(net.id)
+                # Undo only a network being created now. An existing one (daemon start) keeps its bridge and its
+                # pool: containers may be running on them, and the next start tries the rules again.
+                if new:
+                    firewall.remove_network(net.bridge, pool.subnet)
+                    bridge.delete_bridge(net.bridge)
+                    self.ipam.remove_pool(net.id)
                 raise
 
         try:

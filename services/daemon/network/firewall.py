@@ -91,7 +91,10 @@ def _delete(rule: Rule) -> None:
     for _ in range(8):
         if not _exists(rule):
             return
-        _must("-t", rule.table, "-D", rule.chain, *rule.spec)
+        done = _iptables("-t", rule.table, "-D", rule.chain, *rule.spec)
+        # Another daemon's reconcile may have removed it between the check and here: gone is what we wanted.
+        if done.returncode != 0 and _exists(rule):
+            raise Internal(f"iptables -D {rule.chain} {' '.join(rule.spec)}: {done.stderr.strip()}")
 
 
 @contextlib.contextmanager
