@@ -1,16 +1,20 @@
 """POST /auth (docker login): the credentials are checked against the registry's /v2/ endpoint.
 
-Nothing is stored: the CLI keeps them and sends X-Registry-Auth with each pull and push."""
+Nothing is stored: the CLI keeps them and sends X-Registry-Auth with each pull and push. TLS trusts
+what ``certs.d/<host:port>/`` holds, as pulls and pushes do."""
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from services.apiserver.server import Routes
+from services.apiserver.server import Routes, backend
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.registry_tls import CertificateError, ssl_context, x509_message
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 
@@ -30,9 +34,14 @@ def _loopback(host: str) -> bool:
         return False
 
 
-async def _status(url: str, auth: aiohttp.BasicAuth) -> int:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, session.get(url, auth=auth) as reply:
-        return reply.status
+async def _status(url: str, auth: aiohttp.BasicAuth, host: str, certs_d: Path) -> int:
+    tls: ssl.SSLContext | bool = ssl_context(certs_d, host) if url.startswith("https://") else False
+    try:
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session, session.get(url, auth=auth, ssl=tls) as reply:
+            return reply.status
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # Untrusted is an answer, not a reason to try plain http: dockerd's 500 with Go's x509 wording.
+        raise CertificateError(x509_message("GET", url, exc, host, certs_d)) from None
 
 
 async def login(request: web.Request) -> web.Response:
@@ -47,9 +56,10 @@ async def login(request: web.Request) -> web.Response:
     # Like Docker: https first; plain http only for a loopback registry (127.0.0.0/8 is insecure by default).
     schemes = ["https", "http"] if _loopback(host) else ["https"]
     last = ""
+    certs_d = backend(request).config.paths.certs_d
     for scheme in schemes:
         try:
-            status = await _status(f"{scheme}://{host}/v2/", auth)
+            status = await _status(f"{scheme}://{host}/v2/", auth, host, certs_d)
         except (aiohttp.ClientError, TimeoutError) as exc:
             last = str(exc)
             continue

@@ -95,7 +95,7 @@ class ImageManager:
         self.content = ContentStore(lib / "content")
         self.store = ImageStore(lib / "images")
         self.snapshots = Snapshotter(lib / "snapshots", driver, limits)
-        self.registry_options = registry_options or RegistryOptions()
+        self.registry_options = registry_options or RegistryOptions(certs_d=paths.certs_d)
         self.tmp = lib / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
 

@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urljoin
 import aiohttp
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError, Unavailable
+from services.common.registry_tls import CertificateError, ssl_context, x509_message
 from services.highlevel.content.store import BlobWriter, DigestMismatch
 from services.highlevel.images.manifest import ACCEPT, Descriptor, sha256_digest
 from services.highlevel.images.progress import ProgressEvent, ProgressFn, ProgressStatus, no_progress, short_id
@@ -41,7 +42,8 @@ class Credentials:
 
 @dataclass(frozen=True, slots=True)
 class RegistryOptions:
-    ca_file: Path | None = None
+    ca_file: Path | None = None  # trusted for every registry
+    certs_d: Path | None = None  # <certs_d>/<host:port>/: CAs and client certificates of one registry
     # None: https, and for a loopback host only, plain http when https does not answer (as Docker).
     plain_http: bool | None = None
     connect_timeout: float = 15.0
@@ -85,17 +87,33 @@ class RegistryClient:
         self.credentials = credentials or {}
         self._session: aiohttp.ClientSession | None = None
         self._hosts: dict[str, _HostState] = {}
+        self._ssl: dict[str, ssl.SSLContext] = {}
+
+    def ssl_for(self, host: str) -> ssl.SSLContext:
+        """This registry's trust: the system's, the configured CA, and its certs.d folder (read once)."""
+        ctx = self._ssl.get(host)
+        if ctx is None:
+            ctx = self._ssl[host] = ssl_context(self.options.certs_d, host, self.options.ca_file)
+        return ctx
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        """One request with the TLS settings of its host; an untrusted certificate is told as Docker does
+        (and not retried: it will not get better)."""
+        host = _url_host(url)
+        if url.startswith("https://"):
+            kwargs["ssl"] = self.ssl_for(host)
+        try:
+            return await self.session.request(method, url, **kwargs)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise CertificateError(x509_message(method, url, exc, host, self.options.certs_d)) from None
 
     async def __aenter__(self) -> RegistryClient:
-        ctx: ssl.SSLContext | bool = True
-        if self.options.ca_file is not None:
-            ctx = ssl.create_default_context(cafile=str(self.options.ca_file))
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.options.connect_timeout, sock_connect=self.options.connect_timeout,
             sock_read=self.options.read_timeout,
         )
         self._session = aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(ssl=ctx, limit=16), auto_decompress=False,
+            timeout=timeout, connector=aiohttp.TCPConnector(limit=16), auto_decompress=False,
         )
         return self
 
@@ -122,8 +140,9 @@ class RegistryClient:
         plain = self.options.plain_http
         if plain is None and _is_loopback(host):
             # Try TLS first; a loopback registry without it is still reachable (Docker does this).
+            # An untrusted certificate is an error (CertificateError), not a reason to go plain.
             try:
-                async with self.session.get(f"https://{host}/v2/", allow_redirects=False) as resp:
+                async with await self._send("GET", f"https://{host}/v2/", allow_redirects=False) as resp:
                     await resp.read()
                 plain = False
             except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError, aiohttp.ServerDisconnectedError,
@@ -160,7 +179,7 @@ class RegistryClient:
                 f"{creds.username}:{creds.password}".encode()).decode()
         url = params["realm"] + ("?" + urlencode(query) if query else "")
         try:
-            async with self.session.get(url, headers=headers) as resp:
+            async with await self._send("GET", url, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status in (401, 403):
                     raise AuthError(f"registry {host}: authentication refused by {params['realm']}")
@@ -188,7 +207,7 @@ class RegistryClient:
         url = path_or_url if path_or_url.startswith("http") else base + path_or_url
         for attempt in range(2):
             all_headers = {**(headers or {}), **self._auth_header(host, scopes)}
-            resp = await self.session.request(method, url, headers=all_headers, data=data)
+            resp = await self._send(method, url, headers=all_headers, data=data)
             if resp.status == 401 and attempt == 0 and "WWW-Authenticate" in resp.headers:
                 challenge = resp.headers["WWW-Authenticate"]
                 resp.release()
@@ -347,6 +366,10 @@ class RegistryClient:
         async with resp:
             for name in (await resp.json()).get("repositories", []):
                 yield name
+
+
+def _url_host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
 
 
 def _with_query(location: str, **params: str) -> str:
