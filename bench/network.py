@@ -59,8 +59,12 @@ def bench_setup(prefix: Path, runs: int) -> tuple[float, float]:
             path = netns.create(netns_dir, cid)
             address = ipam.allocate(pool.network_id, cid)
             ep = bridge.attach(
-                container_id=cid, network_id=pool.network_id, bridge=name, netns_path=path,
-                address=address, gateway=pool.gateway,
+                container_id=cid,
+                network_id=pool.network_id,
+                bridge=name,
+                netns_path=path,
+                address=address,
+                gateway=pool.gateway,
             )
             bridge_times.append(time.perf_counter() - t)
             bridge.detach(ep.host_ifname)

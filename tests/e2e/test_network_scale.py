@@ -65,8 +65,11 @@ def user_network(client: docker.DockerClient, subnet: ipaddress.IPv4Network | No
 
 def endpoint_veths(network_id: str) -> dict[str, str]:
     """Host-side veths on the network, read from the kernel: ifname -> owning container id."""
-    return {link.ifname: link.container_id or "" for link in bridge.owned_links()
-            if link.kind == "endpoint" and link.network_id == network_id}
+    return {
+        link.ifname: link.container_id or ""
+        for link in bridge.owned_links()
+        if link.kind == "endpoint" and link.network_id == network_id
+    }
 
 
 def bridge_ports(network_id: str) -> set[str]:
@@ -150,8 +153,14 @@ def test_fifty_concurrent_on_one_network(stack: Stack, client: docker.DockerClie
             t0 = time.monotonic()
 
             def run(i: int) -> Any:
-                return pooled.containers.run("busybox", ["sleep", "300"], detach=True, network=net.name,
-                                             name=f"{net.name}-{i}", ports={"80/tcp": ("127.0.0.1", None)})
+                return pooled.containers.run(
+                    "busybox",
+                    ["sleep", "300"],
+                    detach=True,
+                    network=net.name,
+                    name=f"{net.name}-{i}",
+                    ports={"80/tcp": ("127.0.0.1", None)},
+                )
 
             started = list(pool.map(run, range(count)))
             start_time = time.monotonic() - t0
@@ -201,15 +210,24 @@ def test_daemon_sigkill_during_concurrent_runs(stack: Stack, client: docker.Dock
             with ThreadPoolExecutor(count) as pool:
 
                 def run(i: int) -> Any:
-                    return pooled.containers.run("busybox", ["sleep", "300"], detach=True, network=net.name,
-                                                 name=f"{net.name}-{i}", ports={"80/tcp": ("127.0.0.1", None)})
+                    return pooled.containers.run(
+                        "busybox",
+                        ["sleep", "300"],
+                        detach=True,
+                        network=net.name,
+                        name=f"{net.name}-{i}",
+                        ports={"80/tcp": ("127.0.0.1", None)},
+                    )
 
                 futures = [pool.submit(run, i) for i in range(count)]
                 # in the middle: half of the endpoints made (early: inside network setup, none started yet)
                 # or a quarter of the runs returned (late: some running, the rest in flight)
                 if kill_when == "endpoints":
-                    poll(lambda: len(endpoint_veths(net.id)) >= count // 2 or all(f.done() for f in futures), 60,
-                         "half of the endpoints")
+                    poll(
+                        lambda: len(endpoint_veths(net.id)) >= count // 2 or all(f.done() for f in futures),
+                        60,
+                        "half of the endpoints",
+                    )
                 else:
                     poll(lambda: sum(f.done() for f in futures) >= count // 4, 60, "a quarter of the runs")
                 daemon = stack.procs["services.daemon"]
@@ -229,8 +247,10 @@ def test_daemon_sigkill_during_concurrent_runs(stack: Stack, client: docker.Dock
 
             poll(lambda: settled() is not None, 30, "the api after the daemon restart")
             everything = client.containers.list(all=True)
-            print(f"after the restart: {len(everything)} containers, "
-                  f"{sum(c.status == 'running' for c in everything)} running")
+            print(
+                f"after the restart: {len(everything)} containers, "
+                f"{sum(c.status == 'running' for c in everything)} running"
+            )
             running = {c.id for c in everything if c.status == "running"}
             existing = {c.id for c in everything}
             # exactly the running containers have networking: a veth on the test's network and a netns file
@@ -254,9 +274,13 @@ def test_daemon_sigkill_during_concurrent_runs(stack: Stack, client: docker.Dock
                     networks = c.attrs["NetworkSettings"]["Networks"] or {}
                     assert (networks.get(net.name) or {}).get("IPAddress", "") == "", (c.id, networks)
             # and nothing else: no endpoint on any of the stack's networks owned by a container that is gone
-            orphans = [link for link in bridge.owned_links()
-                       if link.kind == "endpoint" and link.container_id not in existing
-                       and link.network_id in {n.id for n in client.networks.list()}]
+            orphans = [
+                link
+                for link in bridge.owned_links()
+                if link.kind == "endpoint"
+                and link.container_id not in existing
+                and link.network_id in {n.id for n in client.networks.list()}
+            ]
             assert orphans == []
             # the survivors are usable: removing them releases everything
             for c in everything:
@@ -295,8 +319,9 @@ def test_static_ip_and_publish_all(stack: Stack, client: docker.DockerClient) ->
         # real traffic from the host to the static address over the test's bridge
         assert b"ok" in http_get(static, 80, time.monotonic() + 15)
         # the same address again: refused, and no half-started container holding anything
-        clash = cli(stack, "run", "-d", "--name", f"clash-{name}", "--network", name, "--ip", static,
-                    "busybox", "sleep", "300")
+        clash = cli(
+            stack, "run", "-d", "--name", f"clash-{name}", "--network", name, "--ip", static, "busybox", "sleep", "300"
+        )
         assert clash.returncode != 0, clash.stdout
         clash_info = json.loads(ok(stack, "inspect", f"clash-{name}"))[0]
         assert clash_info["State"]["Running"] is False

@@ -95,9 +95,11 @@ class World:
         self.endpoints.append(ep)
         return ep
 
-    def start(self, args: list[str], *, cid: str, netns_path: Path, dns: ContainerDns | None = None,
-              www: str | None = None) -> Path:
+    def start(
+        self, args: list[str], *, cid: str, netns_path: Path, dns: ContainerDns | None = None, www: str | None = None
+    ) -> Path:
         """A running busybox container joined to ``netns_path``; returns its bundle."""
+
         def edit(spec: dict[str, Any]) -> None:
             spec["linux"]["namespaces"] = [
                 {"type": "network", "path": str(netns_path)} if ns["type"] == "network" else ns

@@ -34,8 +34,12 @@ def test_concurrent_endpoints_get_unique_addresses_and_all_are_released(world: W
         path = netns.create(world.netns_dir, cid)
         address = world.ipam.allocate(net.network_id, cid)
         return bridge.attach(
-            container_id=cid, network_id=net.network_id, bridge=net.bridge, netns_path=path,
-            address=address, gateway=net.gateway,
+            container_id=cid,
+            network_id=net.network_id,
+            bridge=net.bridge,
+            netns_path=path,
+            address=address,
+            gateway=net.gateway,
         )
 
     def down(ep: bridge.Endpoint) -> None:
@@ -111,7 +115,10 @@ def test_reconcile_after_crash_removes_exactly_the_orphans(world: World) -> None
     # A second pass finds nothing more to do.
     again = world.run(
         reconcile(
-            live_containers=live, live_networks={net.network_id}, netns_dir=world.netns_dir, ipam=world.ipam,
+            live_containers=live,
+            live_networks={net.network_id},
+            netns_dir=world.netns_dir,
+            ipam=world.ipam,
             proxies=world.proxies,
         )
     )

@@ -189,4 +189,3 @@ def test_port_in_use_is_a_conflict_and_leaves_nothing(world: World) -> None:
     assert "c-conflict" not in world.proxies.proxies
     with socket.socket() as s:  # the first mapping's listener was closed, not left half-started
         s.bind(("127.0.0.1", first_port))
-
