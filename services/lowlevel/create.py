@@ -14,7 +14,7 @@ import os
 
 from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError
-from services.lowlevel import hooks, mounts, state
+from services.lowlevel import hooks, mounts, prime, state
 from services.lowlevel import syscalls as sc
 from services.lowlevel.cgroups import Cgroup, open_cgroup
 from services.lowlevel.process import (
@@ -272,6 +272,7 @@ def _spawn(
         # needs to be inside. The message also orders the socket: the init speaks only after
         # the intermediate's INIT_PID has been read.
         cgroup.add(init_pid)
+        prime.done()
         _send(parent_sock, Sync.CGROUP_JOINED)
         if not direct:
             os.waitpid(pid, 0)

@@ -7,7 +7,7 @@ import os
 
 from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.lowlevel import state
+from services.lowlevel import prime, state
 from services.lowlevel import syscalls as sc
 from services.lowlevel.create import Sync, _child_main, _expect, _send
 from services.lowlevel.lifecycle import cgroup_of, load_spec_of
@@ -135,6 +135,7 @@ def exec_in_container(opts: ExecOptions) -> int:
         console.close()
     try:
         cgroup_of(st).add(pid)
+        prime.done()
         _send(parent_sock, Sync.GO)
         exec_pid = int(_expect(parent_sock, Sync.INIT_PID))
         # The process speaks only after this: its READY can never overtake INIT_PID.
