@@ -64,7 +64,7 @@ def _recv(sock: socket.socket, timeout: float = READY_TIMEOUT) -> tuple[str, Any
         raise Internal("container init did not answer in time") from None
     if not raw:
         raise Internal("container init exited before it was ready")
-    kind, payload = json.loads(raw)
+    kind, payload = json.loads(raw.decode())  # str: no utf-8-sig codec import
     return kind, payload
 
 

@@ -22,7 +22,7 @@ START_TIMEOUT = 10.0
 
 def load_spec_of(root: str, container_id: str) -> dict[str, Any]:
     with open(os.path.join(state.container_dir(root, container_id), state.CONFIG_FILE), "rb") as f:
-        return json.loads(f.read())
+        return json.loads(f.read().decode())  # written by us: no BOM, no utf-8-sig codec import
 
 
 def cgroup_of(st: state.ContainerState) -> Cgroup:

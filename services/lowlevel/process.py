@@ -8,6 +8,7 @@ folder; the executable is looked up before the parent is told all went well.
 from __future__ import annotations
 
 import os
+import sys
 
 from services.common.errors import InvalidArgument, NotFound, SyscallError
 from services.lowlevel import capabilities
@@ -42,8 +43,6 @@ _RLIMITS = {
 
 def preload_modules(process: dict[str, Any], seccomp: dict[str, Any] | None, spec_hooks: dict[str, Any] | None) -> None:
     """Import now what the last steps need: after pivot_root or setns the stdlib is out of sight."""
-    if process.get("rlimits"):
-        import resource  # noqa: F401
     if seccomp:
         from services.lowlevel.seccomp import preload
 
@@ -70,17 +69,36 @@ def env_dict(process: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+_RLIM_INFINITY = (1 << 64) - 1
+
+
+def _rlim(value: object) -> int:
+    """An OCI limit (uint64) as rlim_t; -1, as the resource module allows, is unlimited."""
+    number = int(value)  # type: ignore[call-overload]
+    if number == -1:
+        return _RLIM_INFINITY
+    if not 0 <= number <= _RLIM_INFINITY:
+        raise ValueError(f"{number} is out of range")
+    return number
+
+
 def set_rlimits(process: dict[str, Any]) -> None:
+    """setrlimit(2) through libc (the resource module is one more import a launch)."""
     rlimits = process.get("rlimits") or []
     if not rlimits:
         return
-    import resource  # preloaded (preload_modules): the container's root has no stdlib
+    from services.lowlevel.libc import get_errno, libc
 
+    lib = libc()
     for rl in rlimits:
         try:
-            resource.setrlimit(_RLIMITS[rl["type"]], (int(rl["soft"]), int(rl["hard"])))
-        except (ValueError, OSError) as e:
+            soft, hard = _rlim(rl["soft"]), _rlim(rl["hard"])
+        except (ValueError, TypeError) as e:
             raise InvalidArgument(f"setrlimit {rl['type']}: {e}") from None
+        # struct rlimit: rlim_cur, rlim_max, two native 64-bit unsigned integers.
+        limits = soft.to_bytes(8, sys.byteorder) + hard.to_bytes(8, sys.byteorder)
+        if lib.setrlimit(_RLIMITS[rl["type"]], limits) != 0:
+            raise InvalidArgument(f"setrlimit {rl['type']}: {os.strerror(get_errno())}")
 
 
 def set_oom_score_adj(value: int | None) -> None:

@@ -100,7 +100,8 @@ def load_spec(bundle: str) -> dict[str, Any]:
     except OSError as e:
         raise InvalidArgument(f"open {path}: {e.strerror}") from None
     try:
-        spec = json.loads(raw)
+        # A BOM is tolerated (as by utf-8-sig, whose codec would be one more import a launch).
+        spec = json.loads(raw.decode().removeprefix("\ufeff"))
     except ValueError as e:
         raise InvalidArgument(f"parse {path}: invalid JSON: {e}") from None
     validate_spec(spec, bundle)

@@ -135,7 +135,7 @@ def load(root: str, container_id: str) -> ContainerState:
     path = os.path.join(container_dir(root, container_id), STATE_FILE)
     try:
         with open(path, "rb") as f:
-            raw = json.loads(f.read())
+            raw = json.loads(f.read().decode())  # ours: no BOM, no utf-8-sig codec import
     except FileNotFoundError:
         raise NotFound(f"container does not exist: {container_id}") from None
     return ContainerState(**raw)
