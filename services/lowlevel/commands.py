@@ -70,10 +70,12 @@ def cmd_run(p: Parsed, root: str, need_id: IdGetter) -> int:
         # The init's parent (the intermediate) exits at once: we adopt it to wait for it.
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     created = create_container(_create_options(p, root, container_id))
+    # What create made is at hand: start and delete need not read it back.
+    known = {"st": created.state, "spec": created.spec}
     try:
-        lifecycle.start(root, container_id)
+        lifecycle.start(root, container_id, **known)
     except BaseException:
-        lifecycle.delete(root, container_id, force=True)
+        lifecycle.delete(root, container_id, force=True, cgroup=created.cgroup, **known)
         raise
     if detach:
         return 0
@@ -81,7 +83,7 @@ def cmd_run(p: Parsed, root: str, need_id: IdGetter) -> int:
 
     code = wait_forwarding_signals(created.state.pid)
     if not p.flags.get("keep"):
-        lifecycle.delete(root, container_id, force=True)
+        lifecycle.delete(root, container_id, force=True, cgroup=created.cgroup, **known)
     return code
 
 

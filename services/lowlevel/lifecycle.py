@@ -31,8 +31,11 @@ def cgroup_of(st: state.ContainerState) -> Cgroup:
     return open_cgroup(st.cgroups_path or None, st.id)
 
 
-def start(root: str, container_id: str) -> state.ContainerState:
-    st = state.load(root, container_id)
+def start(
+    root: str, container_id: str, st: state.ContainerState | None = None, spec: dict[str, Any] | None = None
+) -> state.ContainerState:
+    """``st`` and ``spec``, when the caller has them (``run``), save reading them again."""
+    st = st or state.load(root, container_id)
     status = state.current_status(root, st)
     if status == state.Status.STOPPED:
         raise FailedPrecondition("cannot start a container that has stopped")
@@ -44,7 +47,7 @@ def start(root: str, container_id: str) -> state.ContainerState:
     os.unlink(fifo)
     st.status = state.Status.RUNNING
     state.save(root, st)
-    spec = load_spec_of(root, container_id)
+    spec = spec if spec is not None else load_spec_of(root, container_id)
     try:
         hooks.run_hooks(spec, "poststart", state.oci_state(root, st, state.Status.RUNNING))
     except SkiffError:
@@ -115,17 +118,27 @@ def kill(root: str, container_id: str, sig: int, *, all_processes: bool = False)
         raise FailedPrecondition("container not running") from None
 
 
-def delete(root: str, container_id: str, *, force: bool) -> None:
-    try:
-        st = state.load(root, container_id)
-    except NotFound:
-        if force:
-            return
-        raise
+def delete(
+    root: str,
+    container_id: str,
+    *,
+    force: bool,
+    st: state.ContainerState | None = None,
+    spec: dict[str, Any] | None = None,
+    cgroup: Cgroup | None = None,
+) -> None:
+    """``st``, ``spec`` and ``cgroup``, when the caller has them (``run``), save reading them again."""
+    if st is None:
+        try:
+            st = state.load(root, container_id)
+        except NotFound:
+            if force:
+                return
+            raise
     status = state.current_status(root, st)
     if status in (state.Status.RUNNING, state.Status.PAUSED) and not force:
         raise FailedPrecondition(f"cannot delete container {container_id} that is not stopped: {status}")
-    cgroup = cgroup_of(st)
+    cgroup = cgroup or cgroup_of(st)
     if status != state.Status.STOPPED:
         cgroup.kill_all(signal.SIGKILL)
         if status == state.Status.PAUSED:
@@ -138,7 +151,7 @@ def delete(root: str, container_id: str, *, force: bool) -> None:
             raise FailedPrecondition(f"container {container_id}: init {st.pid} did not exit after SIGKILL")
     _wait_cgroup_empty(cgroup)
     cgroup.destroy()
-    spec = load_spec_of(root, container_id)
+    spec = spec if spec is not None else load_spec_of(root, container_id)
     try:
         hooks.run_hooks(spec, "poststop", state.oci_state(root, st, state.Status.STOPPED))
     finally:
