@@ -16,7 +16,6 @@ from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError
 from services.lowlevel import hooks, mounts, prime, state
 from services.lowlevel import syscalls as sc
-from services.lowlevel.cgroups import Cgroup, open_cgroup
 from services.lowlevel.process import (
     exec_process,
     mark_fds_cloexec,
@@ -33,6 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from services.lowlevel.cgroups import Cgroup
+
 
 READY_TIMEOUT = 60.0
 _ERROR_CLASSES: dict[str, type[SkiffError]] = {c.__name__: c for c in (InvalidArgument, FailedPrecondition)}
@@ -44,6 +45,7 @@ class Sync:
     USERNS_CREATED = "userns-created"  # intermediate → parent: write my uid/gid maps
     USERNS_MAPPED = "userns-mapped"  # parent → intermediate
     GO = "go"  # parent → exec's intermediate: you are in the cgroup, go on
+    CGROUP_MADE = "cgroup-made"  # parent → init: the cgroup folders exist (their paths)
     INIT_PID = "init-pid"  # intermediate → parent: the init's host pid
     CGROUP_JOINED = "cgroup-joined"  # parent → init: you are in the cgroup; speak only after this
     RUN_HOOKS = "run-hooks"  # init → parent: run the createRuntime hooks now
@@ -112,9 +114,10 @@ class Created:
 def create_container(opts: CreateOptions) -> Created:
     """Make the container up to the point where it waits for ``start``. Nothing is left on failure.
 
-    The children are forked as early as they can be, right after the cgroup folders exist (the
-    init bind-mounts them): the parent writes config.json and the state, and applies the
-    resources, while the intermediate unshares and the init builds its root filesystem.
+    The children are forked as early as they can be, once the spec is read and the state folder
+    made: the parent makes the cgroup folders while they unshare their namespaces (the init
+    waits for them before it bind-mounts them), then writes config.json and the state and
+    applies the resources while the init builds its root filesystem.
     """
     state.validate_id(opts.container_id)
     bundle = os.path.abspath(opts.bundle)
@@ -132,30 +135,37 @@ def create_container(opts: CreateOptions) -> Created:
         cgroups_path=linux.get("cgroupsPath") or "",
         no_pivot=opts.no_pivot,
     )
-    cgroup: Cgroup | None = None
+    made: list[Cgroup] = []  # the cgroup, once there is one to undo
     init_pid = 0
     try:
         fifo = os.path.join(directory, state.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
         # As runc: whatever the umask, the init may open it for writing after it switched user.
         os.chmod(fifo, 0o622)
-        cgroup = open_cgroup(st.cgroups_path or None, opts.container_id)
-        cgroup.create()
 
-        def meanwhile() -> None:
-            """The parent's share, done while the children work."""
+        def make_cgroup() -> Cgroup:
+            """The parent's first share, done while the children unshare their namespaces."""
+            from services.lowlevel.cgroups import open_cgroup
+
+            cgroup = open_cgroup(st.cgroups_path or None, opts.container_id)
+            made.append(cgroup)
+            cgroup.create()
+            return cgroup
+
+        def meanwhile(cgroup: Cgroup) -> None:
+            """The parent's second share, done while the init builds its root filesystem."""
             with open(os.path.join(directory, state.CONFIG_FILE), "w") as f:
                 f.write(json.dumps(spec))
             state.save(opts.root, st)
             cgroup.set(resources_with_default_devices(linux))
 
-        init_pid = _spawn(spec, st, cgroup, fifo, opts, meanwhile)
+        init_pid = _spawn(spec, st, fifo, opts, make_cgroup, meanwhile)
         if opts.pid_file:
             _write_pid_file(opts.pid_file, init_pid)
     except BaseException:
-        _undo(opts.root, st, cgroup, init_pid)
+        _undo(opts.root, st, made[0] if made else None, init_pid)
         raise
-    return Created(st, spec, cgroup)
+    return Created(st, spec, made[0])
 
 
 # What runc allows on top of the spec's device rules: mknod of anything, the standard character
@@ -227,10 +237,10 @@ def _undo(root: str, st: state.ContainerState, cgroup: Cgroup | None, init_pid: 
 def _spawn(
     spec: dict[str, Any],
     st: state.ContainerState,
-    cgroup: Cgroup,
     fifo: str,
     opts: CreateOptions,
-    meanwhile: Callable[[], None],
+    make_cgroup: Callable[[], Cgroup],
+    meanwhile: Callable[[Cgroup], None],
 ) -> int:
     linux = spec.get("linux") or {}
     namespaces = linux.get("namespaces") or []
@@ -251,8 +261,8 @@ def _spawn(
     if pid == 0:  # the intermediate, or the init itself
         parent_sock.close()
         if direct:
-            _child_main(child_sock, lambda: _direct_init(child_sock, spec, st, fifo, opts, console, cgroup))
-        _child_main(child_sock, lambda: _intermediate(child_sock, spec, st, cgroup, fifo, opts, console, new_user))
+            _child_main(child_sock, lambda: _direct_init(child_sock, spec, st, fifo, opts, console))
+        _child_main(child_sock, lambda: _intermediate(child_sock, spec, st, fifo, opts, console, new_user))
     child_sock.close()
     if console is not None:
         console.close()
@@ -264,7 +274,10 @@ def _spawn(
             _write_id_maps(pid, linux)
             _send(parent_sock, Sync.USERNS_MAPPED)
         unblocked = True  # from here on the intermediate needs nothing more from us
-        meanwhile()
+        cgroup = make_cgroup()
+        # Read by the init only: the intermediate receives nothing after USERNS_MAPPED.
+        _send(parent_sock, Sync.CGROUP_MADE, cgroup.paths())
+        meanwhile(cgroup)
         if not direct:
             init_pid = int(_expect(parent_sock, Sync.INIT_PID))
         # The first move into a v1 cgroup waits for an RCU grace period (10-20 ms here): the
@@ -374,7 +387,6 @@ def _intermediate(
     sock: socket.socket,
     spec: dict[str, Any],
     st: state.ContainerState,
-    cgroup: Cgroup,
     fifo: str,
     opts: CreateOptions,
     console: socket.socket | None,
@@ -408,7 +420,7 @@ def _intermediate(
     if pid != 0:
         _send(sock, Sync.INIT_PID, pid)
         return
-    _child_main(sock, lambda: _init(sock, spec, st, fifo, opts, console, new_user, cgroup))
+    _child_main(sock, lambda: _init(sock, spec, st, fifo, opts, console, new_user))
 
 
 def _new_namespace_flags(namespaces: list[dict[str, Any]]) -> int:
@@ -448,13 +460,12 @@ def _direct_init(
     fifo: str,
     opts: CreateOptions,
     console: socket.socket | None,
-    cgroup: Cgroup,
 ) -> None:
     """The init forked by the parent (see _init_forked_directly): the parent made the pid namespace."""
     flags = _new_namespace_flags((spec.get("linux") or {}).get("namespaces") or []) & ~sc.CLONE_NEWPID
     if flags:
         sc.unshare(flags)
-    _init(sock, spec, st, fifo, opts, console, False, cgroup)
+    _init(sock, spec, st, fifo, opts, console, False)
 
 
 def _init(
@@ -465,7 +476,6 @@ def _init(
     opts: CreateOptions,
     console: socket.socket | None,
     in_userns: bool,
-    cgroup: Cgroup,
 ) -> None:
     """PID 1 of the container: filesystem, identity, then wait on the exec fifo and execve."""
     linux = spec.get("linux") or {}
@@ -474,8 +484,11 @@ def _init(
     ns_types = {ns["type"] for ns in linux.get("namespaces") or []}
     fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
     preload_modules(process, linux.get("seccomp"), spec.get("hooks"))
+    cgroup_paths = _CgroupPaths(sock)
     if "mount" in ns_types:
-        mounts.setup_rootfs(spec, st.rootfs, st.bundle, cgroup.paths(), in_userns=in_userns)
+        # Waits for the cgroup folders only when it comes to mount them.
+        mounts.setup_rootfs(spec, st.rootfs, st.bundle, cgroup_paths, in_userns=in_userns)
+    cgroup_paths()  # the message is read in any case, before the next one
     spec_hooks = spec.get("hooks") or {}
     # Hooks before pivot_root see the container in its cgroup. Without them, the init builds its
     # whole filesystem while the parent's first cgroup move waits out an RCU grace period.
@@ -521,6 +534,19 @@ def _init(
     os.close(fifo_fd)
     hooks.run_hooks(spec, "startContainer", state.oci_state(opts.root, st, state.Status.CREATED))
     exec_process(process, path, env, seccomp)
+
+
+class _CgroupPaths:
+    """The cgroup folders of each hierarchy, as the parent sends them once it made them."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.paths: dict[str, str] | None = None
+
+    def __call__(self) -> dict[str, str]:
+        if self.paths is None:
+            self.paths = _expect(self.sock, Sync.CGROUP_MADE)
+        return self.paths
 
 
 def _join_cgroup(sock: socket.socket, linux: dict[str, Any]) -> None:

@@ -16,7 +16,10 @@ from services.lowlevel import syscalls as sc
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+    CgroupPaths = dict[str, str] | Callable[[], dict[str, str]]
 
 
 _FLAG_OPTIONS: dict[str, tuple[bool, int]] = {
@@ -178,7 +181,7 @@ def _make_mountpoint(dest: str, source: str | None, is_bind: bool) -> None:
     os.makedirs(dest, mode=0o755, exist_ok=True)
 
 
-def mount_one(rootfs: str, m: dict[str, Any], cgroup_paths: dict[str, str], bundle: str) -> None:
+def mount_one(rootfs: str, m: dict[str, Any], cgroup_paths: CgroupPaths, bundle: str) -> None:
     kind = m.get("type") or ""
     options = m.get("options") or []
     flags, propagation, data = parse_options(options)
@@ -189,7 +192,7 @@ def mount_one(rootfs: str, m: dict[str, Any], cgroup_paths: dict[str, str], bund
         source = os.path.join(bundle, source)
 
     if kind == "cgroup":
-        _mount_cgroup(dest, flags, cgroup_paths)
+        _mount_cgroup(dest, flags, cgroup_paths() if callable(cgroup_paths) else cgroup_paths)
     elif is_bind:
         _make_mountpoint(dest, source, True)
         sc.mount(source, dest, None, sc.MS_BIND | (flags & sc.MS_REC))
@@ -296,10 +299,11 @@ def create_dev_symlinks(rootfs: str, *, ptmx: bool) -> None:
             pass
 
 
-def setup_rootfs(
-    spec: dict[str, Any], rootfs: str, bundle: str, cgroup_paths: dict[str, str], *, in_userns: bool
-) -> None:
-    """Everything before pivot_root: propagation, the rootfs bind mount, spec mounts and /dev."""
+def setup_rootfs(spec: dict[str, Any], rootfs: str, bundle: str, cgroup_paths: CgroupPaths, *, in_userns: bool) -> None:
+    """Everything before pivot_root: propagation, the rootfs bind mount, spec mounts and /dev.
+
+    ``cgroup_paths`` may be a function: called when a cgroup mount comes, not before.
+    """
     linux = spec.get("linux") or {}
     propagation = PROPAGATION_OPTIONS.get(linux.get("rootfsPropagation") or "rslave", sc.MS_SLAVE | sc.MS_REC)
     sc.mount(None, "/", None, propagation)
