@@ -28,7 +28,6 @@ from services.gen.skiff.daemon.v1 import CommitContainerRequest, ImagePruneReque
 hl = highlevel.v1
 CHUNK = 1 << 20
 # The daemon reads it until CommitContainerRequest has a pause field (services.daemon.images).
-COMMIT_PAUSE_METADATA = "skiff-commit-pause"
 
 
 def _reference(name: str, tag: str) -> str:
@@ -221,10 +220,9 @@ async def commit(request: web.Request) -> web.Response:
     repo = q.get("repo", "")
     reference = _reference(repo, q.get("tag", "") or "latest") if repo else ""
     # Docker's default pauses the container while its filesystem is captured (the daemon does it).
-    metadata = None if flag(request, "pause", True) else {COMMIT_PAUSE_METADATA: "0"}
     reply = await call(backend(request).images.commit(CommitContainerRequest(
         container=container, reference=reference, comment=q.get("comment", ""), author=q.get("author", ""),
-        config=json.dumps(config).encode() if config else b""), metadata=metadata))
+        config=json.dumps(config).encode() if config else b"", no_pause=not flag(request, "pause", True))))
     return web.json_response({"Id": reply.id}, status=201)
 
 

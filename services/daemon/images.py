@@ -7,10 +7,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
-
-import grpclib.const
-import grpclib.server
 
 from services.common.errors import Conflict, NotFound
 from services.common.grpc import call, client_errors, grpc_errors
@@ -28,10 +24,6 @@ from services.gen.skiff.daemon.v1 import (
 )
 
 hl = highlevel.v1
-# docker commit's `pause` (default true). CommitContainerRequest has no field for it yet: until it
-# does, "0" in this gRPC metadata key asks for no pause (the apiserver sends it for pause=0).
-COMMIT_PAUSE_METADATA = "skiff-commit-pause"
-COMMIT_ROUTE = "/skiff.daemon.v1.Images/Commit"
 
 
 def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
@@ -54,17 +46,6 @@ class ImagesService(ImagesBase):
         self.manager = manager
         self.images = manager.images
         self.ops = Operations(manager)
-
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        mapping = super().__mapping__()
-        handler = mapping[COMMIT_ROUTE]
-        mapping[COMMIT_ROUTE] = handler._replace(func=self._rpc_commit)
-        return mapping
-
-    async def _rpc_commit(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        pause = (stream.metadata or {}).get(COMMIT_PAUSE_METADATA, "1") != "0"
-        await stream.send_message(await self.commit_container(request, pause=pause))
 
     def _in_use(self) -> set[str]:
         return {e.record.image_id for e in self.manager.entries.values() if e.record.image_id}
@@ -125,10 +106,10 @@ class ImagesService(ImagesBase):
     async def import_(self, highlevel_v1_import_image_request: hl.ImportImageRequest) -> hl.ImportImageResponse:
         return await call(self.images.import_(highlevel_v1_import_image_request))
 
-    async def commit(self, commit_container_request: CommitContainerRequest) -> hl.CommitImageResponse:
-        return await self.commit_container(commit_container_request, pause=True)
-
     @grpc_errors
+    async def commit(self, commit_container_request: CommitContainerRequest) -> hl.CommitImageResponse:
+        return await self.commit_container(commit_container_request, pause=not commit_container_request.no_pause)
+
     async def commit_container(self, request: CommitContainerRequest, *, pause: bool) -> hl.CommitImageResponse:
         """Docker's commit: a running container is frozen (the pause path: cgroup freezer) while its
         filesystem is captured, and thawed after, whatever the outcome. One already paused stays so."""

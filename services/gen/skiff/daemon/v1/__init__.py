@@ -367,6 +367,7 @@ class CommitContainerRequest(betterproto.Message):
     comment: str = betterproto.string_field(3)
     author: str = betterproto.string_field(4)
     config: bytes = betterproto.bytes_field(5)
+    no_pause: bool = betterproto.bool_field(6)
 
 
 @dataclass(eq=False, repr=False)
