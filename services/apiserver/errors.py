@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
 from services.common.errors import ErrorKind, SkiffError
@@ -18,7 +20,9 @@ HTTP_STATUS_BY_KIND: dict[str, int] = {
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=status)
+    # Exactly "application/json": the docker CLI shows the body raw (braces and all) unless the
+    # Content-Type equals it, and aiohttp's json_response appends "; charset=utf-8".
+    return web.Response(body=json.dumps({"message": message}).encode(), status=status, content_type="application/json")
 
 
 def from_skiff_error(error: SkiffError) -> web.Response:

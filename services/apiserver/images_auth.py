@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from services.apiserver.errors import error_response
 from services.apiserver.server import Routes, backend
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.registry_tls import CertificateError, ssl_context, x509_message
@@ -64,8 +65,7 @@ async def login(request: web.Request) -> web.Response:
             last = str(exc)
             continue
         if status == 401:
-            return web.json_response({"message": f"login attempt to {scheme}://{host}/v2/ failed with status: "
-                                                 "401 Unauthorized"}, status=401)
+            return error_response(401, f"login attempt to {scheme}://{host}/v2/ failed with status: 401 Unauthorized")
         if status < 400:
             return web.json_response({"Status": "Login Succeeded", "IdentityToken": ""})
         last = f"status {status}"
