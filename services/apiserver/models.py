@@ -302,7 +302,7 @@ def container_summary(c: Container) -> dict[str, Any]:
         "Names": [f"/{c.name}"],
         "Image": c.image_ref,
         "ImageID": c.image_id,
-        "Command": " ".join(c.path_args),
+        "Command": " ".join(_inspect_path_args(c)),
         "Created": int(parse_time(c.created)),
         "Ports": netmodels.summary_ports(c),
         "Labels": dict(c.config.labels),

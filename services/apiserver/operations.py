@@ -76,7 +76,7 @@ async def update(request: web.Request) -> web.Response:
         quota = nano_cpus * period // 1_000_000_000
     reply = await call(ops(request).update(UpdateContainerRequest(
         id=request.match_info["id"], memory=_int(body, "Memory"), pids_limit=_int(body, "PidsLimit"),
-        cpu_quota=quota, cpu_period=period, cpu_shares=_int(body, "CpuShares"),
+        cpu_quota=quota, cpu_period=period, cpu_shares=_int(body, "CpuShares"), nano_cpus=nano_cpus,
         restart_policy=str(policy.get("Name") or ""), restart_max_retries=_int(policy, "MaximumRetryCount"))))
     return web.json_response({"Warnings": list(reply.warnings)})
 

@@ -149,8 +149,13 @@ class Operations:
                                                               resources=json.dumps(resources).encode())))
             host.memory = request.memory or host.memory
             host.pids_limit = request.pids_limit or host.pids_limit
-            host.cpu_quota = request.cpu_quota or host.cpu_quota
-            host.cpu_period = request.cpu_period or host.cpu_period
+            if request.nano_cpus:
+                # Docker keeps --cpus and an explicit quota exclusive: inspect shows the one last set.
+                host.nano_cpus, host.cpu_quota, host.cpu_period = request.nano_cpus, 0, 0
+            elif request.cpu_quota or request.cpu_period:
+                host.nano_cpus = 0
+                host.cpu_quota = request.cpu_quota or host.cpu_quota
+                host.cpu_period = request.cpu_period or host.cpu_period
             host.cpu_shares = request.cpu_shares or host.cpu_shares
             if request.restart_policy:
                 if host.auto_remove and request.restart_policy != "no":

@@ -85,8 +85,16 @@ def test_api_resources_security_and_inspect(client: docker.DockerClient) -> None
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
     assert host["SecurityOpt"] == ["no-new-privileges:true", "label=disable", "apparmor=unconfined"]
     assert host["Init"] is True
-    # The command as the client gave it, not the init in front of it.
+    # The command as the client gave it, not the init in front of it (inspect and the list alike).
     assert box.attrs["Path"] == "sh" and box.attrs["Args"][0] == "-c"
+    assert client.api.containers(filters={"id": box.id})[0]["Command"].startswith("sh -c ")
+    # docker update --cpus: the cgroup follows, and inspect shows NanoCpus (not a stale one, not a quota).
+    reply = client.api._post_json(client.api._url("/containers/{0}/update", box.id), data={"NanoCpus": 1_500_000_000})
+    assert reply.status_code == 200, reply.text
+    box.reload()
+    assert cgroup_file(pid, "cpu", "cpu.cfs_quota_us") in ("150000", "150000 100000")
+    host = box.attrs["HostConfig"]
+    assert host["NanoCpus"] == 1_500_000_000 and host["CpuQuota"] == 0, host
     box.remove(force=True)
 
     # Privileged: no filter; the defaults otherwise (no init, privileges may be gained).

@@ -746,6 +746,7 @@ class UpdateContainerRequest(betterproto.Message):
     cpu_shares: int = betterproto.int64_field(6)
     restart_policy: str = betterproto.string_field(7)
     restart_max_retries: int = betterproto.int32_field(8)
+    nano_cpus: int = betterproto.int64_field(9)
 
 
 @dataclass(eq=False, repr=False)
