@@ -137,8 +137,11 @@ def test_host_network_and_limits(client: docker.DockerClient) -> None:
 
 
 def test_auto_remove(client: docker.DockerClient) -> None:
-    c = client.containers.run("busybox", ["true"], detach=True, auto_remove=True)
-    wait_for(lambda: not client.containers.list(all=True, filters={"id": c.id}), 30, "auto-removed container")
+    # Not containers.run(detach=True): it inspects after the start, and `true` may be gone by then.
+    api = client.api
+    cid = api.create_container("busybox", ["true"], host_config=api.create_host_config(auto_remove=True))["Id"]
+    api.start(cid)
+    wait_for(lambda: not client.containers.list(all=True, filters={"id": cid}), 30, "auto-removed container")
 
 
 def test_images_api(client: docker.DockerClient) -> None:
