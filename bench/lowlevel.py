@@ -2,6 +2,8 @@
 runc and crun side by side: medians and ratios to runc.
 
 Usage (as root): .venv/bin/python bench/lowlevel.py [--runs N]
+The runtimes take turns, one round of each per run, so that a change of load on the machine
+weighs on all of them alike instead of on whichever was being measured at the time.
 crun refuses this machine's hybrid cgroups unless it runs in a private mount namespace with
 /sys/fs/cgroup/unified/cgroup.controllers covered by an empty file: the benchmark does exactly that.
 """
@@ -24,10 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.common.config import resolve_runtime  # noqa: E402
 from tests.support.busybox import make_bundle  # noqa: E402
 
-CRUN_WRAPPER = (
-    "set -e; e=$(mktemp); mount --bind \"$e\" /sys/fs/cgroup/unified/cgroup.controllers; "
-    'rm -f "$e"; exec "$@"'
-)
+CRUN_WRAPPER = 'set -e; e=$(mktemp); mount --bind "$e" /sys/fs/cgroup/unified/cgroup.controllers; rm -f "$e"; exec "$@"'
 
 
 def runtime_argv(name: str) -> list[str] | None:
@@ -56,23 +55,21 @@ def timed(argv: list[str], cwd: Path) -> float:
     return elapsed
 
 
-def bench_runtime(name: str, argv: list[str], bundle: Path, state: Path, runs: int) -> dict[str, float]:
+def bench_round(name: str, argv: list[str], bundle: Path, state: Path, figures: dict[str, list[float]]) -> None:
+    """One run, then one create/start/delete, of one runtime."""
     root = ["--root", str(state / name)]
-    figures: dict[str, list[float]] = {"run": [], "create": [], "start": [], "delete": []}
-    for _ in range(runs):
-        cid = f"skiff-bench-{uuid.uuid4().hex[:8]}"
-        figures["run"].append(timed([*argv, *root, "run", cid], bundle))
-        cid = f"skiff-bench-{uuid.uuid4().hex[:8]}"
-        figures["create"].append(timed([*argv, *root, "create", cid], bundle))
-        figures["start"].append(timed([*argv, *root, "start", cid], bundle))
-        # Wait for /bin/true to be gone: ``state`` says stopped.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = subprocess.run([*argv, *root, "state", cid], capture_output=True, text=True, timeout=10)
-            if '"stopped"' in out.stdout:
-                break
-        figures["delete"].append(timed([*argv, *root, "delete", cid], bundle))
-    return {k: statistics.median(v) * 1000 for k, v in figures.items()}
+    cid = f"skiff-bench-{uuid.uuid4().hex[:8]}"
+    figures["run"].append(timed([*argv, *root, "run", cid], bundle))
+    cid = f"skiff-bench-{uuid.uuid4().hex[:8]}"
+    figures["create"].append(timed([*argv, *root, "create", cid], bundle))
+    figures["start"].append(timed([*argv, *root, "start", cid], bundle))
+    # Wait for /bin/true to be gone: ``state`` says stopped.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = subprocess.run([*argv, *root, "state", cid], capture_output=True, text=True, timeout=10)
+        if '"stopped"' in out.stdout:
+            break
+    figures["delete"].append(timed([*argv, *root, "delete", cid], bundle))
 
 
 def main() -> int:
@@ -82,16 +79,24 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="skiff-bench-"))
     try:
         bundle = make_bundle(work / "bundle", ["/bin/true"])
-        results: dict[str, dict[str, float]] = {}
+        runtimes: dict[str, list[str]] = {}
         for name in ("skiff-lowlevel", "runc", "crun"):
             argv = runtime_argv(name)
             if argv is None:
                 print(f"{name}: not installed, skipped")
-                continue
-            try:
-                results[name] = bench_runtime(name, argv, bundle, work / "state", args.runs)
-            except subprocess.CalledProcessError as e:
-                print(f"{name}: failed ({e}), skipped")
+            else:
+                runtimes[name] = argv
+        samples: dict[str, dict[str, list[float]]] = {
+            name: {"run": [], "create": [], "start": [], "delete": []} for name in runtimes
+        }
+        for _ in range(args.runs):
+            for name, argv in list(runtimes.items()):
+                try:
+                    bench_round(name, argv, bundle, work / "state", samples[name])
+                except subprocess.CalledProcessError as e:
+                    print(f"{name}: failed ({e}), skipped")
+                    del runtimes[name], samples[name]
+        results = {name: {k: statistics.median(v) * 1000 for k, v in fig.items()} for name, fig in samples.items()}
         base = results.get("runc")
         print(f"medians over {args.runs} runs, ms (ratio to runc)")
         print(f"{'runtime':16}" + "".join(f"{k:>18}" for k in ("run", "create", "start", "delete")))
