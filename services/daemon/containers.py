@@ -46,6 +46,8 @@ log = structlog.get_logger(service="daemon")
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_STOP_TIMEOUT = 10
 KILL_GRACE = 30.0
+# How long a refused stop signal waits for the exit that explains it (shim -> highlevel -> daemon).
+EXIT_REPORT_GRACE = 2.0
 ZERO_TIME = "0001-01-01T00:00:00Z"
 ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "witty")
 NOUNS = ("babbage", "curie", "darwin", "euler", "hopper", "lovelace", "noether", "pascal", "turing", "wright")
@@ -381,16 +383,27 @@ class ContainerManager:
             timeout = cfg.stop_timeout if cfg.stop_timeout >= 0 else DEFAULT_STOP_TIMEOUT
         exits = entry.exits
         if timeout != 0:
-            with contextlib.suppress(NotFound):
-                await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=number)))
+            await self._signal_unless_exited(entry, exits, hl.KillRequest(id=entry.record.id, signal=number))
             if timeout < 0 or await self._exited_since(entry, exits, float(timeout)):
                 if timeout < 0:
                     await self._exited_since(entry, exits, None)
                 return
-        with contextlib.suppress(NotFound):
-            await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=signal.SIGKILL, all=True)))
+        await self._signal_unless_exited(
+            entry, exits, hl.KillRequest(id=entry.record.id, signal=signal.SIGKILL, all=True))
         if not await self._exited_since(entry, exits, KILL_GRACE):
             raise Conflict(f"container {entry.record.id} did not exit after SIGKILL")
+
+    async def _signal_unless_exited(self, entry: Entry, exits: int, request: hl.KillRequest) -> None:
+        """A stop's signal; a container that exits on its own meanwhile makes a refused signal moot."""
+        try:
+            await call(self.tasks.kill(request))
+        except NotFound:
+            pass
+        except SkiffError:
+            # The runtime refuses to signal a process that just ended (its exit not yet reported):
+            # Docker's stop succeeds then, so this one does once the exit arrives.
+            if not await self._exited_since(entry, exits, EXIT_REPORT_GRACE):
+                raise
 
     async def _exited_since(self, entry: Entry, exits: int, timeout: float | None) -> bool:
         """True once the container has exited after the count ``exits`` (or is no longer running)."""
