@@ -245,6 +245,14 @@ def remove_tree(folder: str) -> None:
     their exit, so EBUSY is retried with a deadline and then raised as CgroupBusy.
     """
     try:
+        os.rmdir(folder)  # the common case: no sub-folder, no task left; one call, no listing
+        return
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):  # sub-folders, or tasks still listed
+            raise SyscallError("rmdir", folder, e.errno) from None
+    try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return
