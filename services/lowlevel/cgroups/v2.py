@@ -374,4 +374,3 @@ _IO_MAX_KEYS = (
     ("throttleReadIOPSDevice", "riops"),
     ("throttleWriteIOPSDevice", "wiops"),
 )
-
