@@ -307,9 +307,11 @@ class ContainerManager:
             if status.oom_killed:
                 self.emit("oom", entry)
             self.emit("die", entry, {"exitCode": str(status.exit_code)})
-            # The shim has written the status and the log: let it and its runtime state go.
-            with contextlib.suppress(SkiffError):
-                await call(self.tasks.delete(hl.DeleteTaskRequest(id=entry.record.id, force=True)))
+            if not entry.record.config.host.auto_remove:
+                # The shim has written the status and the log: let it and its runtime state go.
+                # (--rm: the removal right after deletes the task, alongside the snapshot.)
+                with contextlib.suppress(SkiffError):
+                    await call(self.tasks.delete(hl.DeleteTaskRequest(id=entry.record.id, force=True)))
         log.info("exited", id=entry.record.id, code=status.exit_code)
         if entry.record.config.host.auto_remove:
             self._spawn(self._auto_remove(entry.record.id))
@@ -453,11 +455,17 @@ class ContainerManager:
                 return
             record.state.status = State.REMOVING
             await asyncio.to_thread(self.store.save, record)
-            with contextlib.suppress(NotFound):
-                await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
-            with contextlib.suppress(NotFound):
-                await call(self.snapshots.remove(hl.SnapshotKeyRequest(key=record.id)))
-            await self.net.teardown(record)
+            # Independent of one another: the task (shim, runtime state, cgroups), the snapshot (the
+            # container's mount namespace is gone with its processes) and the network go at once.
+            outcomes = await asyncio.gather(
+                self._ignore_missing(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True))),
+                self._ignore_missing(self.snapshots.remove(hl.SnapshotKeyRequest(key=record.id))),
+                self.net.teardown(record),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
             await asyncio.to_thread(self._remove_files, record.id)
             self.entries.pop(record.id, None)
             if self.names.get(record.name) == record.id:
@@ -471,6 +479,11 @@ class ContainerManager:
             # Docker: --rm and rm -v take the container's anonymous volumes with it.
             await self.mounts.release(list(record.mount_points), volumes or record.config.host.auto_remove)
         log.info("removed", id=record.id)
+
+    @staticmethod
+    async def _ignore_missing(request: Awaitable[object]) -> None:
+        with contextlib.suppress(NotFound):
+            await call(request)
 
     def _remove_files(self, container_id: str) -> None:
         import shutil
