@@ -13,11 +13,12 @@ costs ~0.05 ms inside the window, and extends it) until ``done()``, so that the 
 moves, whenever they come, fall into the window. Any failure is ignored: at worst the real move
 waits as it did before.
 
-Imports only ``posix``, ``_thread`` and ``time`` (loaded at start-up): it runs before the rest.
+Imports only ``posix``, ``_thread``, ``sys`` and ``time`` (loaded at start-up): it runs first.
 """
 
 import _thread
 import posix
+import sys
 import time
 
 _COMMANDS = ("create", "run", "exec")
@@ -26,6 +27,7 @@ _VALUED = ("--root", "--log", "--log-format", "--rootless", "--criu")
 # Well inside the window (one grace period after the last write: 12-16 ms measured here).
 KEEP_INTERVAL = 0.004
 KEEP_LIMIT = 3.0  # seconds: the thread never outlives a stuck command by much
+SWITCH_INTERVAL = 0.0002
 _started = False
 _done = False
 
@@ -54,6 +56,9 @@ def prime_for(argv: list[str]) -> None:
     try:
         target = _own_procs_file()
         if target is not None:
+            # The main thread is busy importing and seldom lets go of the GIL: with the default
+            # switch interval (5 ms) the thread only got to its first write 5 ms late.
+            sys.setswitchinterval(SWITCH_INTERVAL)
             _thread.start_new_thread(_keep_switched, (target, str(posix.getpid()).encode()))
     except Exception:  # noqa: BLE001 - an optimisation only: never fail the command for it
         pass
