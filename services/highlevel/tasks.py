@@ -44,6 +44,7 @@ log = structlog.get_logger(service="highlevel")
 
 SHIM_START_TIMEOUT = 90.0
 RUNTIME_TIMEOUT = 30.0
+SHIM_EXIT_TIMEOUT = 5.0
 # The folder that holds the ``services`` package: the shim runs with ``python -S`` (no site
 # import: faster start, less memory), so it finds our code through PYTHONPATH instead.
 CODE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -608,14 +609,24 @@ class TaskManager:
             return task.init.pid, task.init.exit
 
     async def _wait_shim_exit(self, task: Task) -> None:
-        """The shim exits right after answering delete; a bounded poll keeps "nothing left" true."""
+        """The shim exits right after answering delete; waited for (5 s at most) so "nothing left" holds.
+
+        A pidfd turns readable the moment the process ends: no polling interval on every delete."""
+        try:
+            fd = os.pidfd_open(task.shim_pid)
+        except ProcessLookupError:
+            return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while pid_alive(task.shim_pid) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        if pid_alive(task.shim_pid):
+        gone = loop.create_future()
+        loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+        try:
+            await asyncio.wait_for(gone, SHIM_EXIT_TIMEOUT)
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(task.shim_pid, signal.SIGKILL)
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
 
     # ---- restart ----------------------------------------------------------------------------
 
