@@ -212,22 +212,23 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
 async def attach(request: web.Request) -> web.StreamResponse:
     containers = backend(request).containers
-    record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
     stdout, stderr = flag(request, "stdout"), flag(request, "stderr")
-    tty = record.config.tty
-    if record.state.status not in (State.CREATED, State.RUNNING, State.PAUSED, State.RESTARTING):
-        raise Conflict("You cannot attach to a stopped container, start it first")
     if not (flag(request, "stream", True) and (stdout or stderr)):
-        return await hijack(request, tty)
-    stream = containers.attach(AttachRequest(id=record.id, stdout=stdout, stderr=stderr)).__aiter__()
+        record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
+        if record.state.status not in (State.CREATED, State.RUNNING, State.PAUSED, State.RESTARTING):
+            raise Conflict("You cannot attach to a stopped container, start it first")
+        return await hijack(request, record.config.tty)
+    stream = containers.attach(AttachRequest(id=request.match_info["id"], stdout=stdout, stderr=stderr)).__aiter__()
     with client_errors():
-        # The daemon's first (empty) entry says it is following: only then may the client start the container.
-        await stream.__anext__()
+        # The daemon's first (empty) entry says it is following: only then may the client start the
+        # container. It also says what serving the stream needs (tty, stdin), and refuses a stopped one.
+        info = (await stream.__anext__()).attached
+    tty = info.tty
     # The upgrade answer goes out at once: the CLI starts the container only once it is attached.
     response = await hijack(request, tty)
     # Area A: the client's input goes to the container's stdin (closed at its end with StdinOnce).
-    pump = stdin_pump.pump(request, ContainerOpsStub(containers.channel), record.id, "", record.config.stdin_once) \
-        if flag(request, "stdin") and record.config.open_stdin else None
+    pump = stdin_pump.pump(request, ContainerOpsStub(containers.channel), info.id, "", info.stdin_once) \
+        if flag(request, "stdin") and info.open_stdin else None
     try:
         with client_errors():
             async for entry in stream:

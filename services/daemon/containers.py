@@ -30,6 +30,7 @@ from services.daemon.spec import build_spec, merge_env, write_bundle
 from services.daemon.store import RecordStore
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
+    AttachInfo,
     Container,
     ContainerConfig,
     ContainerState,
@@ -538,7 +539,9 @@ class ContainerManager:
         exits = entry.exits
         cursor = await asyncio.to_thread(logfile.end_cursor, entry.record.log_path)
         # An empty first entry: armed. The caller lets its client start the container only after it.
-        yield LogEntry()
+        cfg = entry.record.config
+        yield LogEntry(attached=AttachInfo(id=entry.record.id, tty=cfg.tty, open_stdin=cfg.open_stdin,
+                                           stdin_once=cfg.stdin_once))
         async for item in self._follow(entry, entry.record.log_path, cursor, wanted, exits,
                                        stop_when_stopped=False):
             yield item

@@ -619,6 +619,18 @@ class LogEntry(betterproto.Message):
     stream: "LogStream" = betterproto.enum_field(1)
     data: bytes = betterproto.bytes_field(2)
     time: str = betterproto.string_field(3)
+    attached: "AttachInfo" = betterproto.message_field(4)
+    """
+    Attach's first (empty) entry: what the apiserver needs to serve the stream, so it asks no inspect.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class AttachInfo(betterproto.Message):
+    id: str = betterproto.string_field(1)
+    tty: bool = betterproto.bool_field(2)
+    open_stdin: bool = betterproto.bool_field(3)
+    stdin_once: bool = betterproto.bool_field(4)
 
 
 @dataclass(eq=False, repr=False)
