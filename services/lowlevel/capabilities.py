@@ -138,10 +138,17 @@ def _mask(caps: dict, key: str, last: int) -> int:
     return mask
 
 
+_prctl_ulong = None
+
+
 def _prctl(lib: CDLL, option: int, arg2: int, arg3: int = 0) -> int:
-    """prctl with every argument passed as unsigned long: PR_CAP_AMBIENT rejects junk in 4 and 5."""
-    ulong = c_ulong
-    rc = lib.prctl(option, ulong(arg2), ulong(arg3), ulong(0), ulong(0))
+    """prctl with every argument passed as unsigned long: PR_CAP_AMBIENT rejects junk in 4 and 5.
+
+    One function object with argtypes converts the arguments in C (drop_bounding makes ~40 calls)."""
+    global _prctl_ulong
+    if _prctl_ulong is None:
+        _prctl_ulong = lib.function("prctl", [c_int, c_ulong, c_ulong, c_ulong, c_ulong])
+    rc = _prctl_ulong(option, arg2, arg3, 0, 0)
     return 0 if rc == 0 else get_errno()
 
 

@@ -61,6 +61,13 @@ class CDLL:
 
         self._FuncPtr = _FuncPtr
 
+    def function(self, name: str, argtypes: list[type], restype: type = c_int) -> _ctypes.CFuncPtr:
+        """A function object of its own, with its prototype (``lib.name`` is shared by all callers)."""
+        func = self._FuncPtr((name, self))
+        func.argtypes = argtypes
+        func.restype = restype
+        return func
+
     def __getattr__(self, name: str) -> _ctypes.CFuncPtr:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)

@@ -112,14 +112,25 @@ def set_oom_score_adj(value: int | None) -> None:
 
 
 def home_of(uid: int) -> str:
+    """The user's home in the container's /etc/passwd, "/" if none. Bytes and plain system calls:
+    a text file object costs the init ~0.3 ms here (mostly pages copied after the fork)."""
     try:
-        with open("/etc/passwd", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.rstrip("\n").split(":")
-                if len(fields) >= 6 and fields[2] == str(uid):
-                    return fields[5] or "/"
+        fd = os.open("/etc/passwd", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        pass
+        return "/"
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return "/"
+    finally:
+        os.close(fd)
+    wanted = str(uid).encode()
+    for line in b"".join(chunks).split(b"\n"):
+        fields = line.split(b":")
+        if len(fields) >= 6 and fields[2] == wanted:
+            return fields[5].decode("utf-8", "replace") or "/"
     return "/"
 
 
