@@ -123,7 +123,7 @@ def _write_in_place(path: Path, text: str) -> None:
         data = text.encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
-        os.fsync(fd)
+        # No fsync: derived files, written anew at every start (a crash loses nothing to keep).
     finally:
         os.close(fd)
 

@@ -8,13 +8,14 @@ inside a container's namespace, and no "switch back" can fail half-way.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
-
-from pyroute2 import IPRoute
 
 from services.common.errors import FailedPrecondition, NotFound, SyscallError
 from services.daemon.network import _sys
@@ -22,6 +23,11 @@ from services.daemon.network import _sys
 T = TypeVar("T")
 
 THREAD_TIMEOUT = 30.0
+# struct ifreq with ifr_flags: the interface name, then a short (the rest of the union is padding).
+IFREQ_FLAGS = "16sh22x"
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
 
 def _run_on_fresh_thread(fn: Callable[[], T], name: str) -> T:
@@ -59,8 +65,13 @@ def run_in_netns(path: str | os.PathLike[str], fn: Callable[[], T]) -> T:
 
 
 def _loopback_up() -> None:
-    with IPRoute() as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    """``lo`` up in this thread's netns with the two interface-flag ioctls.
+
+    The same as a netlink link set, at a fraction of the cost: pyroute2's IPRoute alone takes
+    milliseconds to open, on every container start."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        flags = struct.unpack(IFREQ_FLAGS, fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack(IFREQ_FLAGS, b"lo", 0)))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack(IFREQ_FLAGS, b"lo", flags | IFF_UP))
 
 
 def create(netns_dir: Path, name: str) -> Path:
