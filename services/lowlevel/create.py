@@ -141,7 +141,8 @@ def create_container(opts: CreateOptions) -> Created:
     netns: _NetnsMaker | None = None
     try:
         namespaces = linux.get("namespaces") or []
-        if _init_forked_directly(spec, namespaces) and any(ns["type"] == "network" for ns in namespaces):
+        new_net = any(ns["type"] == "network" and not ns.get("path") for ns in namespaces)
+        if new_net and _init_forked_directly(spec, namespaces):
             netns = _NetnsMaker()
         fifo = os.path.join(directory, state.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
@@ -410,19 +411,7 @@ def _intermediate(
 ) -> None:
     linux = spec.get("linux") or {}
     namespaces = linux.get("namespaces") or []
-    # Open every namespace to join first: paths may stop resolving once we switch namespaces.
-    joins: list[tuple[int, int, str]] = []
-    for ns in namespaces:
-        if ns.get("path"):
-            try:
-                fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise InvalidArgument(f"open namespace {ns['type']} {ns['path']}: {e.strerror}") from None
-            joins.append((fd, sc.NAMESPACE_FLAGS[ns["type"]], ns["path"]))
-    joins.sort(key=lambda j: (j[1] != sc.CLONE_NEWUSER, j[1] == sc.CLONE_NEWNS))
-    for fd, flag, path in joins:
-        sc.setns(fd, flag, path)
-        os.close(fd)
+    _join_namespaces(namespaces)
     if new_user:
         sc.unshare(sc.CLONE_NEWUSER)
         _send(sock, Sync.USERNS_CREATED)
@@ -437,6 +426,23 @@ def _intermediate(
         _send(sock, Sync.INIT_PID, pid)
         return
     _child_main(sock, lambda: _init(sock, spec, st, fifo, opts, console, new_user))
+
+
+def _join_namespaces(namespaces: list[dict[str, Any]]) -> None:
+    """setns into every namespace given by path: the user namespace first, the mount one last."""
+    # Open every namespace to join first: paths may stop resolving once we switch namespaces.
+    joins: list[tuple[int, int, str]] = []
+    for ns in namespaces:
+        if ns.get("path"):
+            try:
+                fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise InvalidArgument(f"open namespace {ns['type']} {ns['path']}: {e.strerror}") from None
+            joins.append((fd, sc.NAMESPACE_FLAGS[ns["type"]], ns["path"]))
+    joins.sort(key=lambda j: (j[1] != sc.CLONE_NEWUSER, j[1] == sc.CLONE_NEWNS))
+    for fd, flag, path in joins:
+        sc.setns(fd, flag, path)
+        os.close(fd)
 
 
 def _new_namespace_flags(namespaces: list[dict[str, Any]]) -> int:
@@ -457,13 +463,15 @@ def _init_forked_directly(spec: dict[str, Any], namespaces: list[dict[str, Any]]
     """Whether the parent can fork the init itself, without an intermediate process.
 
     The intermediate exists for what must happen between two forks: a new user namespace (the
-    parent writes its maps), namespaces joined by path (a pid or time namespace joined applies
-    to children only). Without those, the parent unshares the pid namespace for its children
-    and forks the init, which unshares the rest itself: one fork of a Python process (~1 ms
-    here) fewer on the way. The parent's own later forks would land in the container's pid
-    namespace, so a spec with hooks the parent runs keeps the intermediate.
+    parent writes its maps), a pid or time namespace (new or joined: they apply to children
+    only) in a user namespace. Without those, the parent unshares the pid namespace for its
+    children and forks the init, which joins (network, ipc, uts, mount, cgroup namespaces given
+    by path: a container of the engine joins the network namespace the daemon made) and
+    unshares the rest itself: one fork of a Python process (~1 ms here) fewer on the way. The
+    parent's own later forks would land in the container's pid namespace, so a spec with hooks
+    the parent runs keeps the intermediate.
     """
-    if any(ns.get("path") or ns["type"] in ("user", "time") for ns in namespaces):
+    if any(ns["type"] in ("user", "time") or (ns.get("path") and ns["type"] == "pid") for ns in namespaces):
         return False
     hooks_ = spec.get("hooks") or {}
     return not any(hooks_.get(phase) for phase in _PARENT_HOOKS)
@@ -480,7 +488,9 @@ def _direct_init(
 ) -> None:
     """The init forked by the parent (see _init_forked_directly): the parent made the pid
     namespace, and the network namespace too when ``net_fd`` is one (see _NetnsMaker)."""
-    flags = _new_namespace_flags((spec.get("linux") or {}).get("namespaces") or []) & ~sc.CLONE_NEWPID
+    namespaces = (spec.get("linux") or {}).get("namespaces") or []
+    _join_namespaces(namespaces)
+    flags = _new_namespace_flags(namespaces) & ~sc.CLONE_NEWPID
     if net_fd >= 0:
         sc.setns(net_fd, sc.CLONE_NEWNET, "network namespace made by the runtime")
         os.close(net_fd)
