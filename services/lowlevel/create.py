@@ -1,10 +1,16 @@
 """A container's birth, top to bottom.
 
-Three processes, as in runc: the *parent* (this command) makes the state folder and the cgroup;
-the *intermediate* joins or unshares namespaces (the parent maps its user namespace) and forks
-the *init*, which becomes PID 1 of the new pid namespace, builds the root filesystem, tells the
-parent it is ready, and blocks on the exec fifo until ``start``. They speak over a SEQPACKET
-socket pair with the named messages of ``Sync``.
+Up to three processes, as in runc: the *parent* (this command) makes the state folder and the
+cgroup; the *intermediate* joins or unshares namespaces (the parent maps its user namespace) and
+forks the *init*, which becomes PID 1 of the new pid namespace, builds the root filesystem, tells
+the parent it is ready, and blocks on the exec fifo until ``start``. Without a user namespace or
+a joined pid namespace the parent forks the init itself (``_init_forked_directly``). They speak
+over a SEQPACKET socket pair with the named messages of ``Sync``.
+
+Every launch counts (bench/lowlevel.py): the parent forks as early as it can, then does its
+share (cgroup folders, config.json, state, resources) while the init builds its root
+filesystem; Python work is kept before the fork (after it, each page first written costs a
+copy-on-write fault), and prime.py has the cgroup lock's grace period elapse during start-up.
 """
 
 from __future__ import annotations
