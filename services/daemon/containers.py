@@ -20,7 +20,15 @@ from pathlib import Path
 
 import structlog
 
-from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError, Unavailable
+from services.common.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SkiffError,
+    Unavailable,
+)
 from services.common.grpc import call, client_errors
 from services.common.paths import Paths
 from services.daemon import logs as logfile
@@ -248,16 +256,22 @@ class ContainerManager:
                 raise FailedPrecondition(f"container {record.id} is already started")
             if record.state.status in (State.REMOVING, State.DEAD):
                 raise Conflict(f"container {record.id} is marked for removal and cannot be started")
-            # A task left from an earlier run (its exit already recorded) goes before the new one.
-            with contextlib.suppress(NotFound):
-                await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
+            if record.state.started_at:
+                # A task left from an earlier run (its exit already recorded) goes before the new one.
+                await self._ignore_missing(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
             cfg = record.config
+            create = hl.CreateTaskRequest(
+                id=record.id, bundle=record.bundle, runtime=self.runtime, terminal=cfg.tty,
+                stdin=cfg.open_stdin, stdin_once=cfg.stdin_once, log=hl.LogConfig(
+                    path=record.log_path, max_size=cfg.host.log_max_size, max_file=cfg.host.log_max_file))
             try:
                 await self.net.setup(record)
-                await call(self.tasks.create(hl.CreateTaskRequest(
-                    id=record.id, bundle=record.bundle, runtime=self.runtime, terminal=cfg.tty,
-                    stdin=cfg.open_stdin, stdin_once=cfg.stdin_once, log=hl.LogConfig(
-                        path=record.log_path, max_size=cfg.host.log_max_size, max_file=cfg.host.log_max_file))))
+                try:
+                    await call(self.tasks.create(create))
+                except AlreadyExists:
+                    # A first start cut short after its task was made (the daemon killed): that one goes.
+                    await self._ignore_missing(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
+                    await call(self.tasks.create(create))
                 started = await call(self.tasks.start(hl.StartRequest(id=record.id)))
             except SkiffError as exc:
                 with contextlib.suppress(SkiffError):
