@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.common.paths import Paths  # noqa: E402
+from tests.e2e.netstack import cgroup_parent, cleanup_networks, network_env, remove_cgroup_parent  # noqa: E402
 from tests.support.busybox import docker_archive  # noqa: E402
 
 DOCKER = shutil.which("docker")
@@ -86,11 +88,17 @@ def dockerd(work: Path) -> Iterator[Path]:
 @contextmanager
 def skiff(work: Path) -> Iterator[Path]:
     root = work / "skiff-root"
-    proc = subprocess.Popen([sys.executable, "-m", "services.up", "up", "--root", str(root)],
+    # Its own bridge, subnet and cgroup parent (as the tests do), all removed afterwards: an engine
+    # keeps its default bridge when it stops, as dockerd keeps docker0, and the bench must leave none.
+    env = {**os.environ, **network_env(root), "SKIFF_CGROUP_PARENT": cgroup_parent(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "services.up", "up", "--root", str(root)], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(work / "skiff.log", "wb"))  # noqa: SIM115
     sock = root / "run" / "skiff" / "skiff.sock"
     try:
         wait_socket(sock, proc)
+        ready = time.monotonic() + READY_TIMEOUT
+        while cli(sock, "info").returncode != 0 and time.monotonic() < ready:
+            time.sleep(0.1)  # the API answers /_ping before the daemon behind it serves
         yield sock
     finally:
         # Stopping the engine leaves containers running by design: remove them first.
@@ -98,6 +106,8 @@ def skiff(work: Path) -> Iterator[Path]:
         if ids:
             cli(sock, "rm", "-f", *ids)
         stop(proc)
+        cleanup_networks(Paths(root))
+        remove_cgroup_parent(root)
 
 
 def cli(sock: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
