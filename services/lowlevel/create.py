@@ -584,16 +584,17 @@ def _init(
         from services.lowlevel.console import setup_console
 
         setup_console(console, process.get("consoleSize"))
-    if "mount" in ns_types:
-        mounts.mask_paths(linux.get("maskedPaths") or [])
-        mounts.readonly_paths(linux.get("readonlyPaths") or [])
     if "uts" in ns_types:
         if spec.get("hostname"):
             sc.sethostname(spec["hostname"])
         if spec.get("domainname"):
             sc.setdomainname(spec["domainname"])
     if linux.get("sysctl"):
+        # runc's order: sysctls while /proc/sys is still writable, then readonlyPaths takes that away.
         mounts.apply_sysctl(linux["sysctl"])
+    if "mount" in ns_types:
+        mounts.mask_paths(linux.get("maskedPaths") or [])
+        mounts.readonly_paths(linux.get("readonlyPaths") or [])
     if (spec.get("root") or {}).get("readonly"):
         mounts.readonly_root()
     set_oom_score_adj(process.get("oomScoreAdj"))

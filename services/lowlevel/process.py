@@ -183,7 +183,25 @@ def exec_process(process: dict[str, Any], path: str, env: dict[str, str], seccom
         from services.lowlevel.seccomp import load_seccomp
 
         load_seccomp(seccomp)
+    reset_signals()
     os.execve(path, process["args"], env)
+
+
+def reset_signals() -> None:
+    """Every signal at its default and none blocked, as runc and crun start a container's process.
+
+    An ignored disposition survives execve: without this the process would inherit Python's own
+    (SIGPIPE, SIGXFSZ) and whatever its launcher ignored, and `yes | head` would never end."""
+    import _signal
+
+    for number in range(1, _signal.NSIG):
+        if number in (_signal.SIGKILL, _signal.SIGSTOP):
+            continue
+        try:
+            _signal.signal(number, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # the C library's own real-time signals
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
 
 
 def mark_fds_cloexec(keep_below: int) -> None:

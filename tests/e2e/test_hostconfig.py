@@ -107,17 +107,6 @@ def test_api_resources_security_and_inspect(client: docker.DockerClient) -> None
     plain.remove()
 
 
-# skiff-lowlevel writes linux.sysctl after readonlyPaths made /proc/sys read-only (runc writes them
-# before): "open sysctl `/proc/sys/...`: Read-only file system" until services/lowlevel/create.py
-# applies them first. The engine's part (parse, check, spec, inspect) is checked all the same.
-sysctl_order = pytest.mark.xfail(
-    os.environ.get("SKIFF_TEST_RUNTIME", "skiff-lowlevel") == "skiff-lowlevel",
-    reason="skiff-lowlevel applies sysctls after remounting /proc/sys read-only",
-    strict=False,
-)
-
-
-@sysctl_order
 def test_sysctls(stack: Stack, client: docker.DockerClient) -> None:
     sysctls = {"net.ipv4.ip_forward": "1", "kernel.shmmax": "123456789"}
     box = client.containers.create(

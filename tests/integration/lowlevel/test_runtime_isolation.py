@@ -93,3 +93,13 @@ def test_user_namespace_mapping(rt: Runtime) -> None:
     assert rows[2] == ["0"], text
     rt.cmd("delete", "--force", cid).ok()
     rt.assert_nothing_left(cid, bundle)
+
+
+def test_signals_start_at_their_defaults(rt: Runtime) -> None:
+    # The test runner (Python) ignores SIGPIPE and SIGXFSZ; an ignored disposition survives execve,
+    # so the runtime must reset them, as runc and crun do.
+    out = run(rt, "grep -E '^Sig(Ign|Blk):' /proc/self/status; yes | head -n 1")
+    fields = dict(line.split(":\t") for line in out.splitlines() if line.startswith("Sig"))
+    assert fields == {"SigBlk": "0000000000000000", "SigIgn": "0000000000000000"}, out
+    assert out.splitlines()[-1] == "y"
+
