@@ -357,9 +357,11 @@ class TaskManager:
     async def _cleanup_failed(self, id_: str, runtime_argv: list[str], state_dir: Path) -> None:
         """Creation failed: the shim exits by itself; make sure nothing of it stays behind."""
         shim_pid = read_json(state_dir / "bootstrap.json") and _read_int(state_dir / "shim.pid")
-        if shim_pid and pid_alive(shim_pid):
+        fd = shim_pidfd(shim_pid, state_dir) if shim_pid else None
+        if fd is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(shim_pid, signal.SIGKILL)
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)
         with contextlib.suppress(SkiffError, OSError):
             await self.run_runtime(runtime_argv, ["delete", "--force", id_])
         await asyncio.to_thread(self._remove_traces, id_, state_dir)
@@ -612,9 +614,8 @@ class TaskManager:
         """The shim exits right after answering delete; waited for (5 s at most) so "nothing left" holds.
 
         A pidfd turns readable the moment the process ends: no polling interval on every delete."""
-        try:
-            fd = os.pidfd_open(task.shim_pid)
-        except ProcessLookupError:
+        fd = shim_pidfd(task.shim_pid, task.state_dir)
+        if fd is None:
             return
         loop = asyncio.get_running_loop()
         gone = loop.create_future()
@@ -623,7 +624,7 @@ class TaskManager:
             await asyncio.wait_for(gone, SHIM_EXIT_TIMEOUT)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(task.shim_pid, signal.SIGKILL)
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
         finally:
             loop.remove_reader(fd)
             os.close(fd)
@@ -666,6 +667,26 @@ class TaskManager:
         init.watcher = asyncio.create_task(self._watch(task, init))
         task.oom_watcher = asyncio.create_task(self._watch_oom(task, recovered=True))
         log.info("task recovered", id=id_, pid=init.pid, status=reply.get("status"))
+
+
+def shim_pidfd(pid: int, state_dir: Path) -> int | None:
+    """A pidfd of the shim serving ``state_dir``, or None when ``pid`` is no longer that shim.
+
+    A shim is not highlevel's child, so its pid may be reused once it has gone (pid_max is 32768
+    on many machines): only a pidfd whose process still names the folder may be waited on or
+    killed, and the pidfd keeps naming that process whatever happens to the number."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if os.fsencode(str(state_dir)) in f.read():
+                return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def _read_int(path: Path) -> int:

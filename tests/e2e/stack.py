@@ -109,7 +109,10 @@ class Stack:
         if folder.is_dir():
             for state in folder.iterdir():
                 with contextlib.suppress(OSError, ValueError):
-                    pids.append(int((state / "shim.pid").read_text()))
+                    pid = int((state / "shim.pid").read_text())
+                    # Only a live shim of this folder: a gone shim's pid may belong to anything now.
+                    if str(state).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        pids.append(pid)
         return pids
 
     def force_cleanup(self) -> None:

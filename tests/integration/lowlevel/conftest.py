@@ -108,13 +108,19 @@ def mounts_under(path: Path) -> list[str]:
 class Runtime:
     """One test's view of the runtime: its own --root, bundles under its own prefix."""
 
+    def track(self, pid: int) -> None:
+        """A process the teardown kills if it is still there: held by a pidfd, taken now while the
+        pid is surely it, since the number may belong to another process by teardown time."""
+        with contextlib.suppress(ProcessLookupError):
+            self.pidfds.append(os.pidfd_open(pid))
+
     def __init__(self, argv: list[str], prefix: Path) -> None:
         self.argv = argv
         self.prefix = prefix
         self.root = prefix / "state"
         self.ids: list[str] = []
         self.cgroup_paths: list[str] = []
-        self.pids: list[int] = []
+        self.pidfds: list[int] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.is_runc = os.path.basename(argv[0]) in ("runc", "crun")
 
@@ -230,9 +236,10 @@ class Runtime:
         for cid in self.ids:
             with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                 self.cmd("delete", "--force", cid, timeout=20)
-        for pid in self.pids:
+        for fd in self.pidfds:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)
         for path in self.cgroup_paths:
             remove_cgroup(path)
         for pid in processes_rooted_in(self.prefix):

@@ -103,7 +103,7 @@ def test_exec_with_tty(rt: Runtime, console_socket: tuple[socket.socket, Path]) 
         text = read_until(master, b"exec-pty-done").decode(errors="replace").replace("\r", "")
     finally:
         os.close(master)
-    rt.pids.append(int(pid_file.read_text()))
+    rt.track(int(pid_file.read_text()))
     assert text.splitlines()[0].startswith("/dev/pts/"), (text, out.read_text())
     assert "ModuleNotFoundError" not in out.read_text()
 
@@ -146,7 +146,7 @@ def test_exec_detach_pid_file(rt: Runtime) -> None:
     r = rt.cmd("exec", "--detach", "--pid-file", str(pid_file), cid, "sleep", "60")
     assert r.returncode == 0, r
     pid = int(pid_file.read_text())
-    rt.pids.append(pid)
+    rt.track(pid)
     assert pid_alive(pid)
     ps = wait_until(lambda: pid in json.loads(rt.cmd("ps", "--format", "json", cid).ok().stdout))
     assert ps

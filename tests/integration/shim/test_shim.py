@@ -58,7 +58,9 @@ class ShimUnderTest:
     def cleanup(self) -> None:
         try:
             pid = int((self.state_dir / "shim.pid").read_text())
-            os.kill(pid, 9)
+            # Only if it still is this shim: a gone shim's pid may belong to anything now.
+            if str(self.state_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, 9)
         except (OSError, ValueError):
             pass
         subprocess.run([*resolve_runtime(chosen_runtime()), "--root", str(self.runtime_root), "delete", "--force",
