@@ -20,6 +20,7 @@ from pathlib import Path
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.grpc import call, grpc_errors
+from services.common.livetar import add_tree_live
 from services.daemon.containers import ContainerManager
 from services.daemon.volumes import VolumesService, VolumeStore, tree_size
 from services.gen.skiff import highlevel
@@ -123,7 +124,8 @@ def path_stat(host: str, name: str) -> PathStat:
 
 def write_tar(host: str, arcname: str, out: str) -> None:
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        tar.add(host, arcname=arcname, recursive=True)
+        # The container may be running: files may change or vanish while they are read.
+        add_tree_live(tar, host, arcname)
 
 
 def _check_overwrite(tar: tarfile.TarFile, dest: str) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, SyscallError
+from services.common.livetar import add_live
 from services.highlevel.snapshots import mount as mnt
 from services.highlevel.snapshots.unpack import (
     OPAQUE_MARKER,
@@ -346,7 +347,8 @@ class Snapshotter:
                     tf.addfile(wh)
                     continue
                 src = upper / rel
-                tf.add(src, arcname=rel, recursive=False)
+                if not add_live(tf, src, rel):
+                    continue  # gone since the changes were listed (a commit without pause)
                 if src.is_dir() and not src.is_symlink() and _is_opaque(src):
                     op = tarfile.TarInfo(rel + "/" + OPAQUE_MARKER)
                     op.mtime = int(time.time())
@@ -389,7 +391,7 @@ def _add_tree(tf: tarfile.TarFile, src: Path) -> None:
         rel_dir = os.path.relpath(dirpath, src)
         for name in sorted(dirnames) + sorted(filenames):
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            tf.add(os.path.join(dirpath, name), arcname=rel, recursive=False)
+            add_live(tf, os.path.join(dirpath, name), rel)
 
 
 def _is_opaque(path: Path) -> bool:
