@@ -155,11 +155,15 @@ def build_dnsd(workdir: Path) -> Path:
 
 def dnsd_archive(workdir: Path, names: dict[str, str]) -> Path:
     """A ``docker save`` archive of busybox plus /bin/dnsd and /etc/dnsd.conf (``name address`` lines)."""
-    import io
-    import json
-    import tarfile
 
-    from tests.support.oci_image import Entry, build_image, busybox_layer, make_layer, tar_of_entries
+    from tests.support.oci_image import (
+        Entry,
+        build_image,
+        busybox_layer,
+        docker_save_archive,
+        make_layer,
+        tar_of_entries,
+    )
 
     conf = "".join(f"{name} {ip}\n" for name, ip in names.items()).encode()
     extra = make_layer(
@@ -171,20 +175,7 @@ def dnsd_archive(workdir: Path, names: dict[str, str]) -> Path:
         )
     )
     image = build_image([busybox_layer(workdir), extra], cmd=["/bin/dnsd", "53", "/etc/dnsd.conf"])
-    cfg_name = image.config_digest[7:] + ".json"
-    entries = {cfg_name: image.config}
-    layers = []
-    for i, layer in enumerate(image.layers):
-        entries[f"{i:064x}/layer.tar"] = layer.tar
-        layers.append(f"{i:064x}/layer.tar")
-    entries["manifest.json"] = json.dumps([{"Config": cfg_name, "RepoTags": [DNSD_IMAGE], "Layers": layers}]).encode()
-    path = workdir / "dnsd.tar"
-    with tarfile.open(path, "w") as tf:
-        for name, data in entries.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
+    return docker_save_archive(image, DNSD_IMAGE, workdir / "dnsd.tar")
 
 
 def dns_query(name: str, qid: int) -> bytes:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.paths import Paths, resolve_paths
 from tests.e2e.netstack import cgroup_parent, cleanup_networks, network_env, remove_cgroup_parent
-from tests.support.oci_image import build_image, busybox_layer
+from tests.support.oci_image import build_image, busybox_layer, docker_save_archive
 from tests.support.tasks import processes_mentioning, remove_containers_and_processes, wait_for
 
 SERVICES = ("services.highlevel", "services.daemon", "services.apiserver")
@@ -161,17 +158,4 @@ def _cmdline(pid: int) -> str:
 def busybox_archive(workdir: Path, tag: str = "busybox:latest") -> Path:
     """A ``docker save`` archive (the legacy layout) of an image built from busybox-static."""
     image = build_image([busybox_layer(workdir)], cmd=["sh"])
-    cfg_name = image.config_digest[7:] + ".json"
-    entries = {cfg_name: image.config}
-    layers = []
-    for i, layer in enumerate(image.layers):
-        entries[f"{i:064x}/layer.tar"] = layer.tar
-        layers.append(f"{i:064x}/layer.tar")
-    entries["manifest.json"] = json.dumps([{"Config": cfg_name, "RepoTags": [tag], "Layers": layers}]).encode()
-    path = workdir / "busybox.tar"
-    with tarfile.open(path, "w") as tf:
-        for name, data in entries.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
+    return docker_save_archive(image, tag, workdir / "busybox.tar")

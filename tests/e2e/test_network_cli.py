@@ -26,12 +26,12 @@ def ok(stack: Stack, *args: str) -> str:
     return run.stdout.strip()
 
 
-def http_get(port: int, deadline: float) -> bytes:
-    """GET / on 127.0.0.1:port until it answers (httpd starts after the container does)."""
+def http_get(port: int, deadline: float, host: str = "127.0.0.1") -> bytes:
+    """GET / on host:port until it answers (httpd starts after the container does)."""
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            with socket.create_connection((host, port), timeout=2) as s:
                 s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
                 data = b""
                 while chunk := s.recv(65536):
@@ -41,7 +41,7 @@ def http_get(port: int, deadline: float) -> bytes:
         except OSError as exc:
             last = exc
         time.sleep(0.1)
-    raise AssertionError(f"no answer on 127.0.0.1:{port}: {last}")
+    raise AssertionError(f"no answer on {host}:{port}: {last}")
 
 
 def reaches(stack: Stack, container: str, target: str) -> bool:

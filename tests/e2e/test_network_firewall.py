@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from tests.e2e.conftest import RUNTIME_SWITCH_ENV
 from tests.e2e.netstack import DNSD_IMAGE, dnsd_archive, network_env
 from tests.e2e.stack import Stack, busybox_archive
 from tests.e2e.test_docker_cli import cli
-from tests.e2e.test_network_cli import ask_dns
+from tests.e2e.test_network_cli import ask_dns, http_get
 
 pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
 
@@ -128,24 +127,8 @@ def sysctl(ns: Path, path: str, value: str | None = None) -> str:
     return inside(ns, run)
 
 
-def http_get(ns: Path, host: str, port: int, deadline: float) -> bytes:
-    def get() -> bytes:
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((host, port), timeout=2) as s:
-                    s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
-                    data = b""
-                    while chunk := s.recv(65536):
-                        data += chunk
-                    if data:
-                        return data
-            except OSError as exc:
-                last = exc
-            time.sleep(0.1)
-        raise AssertionError(f"no answer on {host}:{port} in the private namespace: {last}")
-
-    return inside(ns, get)
+def http_get_inside(ns: Path, host: str, port: int, deadline: float) -> bytes:
+    return inside(ns, lambda: http_get(port, deadline, host))
 
 
 def dns_inside(ns: Path, port: int, name: str, deadline: float) -> list[str]:
@@ -251,7 +234,7 @@ def test_coexists_with_docker_forward_drop(fw: tuple[Stack, Path], tmp_path: Pat
     def all_traffic_works() -> None:
         deadline = time.monotonic() + 20
         # the published ports from 127.0.0.1, tcp and udp
-        assert b"hello-fw" in http_get(ns, "127.0.0.1", tcp_port, deadline)
+        assert b"hello-fw" in http_get_inside(ns, "127.0.0.1", tcp_port, deadline)
         assert dns_inside(ns, udp_port, "svc.skiff.test", deadline) == ["10.1.2.3"]
         # container <-> container on one Skiff network: bridged, so through FORWARD under br_netfilter
         assert pings(stack, peer, web)

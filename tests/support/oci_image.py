@@ -131,6 +131,23 @@ def build_image(layers: list[Layer], *, oci: bool = False, cmd: list[str] | None
     return BuiltImage(layers, cfg, json.dumps(manifest).encode(), manifest["mediaType"])  # type: ignore[arg-type]
 
 
+def docker_save_archive(image: BuiltImage, tag: str, path: Path) -> Path:
+    """``image`` as ``docker save`` writes it (the legacy layout: manifest.json, config, layer.tar)."""
+    cfg_name = image.config_digest[7:] + ".json"
+    entries = {cfg_name: image.config}
+    layers = []
+    for i, layer in enumerate(image.layers):
+        entries[f"{i:064x}/layer.tar"] = layer.tar
+        layers.append(f"{i:064x}/layer.tar")
+    entries["manifest.json"] = json.dumps([{"Config": cfg_name, "RepoTags": [tag], "Layers": layers}]).encode()
+    with tarfile.open(path, "w") as tf:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
 def busybox_layer(workdir: Path, **kw: Any) -> Layer:
     root = workdir / "busybox-rootfs"
     if not root.exists():
