@@ -112,6 +112,9 @@ def kill(root: str, container_id: str, sig: int, *, all_processes: bool = False)
         else:
             cgroup.kill_all(sig)
         return
+    if st.pid <= 0:
+        # A create cut short before the init's pid was recorded: kill(0) would signal our own group.
+        raise FailedPrecondition("container not running")
     try:
         os.kill(st.pid, sig)
     except ProcessLookupError:
@@ -143,15 +146,22 @@ def delete(
         cgroup.kill_all(signal.SIGKILL)
         if status == state.Status.PAUSED:
             cgroup.thaw()
-        try:
-            os.kill(st.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if not state.wait_gone(st.pid, st.pid_start):
-            raise FailedPrecondition(f"container {container_id}: init {st.pid} did not exit after SIGKILL")
+        # pid 0: a create cut short before the init's pid was recorded (state "creating"); kill(0)
+        # would SIGKILL the caller's whole process group. Its cgroup, killed above, holds the rest.
+        if st.pid > 0:
+            try:
+                os.kill(st.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if not state.wait_gone(st.pid, st.pid_start):
+                raise FailedPrecondition(f"container {container_id}: init {st.pid} did not exit after SIGKILL")
     _wait_cgroup_empty(cgroup)
     cgroup.destroy()
-    spec = spec if spec is not None else load_spec_of(root, container_id)
+    if spec is None:
+        try:
+            spec = load_spec_of(root, container_id)
+        except FileNotFoundError:
+            spec = {}  # a create cut short before config.json was copied: no hooks to run
     try:
         hooks.run_hooks(spec, "poststop", state.oci_state(root, st, state.Status.STOPPED))
     finally:
