@@ -6,7 +6,8 @@ readers switch to their slow path, and the lock stays switched for about one gra
 the last write. skiff-lowlevel's ``create`` primes it itself (services/lowlevel/prime.py), but run
 from a shim it has no interpreter start-up to hide the wait behind: so highlevel starts the wait
 the moment a task is asked for, in parallel with the shim's launch, by moving itself into its own
-cgroup (a no-op move) every few ms until shortly after the last create.
+cgroup (a no-op move) every few ms until shortly after the last create. A container's snapshot
+(``docker create``) starts it too: its task usually follows within milliseconds (``docker run``).
 """
 
 from __future__ import annotations
@@ -55,3 +56,14 @@ class CgroupLockWarmer:
             pass
         finally:
             os.close(fd)
+
+
+_warmer: CgroupLockWarmer | None = None
+
+
+def warm() -> None:
+    """The process-wide warmer: a task or a container's snapshot is on its way."""
+    global _warmer
+    if _warmer is None:
+        _warmer = CgroupLockWarmer()
+    _warmer.warm()

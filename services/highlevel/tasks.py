@@ -34,7 +34,7 @@ from services.common.errors import (
 )
 from services.common.paths import Paths
 from services.gen.skiff.highlevel.v1 import EventType, ExitStatus
-from services.highlevel.cgroup_warm import CgroupLockWarmer
+from services.highlevel import cgroup_warm
 from services.highlevel.containers import ContainerStore, check_id
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimClient, ShimGone, shim_error
@@ -164,7 +164,6 @@ class TaskManager:
     def __init__(self, paths: Paths, default_runtime: str, containers: ContainerStore, events: EventBus) -> None:
         self.paths = paths
         self.default_runtime = default_runtime
-        self.cgroup_warmer = CgroupLockWarmer()
         self.containers = containers
         self.events = events
         self.tasks: dict[str, Task] = {}
@@ -222,7 +221,7 @@ class TaskManager:
     # ---- create / start ---------------------------------------------------------------------
 
     async def create(self, opts: CreateOptions) -> Task:
-        self.cgroup_warmer.warm()  # the runtime's cgroup move, ~25 ms from now, then waits for nothing
+        cgroup_warm.warm()  # the runtime's cgroup move, ~25 ms from now, then waits for nothing
         check_id(opts.id)
         if opts.id in self.tasks or opts.id in self._creating:
             raise AlreadyExists(f"task {opts.id} already exists")

@@ -22,6 +22,7 @@ from services.gen.skiff.highlevel.v1 import (
     SnapshotMountsResponse,
     SnapshotsBase,
 )
+from services.highlevel import cgroup_warm
 from services.highlevel.images.manager import ImageManager
 from services.highlevel.snapshots import mount as mnt
 from services.highlevel.snapshots.snapshotter import ChangeKind
@@ -40,6 +41,7 @@ class SnapshotsService(SnapshotsBase):
 
     @grpc_errors
     async def prepare(self, request: PrepareSnapshotRequest) -> PrepareSnapshotResponse:
+        cgroup_warm.warm()  # a container's filesystem: its task is likely to follow at once
         labels = dict(request.labels)
         if request.image:
             rootfs = await self.manager.prepare(request.image, request.key, mount=not request.no_mount,
