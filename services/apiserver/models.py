@@ -295,22 +295,33 @@ def _status_text(c: Container) -> str:
     return STATUS_NAMES.get(state.status, "created").capitalize()
 
 
-def container_summary(c: Container) -> dict[str, Any]:
-    """One entry of GET /containers/json."""
+def container_summary(c: Container, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One entry of GET /containers/json; ``fixed`` is :func:`summary_fixed` of ``c`` if the caller keeps it."""
+    return {**(fixed if fixed is not None else summary_fixed(c)), **summary_changing(c)}
+
+
+def summary_fixed(c: Container) -> dict[str, Any]:
+    """The fields of a list entry that never change after create (a caller may keep them)."""
     return {
         "Id": c.id,
-        "Names": [f"/{c.name}"],
         "Image": c.image_ref,
         "ImageID": c.image_id,
         "Command": " ".join(_inspect_path_args(c)),
         "Created": int(parse_time(c.created)),
-        "Ports": netmodels.summary_ports(c),
         "Labels": dict(c.config.labels),
+        "HostConfig": {"NetworkMode": netmodels.network_mode(c)},
+        "Mounts": mountmodels.summary_mounts(c),
+    }
+
+
+def summary_changing(c: Container) -> dict[str, Any]:
+    """The fields of a list entry that a rename, a start, an exit or a network change move."""
+    return {
+        "Names": [f"/{c.name}"],
+        "Ports": netmodels.summary_ports(c),
         "State": STATUS_NAMES.get(c.state.status, "created"),
         "Status": _status_text(c),
-        "HostConfig": {"NetworkMode": netmodels.network_mode(c)},
         "NetworkSettings": {"Networks": netmodels.summary_networks(c)},
-        "Mounts": mountmodels.summary_mounts(c),
     }
 
 
