@@ -18,9 +18,9 @@ config runs on older kernels; names not in the table are an error.
 from __future__ import annotations
 
 import errno
-import os
 
 from services.common.errors import InvalidArgument, SyscallError
+from services.lowlevel import fastos as os
 from services.lowlevel.libc import CDLL, Structure, byref, c_int, c_size_t, c_uint, c_uint32, c_ulong, get_errno, libc
 
 CAPABILITIES: dict[str, int] = {

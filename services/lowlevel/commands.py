@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from services.common import jsonio as json
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.lowlevel import fastos as os
 from services.lowlevel import state
 from services.lowlevel.cli import Parsed
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import _socket as socket
 import array
 import fcntl
-import os
 import struct
 import termios
 
 from services.common.errors import SyscallError
+from services.lowlevel import fastos as os
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import _socket as socket
 import _thread
-import os
 
 from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError
+from services.lowlevel import fastos as os
 from services.lowlevel import hooks, mounts, prime, state
 from services.lowlevel import syscalls as sc
 from services.lowlevel.process import (

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import _socket as socket
-import os
 
 from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.lowlevel import fastos as os
 from services.lowlevel import prime, state
 from services.lowlevel import syscalls as sc
 from services.lowlevel.create import Sync, _child_main, _expect, _send

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 from services.common import jsonio as json
 from services.common.errors import FailedPrecondition
+from services.lowlevel import fastos as os
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False

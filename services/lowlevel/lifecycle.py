@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import _signal as signal
-import os
 
 from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
+from services.lowlevel import fastos as os
 from services.lowlevel import hooks, state
 
 # typing costs milliseconds of import on every launch; annotations are strings here.

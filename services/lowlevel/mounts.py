@@ -7,10 +7,10 @@ createRuntime/createContainer hooks) pivot_root, masked and read-only paths, the
 from __future__ import annotations
 
 import errno
-import os
 import stat
 
 from services.common.errors import InvalidArgument, SyscallError
+from services.lowlevel import fastos as os
 from services.lowlevel import syscalls as sc
 
 # typing costs milliseconds of import on every launch; annotations are strings here.

@@ -7,11 +7,11 @@ folder; the executable is looked up before the parent is told all went well.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from services.common.errors import InvalidArgument, NotFound, SyscallError
 from services.lowlevel import capabilities
+from services.lowlevel import fastos as os
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import _signal as signal
-import os
+
+from services.lowlevel import fastos as os
 
 FORWARDED_SIGNALS = (
     signal.SIGINT,

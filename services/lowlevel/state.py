@@ -6,11 +6,11 @@ every launch, and the runtime's whole budget is a few tens of them.
 
 from __future__ import annotations
 
-import os
 import time
 
 from services.common import jsonio as json
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.lowlevel import fastos as os
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False

@@ -5,9 +5,8 @@ Each failure raises SyscallError with the operation, the path and the errno, as 
 
 from __future__ import annotations
 
-import os
-
 from services.common.errors import SyscallError
+from services.lowlevel import fastos as os
 from services.lowlevel.libc import c_char_p, c_int, c_ulong, get_errno, libc
 
 _libc = libc()

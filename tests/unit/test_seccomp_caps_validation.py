@@ -140,6 +140,8 @@ def test_imports_stay_light() -> None:
         "services.lowlevel.seccomp",
         "services.lowlevel.capabilities",
         "services.lowlevel.libc",  # the foreign calls through _ctypes alone
+        "services.lowlevel.fastos",  # os's part the runtime needs, without importing os
+        "services.lowlevel.fastpath",
     }
     assert set(out) <= allowed, set(out) - allowed
     assert lines[1] == "False", "libseccomp was opened at import"

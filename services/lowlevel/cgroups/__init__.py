@@ -13,10 +13,10 @@ copying the parent's ``cpuset.cpus``/``cpuset.mems`` into empty folders.
 from __future__ import annotations
 
 import errno
-import os
 import time
 
 from services.common.errors import ErrorKind, InvalidArgument, SyscallError
+from services.lowlevel import fastos as os
 
 # ``typing`` costs ~2.5 ms to import and is only for the type checker (annotations are strings
 # here): at run time ``Cgroup`` is a plain base with no behaviour.

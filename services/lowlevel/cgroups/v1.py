@@ -12,9 +12,9 @@ cgroup); it costs one mkdir and one write. The cgroup2 mount of a hybrid host
 from __future__ import annotations
 
 import errno
-import os
 
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError, SyscallError
+from services.lowlevel import fastos as os
 from services.lowlevel.cgroups import (
     add_pid,
     device_rule,

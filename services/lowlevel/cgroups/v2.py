@@ -7,9 +7,9 @@ here, as this runtime's hosts run v1 or rely on the container's /dev being built
 from __future__ import annotations
 
 import errno
-import os
 
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError, SyscallError
+from services.lowlevel import fastos as os
 from services.lowlevel.cgroups import (
     CGROUP_ROOT,
     add_pid,
