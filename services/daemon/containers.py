@@ -14,7 +14,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,7 @@ DEFAULT_STOP_TIMEOUT = 10
 KILL_GRACE = 30.0
 # How long a refused stop signal waits for the exit that explains it (shim -> highlevel -> daemon).
 EXIT_REPORT_GRACE = 2.0
+IMAGE_CACHE_SIZE = 256
 ZERO_TIME = "0001-01-01T00:00:00Z"
 ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "witty")
 NOUNS = ("babbage", "curie", "darwin", "euler", "hopper", "lovelace", "noether", "pascal", "turing", "wright")
@@ -112,6 +113,9 @@ class ContainerManager:
         self.bundles = paths.run / "daemon" / "bundles"
         self.tasks = hl.TasksStub(channel)
         self.images = hl.ImagesStub(channel)
+        # Bumped around every image change made through the daemon (images.py): keeps _image honest.
+        self.images_changed = 0
+        self._images: dict[str, tuple[int, hl.ImageSummary]] = {}
         self.snapshots = hl.SnapshotsStub(channel)
         self.net = Networking(self, paths)
         self.entries: dict[str, Entry] = {}
@@ -158,6 +162,28 @@ class ContainerManager:
     def emit(self, action: str, entry: Entry, attrs: dict[str, str] | None = None) -> None:
         for sink in self.sinks:
             sink(action, entry, attrs or {})
+
+    @contextlib.contextmanager
+    def changing_images(self) -> Iterator[None]:
+        """Around every image change made through the daemon: the kept inspect answers go stale."""
+        self.images_changed += 1
+        try:
+            yield
+        finally:
+            self.images_changed += 1
+
+    async def _image(self, reference: str) -> hl.ImageSummary:
+        """The image a create names. Kept between image changes: docker run's create asked highlevel
+        for the same image each time (a record encoded and decoded, 3-4 ms a container)."""
+        kept = self._images.get(reference)
+        if kept is not None and kept[0] == self.images_changed:
+            return kept[1]
+        generation = self.images_changed
+        image = (await call(self.images.inspect(hl.InspectImageRequest(reference=reference)))).image
+        if len(self._images) >= IMAGE_CACHE_SIZE:
+            self._images.clear()
+        self._images[reference] = (generation, image)
+        return image
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -212,17 +238,24 @@ class ContainerManager:
         prepared = False
         try:
             try:
-                image = (await call(self.images.inspect(hl.InspectImageRequest(reference=config.image)))).image
+                image = await self._image(config.image)
             except NotFound:
                 # Docker's answer: the client pulls (the CLI and docker-py do) and creates again.
                 raise NotFound(f"No such image: {config.image}") from None
             image_config = json.loads(image.config or b"{}").get("config") or {}
             prepared = True
-            snap = await call(self.snapshots.prepare(hl.PrepareSnapshotRequest(key=container_id, image=image.id)))
+            try:
+                snap = await call(self.snapshots.prepare(hl.PrepareSnapshotRequest(key=container_id, image=image.id)))
+            except NotFound:
+                self.images_changed += 1  # removed behind the daemon's back: the kept answer was stale
+                raise
             rootfs = Path(snap.rootfs)
             spec = await asyncio.to_thread(build_spec, container_id, image_config, config, rootfs)
-            # Docker's inspect shows Config.Env merged with the image's.
+            # Docker's inspect shows Config.Env merged with the image's, and the image's labels too.
             config.env = merge_env(list(image_config.get("Env") or []), list(config.env))
+            image_labels = image_config.get("Labels") or {}
+            if image_labels:
+                config.labels = {**{str(k): str(v) for k, v in image_labels.items()}, **dict(config.labels)}
             points = await self.mounts.attach(config, image_config, rootfs, spec) if self.mounts else []
             await asyncio.to_thread(write_bundle, bundle, spec)
             record = Container(

@@ -60,7 +60,8 @@ class ImagesService(ImagesBase):
 
     @grpc_errors
     async def load(self, load_images_request: hl.LoadImagesRequest) -> hl.LoadImagesResponse:
-        return await call(self.images.load(load_images_request))
+        with self.manager.changing_images():
+            return await call(self.images.load(load_images_request))
 
     @grpc_errors
     async def remove(self, remove_image_request: hl.RemoveImageRequest) -> hl.RemoveImageResponse:
@@ -80,11 +81,12 @@ class ImagesService(ImagesBase):
             raise Conflict(f'conflict: unable to remove repository reference "{r.reference}" (must force) - '
                            f"container {users[0][:12]} is using its referenced image {image.id[7:19]}")
         r.in_use = bool(users)
-        return await call(self.images.remove(r))
+        with self.manager.changing_images():
+            return await call(self.images.remove(r))
 
     @grpc_errors
     async def pull(self, highlevel_v1_pull_image_request: hl.PullImageRequest) -> AsyncIterator[hl.ImageProgress]:
-        with client_errors():
+        with client_errors(), self.manager.changing_images():
             async for item in self.images.pull(highlevel_v1_pull_image_request):
                 yield item
 
@@ -96,7 +98,8 @@ class ImagesService(ImagesBase):
 
     @grpc_errors
     async def tag(self, highlevel_v1_tag_image_request: hl.TagImageRequest) -> hl.TagImageResponse:
-        return await call(self.images.tag(highlevel_v1_tag_image_request))
+        with self.manager.changing_images():
+            return await call(self.images.tag(highlevel_v1_tag_image_request))
 
     @grpc_errors
     async def save(self, highlevel_v1_save_images_request: hl.SaveImagesRequest) -> hl.SaveImagesResponse:
@@ -104,7 +107,8 @@ class ImagesService(ImagesBase):
 
     @grpc_errors
     async def import_(self, highlevel_v1_import_image_request: hl.ImportImageRequest) -> hl.ImportImageResponse:
-        return await call(self.images.import_(highlevel_v1_import_image_request))
+        with self.manager.changing_images():
+            return await call(self.images.import_(highlevel_v1_import_image_request))
 
     @grpc_errors
     async def commit(self, commit_container_request: CommitContainerRequest) -> hl.CommitImageResponse:
@@ -121,9 +125,10 @@ class ImagesService(ImagesBase):
             paused_here = True
         try:
             # The snapshot key is the container id (containers.py prepares it so).
-            reply = await call(self.images.commit(hl.CommitImageRequest(
-                snapshot_key=record.id, parent_image=record.image_id, reference=request.reference,
-                comment=request.comment, author=request.author, config=request.config)))
+            with self.manager.changing_images():
+                reply = await call(self.images.commit(hl.CommitImageRequest(
+                    snapshot_key=record.id, parent_image=record.image_id, reference=request.reference,
+                    comment=request.comment, author=request.author, config=request.config)))
             self.manager.emit("commit", entry, {"comment": request.comment, "imageID": reply.id,
                                                 "imageRef": request.reference})
             return reply
@@ -148,7 +153,8 @@ class ImagesService(ImagesBase):
             if not _labels_match(labels, list(r.labels)):
                 continue
             # By id and forced: every name goes with it; the in-use check was done above.
-            reply = await call(self.images.remove(hl.RemoveImageRequest(reference=image.id, force=True)))
+            with self.manager.changing_images():
+                reply = await call(self.images.remove(hl.RemoveImageRequest(reference=image.id, force=True)))
             items.extend(reply.items)
             reclaimed += image.size
         if items:

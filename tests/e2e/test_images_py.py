@@ -72,3 +72,22 @@ def test_py_pull_errors(client: docker.DockerClient, auth_registry: RunningRegis
         client.api.pull(f"{server}/py/none", tag="v1", auth_config=auth)
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get("never-pulled:v9")
+
+
+def test_create_follows_the_image_a_name_points_to(client: docker.DockerClient) -> None:
+    # The daemon keeps what a name resolved to between creates: a tag, a commit or a removal must
+    # show in the very next create.
+    first = client.containers.create("busybox", ["true"])
+    old_id = first.attrs["Image"]
+    client.images.get("busybox").tag("keep-old", "1")
+    first.commit("busybox", "latest", changes=['LABEL moved="yes"'])
+    second = client.containers.create("busybox", ["true"])
+    assert second.attrs["Image"] not in (old_id, "") and second.attrs["Config"]["Labels"] == {"moved": "yes"}
+    client.images.get("keep-old:1").tag("busybox", "latest")
+    third = client.containers.create("busybox", ["true"])
+    assert third.attrs["Image"] == old_id
+    for c in (first, second, third):
+        c.remove()
+    client.images.remove("busybox:latest", force=True)
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.containers.create("busybox", ["true"])
