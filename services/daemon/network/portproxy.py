@@ -223,6 +223,11 @@ class PortProxy:
                     await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
                 finally:
                     up_w.close()
+            except asyncio.CancelledError:
+                # close() ends the connection. Python 3.11's server callback asks a finished handler
+                # for its exception without checking whether it was cancelled, and logs the
+                # CancelledError that raises as an error: end normally instead.
+                return
             finally:
                 writer.close()
                 self._conns.discard(task)
