@@ -660,15 +660,23 @@ class TaskManager:
             init.started.set()
         self.tasks[id_] = task
         try:
-            reply = await task.client.request(Op.STATE, timeout=5)
+            reply = await task.client.request(Op.STATE, timeout=5, execs=True)
         except ShimGone:
             await self._shim_died(task)
             return
         task.paused = reply.get("status") == "paused"
         task.started_at = reply.get("started_at", "")
         init.watcher = asyncio.create_task(self._watch(task, init))
+        for found in reply.get("execs") or []:
+            # Execs made before the restart: watched again (one that ended meanwhile answers at once).
+            proc = ProcRecord(str(found["exec_id"]), pid=int(found.get("pid") or 0),
+                              terminal=bool(found.get("terminal")))
+            if found.get("status") in ("running", "paused", "stopped"):
+                proc.started.set()
+            task.execs[proc.exec_id] = proc
+            proc.watcher = asyncio.create_task(self._watch(task, proc))
         task.oom_watcher = asyncio.create_task(self._watch_oom(task, recovered=True))
-        log.info("task recovered", id=id_, pid=init.pid, status=reply.get("status"))
+        log.info("task recovered", id=id_, pid=init.pid, status=reply.get("status"), execs=len(task.execs))
 
 
 def shim_pidfd(pid: int, state_dir: Path) -> int | None:

@@ -881,7 +881,11 @@ class Shim:
     def _dispatch(self, conn: Conn, op: str, req: dict[str, Any]) -> dict[str, Any] | None:
         exec_id = req.get("exec_id", "")
         if op == Op.STATE:
-            return self._proc_state(self._get(exec_id))
+            state = self._proc_state(self._get(exec_id))
+            if not exec_id and req.get("execs"):
+                # A restarted highlevel learns the execs it had started (and their exits) here.
+                state["execs"] = [self._proc_state(proc) for key, proc in self.procs.items() if key]
+            return state
         if op == Op.START:
             return self.op_start(req)
         if op == Op.WAIT:

@@ -10,6 +10,7 @@ import signal
 from services.gen.skiff.highlevel.v1 import (
     CreateTaskRequest,
     DeleteTaskRequest,
+    ExecRequest,
     KillRequest,
     LogConfig,
     StartRequest,
@@ -130,3 +131,46 @@ def test_shim_killed_while_highlevel_down(highlevel: Highlevel, bundles: Bundles
     run(after())
     wait_for(lambda: not pid_alive(pid), 10, "container gone")
     assert highlevel.leftovers([new_id]) == []
+
+
+def test_execs_survive_a_highlevel_restart(highlevel: Highlevel, bundles: Bundles, new_id: str) -> None:
+    bundle = bundles.make(new_id, ["sleep", "1000"])
+
+    def process(*args: str) -> bytes:
+        return json.dumps({"args": list(args), "cwd": "/", "env": ["PATH=/bin"]}).encode()
+
+    async def before() -> None:
+        async with highlevel.client() as (tasks, _):
+            await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle)))
+            await tasks.start(StartRequest(id=new_id))
+            await tasks.exec(ExecRequest(id=new_id, exec_id="done", process=process("sh", "-c", "exit 3")))
+            await tasks.start(StartRequest(id=new_id, exec_id="done"))
+            assert (await wait_exit_of(tasks, new_id, "done")).exit_code == 3
+            await tasks.exec(ExecRequest(id=new_id, exec_id="long", process=process("sleep", "1000")))
+            await tasks.start(StartRequest(id=new_id, exec_id="long"))
+
+    run(before())
+    highlevel.kill9()
+    highlevel.start()
+
+    async def after() -> None:
+        async with highlevel.client() as (tasks, _):
+            done = await tasks.state(StateRequest(id=new_id, exec_id="done"))
+            assert done.status == TaskStatus.STOPPED and done.exit.exit_code == 3
+            long = await tasks.state(StateRequest(id=new_id, exec_id="long"))
+            assert long.status == TaskStatus.RUNNING and pid_alive(long.pid)
+            await tasks.kill(KillRequest(id=new_id, exec_id="long", signal=signal.SIGKILL))
+            assert (await wait_exit_of(tasks, new_id, "long")).exit_code == 137
+            await tasks.kill(KillRequest(id=new_id, signal=signal.SIGKILL, all=True))
+            await wait_exit(tasks, new_id)
+            await tasks.delete(DeleteTaskRequest(id=new_id))
+
+    run(after())
+    assert highlevel.leftovers([new_id]) == []
+
+
+async def wait_exit_of(tasks, id_: str, exec_id: str):  # noqa: ANN001, ANN201
+    async for message in tasks.wait(WaitRequest(id=id_, exec_id=exec_id), timeout=30):
+        if message.exited:
+            return message.exit
+    raise AssertionError("wait ended without an exit")
