@@ -265,7 +265,7 @@ class ContainerManager:
                 log_path=str(self.store.folder(container_id) / f"{container_id}-json.log"),
                 mount_points=points,
             )
-            await asyncio.to_thread(self.store.save, record)
+            await self.save(record)
         except BaseException:
             # No half container left behind: the name, the snapshot and the bundle go again.
             self.names.pop(name, None)
@@ -312,7 +312,7 @@ class ContainerManager:
                 await self.net.teardown(record)
                 record.state.error = exc.message
                 record.state.exit_code = 127 if "exec" in exc.message or "not found" in exc.message else 126
-                await asyncio.to_thread(self.store.save, record)
+                await self.save(record)
                 if cfg.host.auto_remove:
                     # Docker's --rm: a container that cannot start goes too (the CLI waits for its removal).
                     self._spawn(self._auto_remove(record.id))
@@ -320,7 +320,7 @@ class ContainerManager:
             record.state = ContainerState(status=State.RUNNING, pid=started.pid, started_at=now_rfc3339(),
                                           finished_at=record.state.finished_at)
             record.stopped_by_user = False
-            await asyncio.to_thread(self.store.save, record)
+            await self.save(record)
             entry.notify()
             self._watch(entry)
             self.emit("start", entry)
@@ -378,7 +378,7 @@ class ContainerManager:
         state.oom_killed = status.oom_killed
         state.finished_at = status.exited_at or now_rfc3339()
         await self.net.teardown(entry.record)
-        await asyncio.to_thread(self.store.save, entry.record)
+        await self.save(entry.record)
         entry.exits += 1
         entry.notify()
 
@@ -404,11 +404,17 @@ class ContainerManager:
                 self.emit("unpause", entry)
 
     async def _end_restarting(self, entry: Entry) -> bool:
-        """Stop or kill during a restart policy's back-off: no task runs; the container stays exited."""
+        """Stop or kill during a restart policy's back-off: no task runs; the container stays exited.
+
+        A restart already under way (its back-off over, the start holding the lock) is let finish:
+        False then, and the caller stops or kills the started container as any other."""
         if entry.record.state.status != State.RESTARTING:
             return False
-        entry.record.state.status = State.EXITED
-        await asyncio.to_thread(self.store.save, entry.record)
+        async with entry.lock:
+            if entry.record.state.status != State.RESTARTING:
+                return False
+            entry.record.state.status = State.EXITED
+            await self.save(entry.record)
         entry.notify()
         return True
 
@@ -419,8 +425,8 @@ class ContainerManager:
         entry.record.stopped_by_user = True
         if entry.record.state.status == State.RESTARTING:
             self.emit("kill", entry, {"signal": str(signal.SIGKILL)})  # calls off the pending restart
-            await self._end_restarting(entry)
-            return
+            if await self._end_restarting(entry) or not entry.running:
+                return
         if entry.record.state.status == State.PAUSED:
             # A frozen process cannot act on a signal: thaw it first, as dockerd does (area A).
             with contextlib.suppress(SkiffError):
@@ -502,7 +508,7 @@ class ContainerManager:
             if entry.removed:
                 return
             record.state.status = State.REMOVING
-            await asyncio.to_thread(self.store.save, record)
+            await self.save(record)
             # Independent of one another: the task (shim, runtime state, cgroups), the snapshot (the
             # container's mount namespace is gone with its processes) and the network go at once.
             outcomes = await asyncio.gather(
@@ -532,6 +538,12 @@ class ContainerManager:
     async def _ignore_missing(request: Awaitable[object]) -> None:
         with contextlib.suppress(NotFound):
             await call(request)
+
+    async def save(self, record: Container) -> None:
+        """The record, encoded here on the event loop (nothing can change it half-way through) and
+        written in a thread. Encoding in the thread raced coroutines that kept changing the record."""
+        data = bytes(record)
+        await asyncio.to_thread(self.store.write, record.id, data)
 
     def _remove_files(self, container_id: str) -> None:
         import shutil

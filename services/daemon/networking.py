@@ -555,7 +555,7 @@ class Networking:
                 await self._attach(record, net, cfg, index)
             if net.name not in self._wanted(record):
                 record.config.host.endpoints[net.name] = cfg
-            await asyncio.to_thread(self.manager.store.save, record)
+            await self.manager.save(record)
         if entry.running:
             await self._refresh_network(net.id)
             await self._refresh_own(record)
@@ -579,7 +579,7 @@ class Networking:
                 record.config.host.network_mode = (
                     "none" if not record.config.host.endpoints else next(iter(record.config.host.endpoints))
                 )
-            await asyncio.to_thread(self.manager.store.save, record)
+            await self.manager.save(record)
         await self._refresh_network(net.id)
 
     async def _refresh_own(self, record: Container) -> None:

@@ -80,7 +80,7 @@ class Operations:
             else:
                 await call(self.tasks.resume(hl.TaskRequest(id=entry.record.id)))
             entry.record.state.status = State.PAUSED if pause else State.RUNNING
-            await asyncio.to_thread(self.containers.store.save, entry.record)
+            await self.containers.save(entry.record)
             entry.notify()
         self.containers.emit("pause" if pause else "unpause", entry, {})
 
@@ -126,7 +126,7 @@ class Operations:
             names[name] = entry.record.id
             names.pop(old, None)
             entry.record.name = name
-            await asyncio.to_thread(self.containers.store.save, entry.record)
+            await self.containers.save(entry.record)
         self.containers.emit("rename", entry, {"oldName": f"/{old}"})
 
     async def update(self, request: UpdateContainerRequest) -> list[str]:
@@ -163,7 +163,7 @@ class Operations:
                                              "for the container")
                 host.restart_policy = request.restart_policy
                 host.restart_max_retries = request.restart_max_retries
-            await asyncio.to_thread(self.containers.store.save, entry.record)
+            await self.containers.save(entry.record)
         self.containers.emit("update", entry, {})
         return []
 

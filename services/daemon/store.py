@@ -23,9 +23,13 @@ class RecordStore:
 
     def save(self, record: Container) -> None:
         """tmp, fsync, rename: a crash leaves the old record or the new one, never half of one."""
-        folder = self.folder(record.id)
+        self.write(record.id, bytes(record))
+
+    def write(self, container_id: str, data: bytes) -> None:
+        """An encoded record (encode it where nothing else changes it: the event loop)."""
+        folder = self.folder(container_id)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / RECORD, bytes(record))
+        atomic_write(folder / RECORD, data)
 
     def load_all(self) -> list[Container]:
         records: list[Container] = []
