@@ -15,14 +15,31 @@ from tests.e2e.stack import Stack, busybox_archive
 RUNTIME_SWITCH_ENV = "SKIFF_TEST_RUNTIME"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+    return report
+
+
+CALL_FAILED = pytest.StashKey[bool]()
+LOG_TAIL = 40
+
+
 @pytest.fixture
-def stack(prefix: Path) -> Iterator[Stack]:
+def stack(prefix: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
     needs_root()
     s = Stack(prefix, os.environ.get(RUNTIME_SWITCH_ENV) or "skiff-lowlevel")
     ids: list[str] = []
     try:
         s.start_all()
         yield s
+        if request.node.stash.get(CALL_FAILED, False):
+            # The services' own account of a failure, in the report (their logs go with the prefix).
+            for module, log in s.logs.items():
+                lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL:] if log.exists() else []
+                print(f"---- {module}: last {len(lines)} lines of {log.name}", *lines, sep="\n")
         client = docker.DockerClient(base_url=s.base_url, timeout=30)
         for container in client.containers.list(all=True):
             ids.append(container.id)
