@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -10,18 +9,10 @@ import docker
 import pytest
 
 from tests.e2e.stack import Stack
-from tests.support.tasks import wait_for
+from tests.support.tasks import pid_alive, wait_for
 
 # The short container exits 7 once this file appears in its root filesystem.
 WAITER = "while [ ! -e /go ]; do sleep 0.05; done; echo bye; exit 7"
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def _kill(stack: Stack, module: str) -> None:
@@ -44,7 +35,8 @@ def test_restore_after_sigkill(stack: Stack, client: docker.DockerClient, module
         # The container's root as the host sees it: its init's /proc root.
         for name in ("short", "pol"):
             (Path(f"/proc/{pids[name]}/root") / "go").touch()
-        wait_for(lambda: _gone(pids["short"]) and _gone(pids["pol"]), 15, "exits while the service is down")
+        gone = ("short", "pol")
+        wait_for(lambda: not any(pid_alive(pids[n]) for n in gone), 15, "exits while the service is down")
     finally:
         stack.start(module)
     restored = docker.DockerClient(base_url=stack.base_url, timeout=30)

@@ -4,25 +4,16 @@ true exit code after the restart, one still running is watched again, and record
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
 import docker
 
 from tests.e2e.stack import Stack
-from tests.support.tasks import wait_for
+from tests.support.tasks import pid_alive, wait_for
 
 # Each exec ends with its own code once its file appears in the container's root.
 WAIT_THEN_EXIT = "while [ ! -e /{name} ]; do sleep 0.05; done; exit {code}"
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def _detached_exec(api: docker.APIClient, container: str, name: str, code: int) -> str:
@@ -55,7 +46,7 @@ def test_exec_exit_while_daemon_down(stack: Stack, client: docker.DockerClient) 
     daemon.wait(10)
     try:
         (root / "down").touch()
-        wait_for(lambda: _gone(pid), 15, "the exec's end while the daemon is down")
+        wait_for(lambda: not pid_alive(pid), 15, "the exec's end while the daemon is down")
     finally:
         stack.start("services.daemon")
 
