@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,10 +42,12 @@ def stack(prefix: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
                 lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL:] if log.exists() else []
                 print(f"---- {module}: last {len(lines)} lines of {log.name}", *lines, sep="\n")
         client = docker.DockerClient(base_url=s.base_url, timeout=30)
-        for container in client.containers.list(all=True):
-            ids.append(container.id)
-            container.remove(force=True)
-        assert client.containers.list(all=True) == []
+        # The low-level list and remove: an --rm container may go by itself meanwhile.
+        for entry in client.api.containers(all=True):
+            ids.append(entry["Id"])
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(entry["Id"], force=True)
+        assert client.api.containers(all=True) == []
         client.close()
         s.stop_all()
         assert s.leftovers(ids) == []
