@@ -130,6 +130,8 @@ class World:
         for net in self.nets:
             firewall.remove_network(net.bridge, net.subnet)
             bridge.delete_bridge(net.bridge)
+        if self.nets:
+            firewall.remove_base_if_unused()  # as a daemon does when its last network goes
         for name in netns.list_names(self.netns_dir):
             netns.remove(self.netns_dir, name)
 
