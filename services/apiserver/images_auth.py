@@ -5,6 +5,7 @@ what ``certs.d/<host:port>/`` holds, as pulls and pushes do."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import ssl
 from pathlib import Path
@@ -36,7 +37,9 @@ def _loopback(host: str) -> bool:
 
 
 async def _status(url: str, auth: aiohttp.BasicAuth, host: str, certs_d: Path) -> int:
-    tls: ssl.SSLContext | bool = ssl_context(certs_d, host) if url.startswith("https://") else False
+    # Loading the system's CA bundle and the certs.d files is blocking file work: in a thread.
+    tls: ssl.SSLContext | bool = (await asyncio.to_thread(ssl_context, certs_d, host)
+                                  if url.startswith("https://") else False)
     try:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session, session.get(url, auth=auth, ssl=tls) as reply:
             return reply.status

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 
-from services.lowlevel.prime import KEEP_INTERVAL, _own_procs_file
+from services.lowlevel.prime import KEEP_INTERVAL, own_procs_file
 
 WARM_FOR = 0.25  # seconds after the last request: covers a shim's launch and its runtime's create
 
@@ -27,7 +27,7 @@ class CgroupLockWarmer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         try:
-            self._path = _own_procs_file()
+            self._path = own_procs_file()
         except OSError:
             self._path = None
 

@@ -54,7 +54,7 @@ def prime_for(argv: list[str]) -> None:
         return
     _started = True
     try:
-        target = _own_procs_file()
+        target = own_procs_file()
         if target is not None:
             # The main thread is busy importing and seldom lets go of the GIL: with the default
             # switch interval (5 ms) the thread only got to its first write 5 ms late.
@@ -70,7 +70,7 @@ def done() -> None:
     _done = True
 
 
-def _own_procs_file() -> str | None:
+def own_procs_file() -> str | None:
     """cgroup.procs of a cgroup this process is in: v1 pids (hybrid or legacy), else the v2 one."""
     fd = posix.open("/proc/self/cgroup", posix.O_RDONLY | posix.O_CLOEXEC)
     try:

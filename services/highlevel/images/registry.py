@@ -89,11 +89,13 @@ class RegistryClient:
         self._hosts: dict[str, _HostState] = {}
         self._ssl: dict[str, ssl.SSLContext] = {}
 
-    def ssl_for(self, host: str) -> ssl.SSLContext:
-        """This registry's trust: the system's, the configured CA, and its certs.d folder (read once)."""
+    async def ssl_for(self, host: str) -> ssl.SSLContext:
+        """This registry's trust: the system's, the configured CA, and its certs.d folder (read once,
+        in a thread: loading the system's CA bundle and the folder's files is blocking file work)."""
         ctx = self._ssl.get(host)
         if ctx is None:
-            ctx = self._ssl[host] = ssl_context(self.options.certs_d, host, self.options.ca_file)
+            ctx = await asyncio.to_thread(ssl_context, self.options.certs_d, host, self.options.ca_file)
+            self._ssl[host] = ctx
         return ctx
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
@@ -101,7 +103,7 @@ class RegistryClient:
         (and not retried: it will not get better)."""
         host = _url_host(url)
         if url.startswith("https://"):
-            kwargs["ssl"] = self.ssl_for(host)
+            kwargs["ssl"] = await self.ssl_for(host)
         try:
             return await self.session.request(method, url, **kwargs)
         except aiohttp.ClientConnectorCertificateError as exc:
