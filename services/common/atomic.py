@@ -1,6 +1,10 @@
 """State written atomically: a temporary file, fsync, rename (DESIGN.md's rule for every service).
 
-stdlib only: the shim uses it too.
+The one way every service writes a file that others read: ``durable=True`` (the default) for state
+under ``<lib>`` that must survive a crash; ``durable=False`` for state under ``<run>`` (a tmpfs,
+gone at reboot anyway), where the fsync would only cost time on the launch path.
+
+stdlib only (os): the shim and lowlevel use it too, and every import there costs every launch.
 """
 
 from __future__ import annotations
@@ -8,21 +12,40 @@ from __future__ import annotations
 import os
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, sync_dir: bool = False) -> None:
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    durable: bool = True,
+    sync_dir: bool = False,
+    mode: int = 0o600,
+) -> None:
     """Readers see the old file or the new one, never half of one; after a crash, one of the two.
 
+    ``durable=False`` skips the fsync (atomic against readers, not against a power cut): for /run.
     ``sync_dir`` also makes the rename itself durable (an fsync of the folder).
     """
     path = os.fspath(path)
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    # The pid keeps two processes writing the same file from sharing (and truncating) one temp file.
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     if sync_dir:
         dir_fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
