@@ -11,6 +11,7 @@ from pathlib import Path
 from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.grpc import grpc_errors
+from services.common.shimproto import rfc3339_nano
 from services.gen.skiff.highlevel.v1 import (
     Container,
     ContainersBase,
@@ -23,7 +24,6 @@ from services.gen.skiff.highlevel.v1 import (
     ListContainersRequest,
     ListContainersResponse,
 )
-from services.shim.logfile import rfc3339_nano
 
 VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from services.common.shimproto import rfc3339_nano
 from services.gen.skiff.highlevel.v1 import Event, EventType, ExitStatus
-from services.shim.logfile import rfc3339_nano
 
 # A subscriber this far behind is cut off instead of growing the server's memory without bound.
 MAX_BACKLOG = 10_000

@@ -1,4 +1,4 @@
-"""Async client of the shim protocol (services/shim/protocol.py) for the highlevel runtime."""
+"""Async client of the shim protocol (services/common/shimproto.py) for the highlevel runtime."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import ERROR_BY_KIND, ErrorKind, SkiffError, Unavailable
-from services.shim.protocol import HEADER, MAX_FRAME, FrameKind, encode, encode_json
+from services.common.shimproto import HEADER, MAX_FRAME, FrameKind, encode, encode_json
 
 REQUEST_TIMEOUT = 70.0  # above the shim's own runtime timeout (60 s)
 

@@ -33,13 +33,12 @@ from services.common.errors import (
     SkiffError,
 )
 from services.common.paths import Paths
+from services.common.shimproto import FrameKind, Op, rfc3339_nano
 from services.gen.skiff.highlevel.v1 import EventType, ExitStatus
 from services.highlevel import cgroup_warm
 from services.highlevel.containers import ContainerStore, check_id
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimClient, ShimGone, shim_error
-from services.shim.logfile import rfc3339_nano
-from services.shim.protocol import FrameKind, Op
 
 log = structlog.get_logger(service="highlevel")
 

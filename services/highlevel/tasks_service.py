@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 
 from services.common.grpc import grpc_errors
+from services.common.shimproto import FrameKind, Op
 from services.gen.skiff.highlevel.v1 import (
     AttachOutput,
     AttachRequest,
@@ -42,7 +43,6 @@ from services.gen.skiff.highlevel.v1 import TaskStatus as ProtoStatus
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimGone
 from services.highlevel.tasks import CreateOptions, ExitInfo, TaskManager, TaskStatus
-from services.shim.protocol import FrameKind, Op
 
 STATUS_TO_PROTO = {
     TaskStatus.CREATED: ProtoStatus.CREATED,

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 
 from services.common import jsonio
+from services.common.shimproto import rfc3339_nano
 
 # Docker splits a line longer than this into several entries (its logger's buffer size).
 MAX_LINE = 16 * 1024
-
-
-def rfc3339_nano(ns: int | None = None) -> str:
-    """UTC time as Docker writes it: ``2006-01-02T15:04:05.999999999Z`` (always 9 digits)."""
-    ns = time.time_ns() if ns is None else ns
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
 class JsonFileLog:

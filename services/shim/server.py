@@ -18,15 +18,16 @@ import time
 
 from services.common import jsonio as json
 from services.common.atomic import atomic_write
-from services.shim.logfile import JsonFileLog, rfc3339_nano
-from services.shim.protocol import (
+from services.common.shimproto import (
     FrameKind,
     Op,
     ProcStatus,
     decode_frames,
     encode,
     encode_json,
+    rfc3339_nano,
 )
+from services.shim.logfile import JsonFileLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from services.common.config import resolve_runtime
-from services.shim.protocol import FrameKind, decode_frames, encode, encode_json
+from services.common.shimproto import FrameKind, decode_frames, encode, encode_json
 from tests.conftest import needs_root
 from tests.support.tasks import Bundles, chosen_runtime, pid_alive, wait_for
 

@@ -1,14 +1,16 @@
-"""The shim's wire protocol: frames on a UNIX stream socket (see proto/skiff/shim/v1/README.md).
+"""The shim's wire protocol, the contract between highlevel and its shims (proto/skiff/shim/v1/README.md).
 
 Each frame is a 5-byte header, ``kind`` (1 byte) and ``length`` (4 bytes, big endian), then
 ``length`` bytes. Requests and replies are JSON objects; attached streams carry raw bytes so that
-output never pays a base64 or JSON cost. Stdlib only: the shim imports this on every launch and
-the highlevel runtime shares it, so both ends agree by construction.
+output never pays a base64 or JSON cost. Times on the wire are Docker's RFC 3339 with nanoseconds.
+Stdlib only (``struct``, ``time``): the shim imports this on every launch and the highlevel runtime
+shares it, so both ends agree by construction.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 
 from services.common import jsonio
 
@@ -44,9 +46,12 @@ class Op:
     DELETE = "delete"
     SHUTDOWN = "shutdown"
     SUBSCRIBE = "subscribe"
+    PIDS = "pids"
+    UPDATE = "update"
+    STATS = "stats"
 
     ALL = frozenset((STATE, START, WAIT, KILL, RESIZE, ATTACH, EXEC, CLOSE_STDIN, PAUSE, RESUME, DELETE, SHUTDOWN,
-                     SUBSCRIBE))
+                     SUBSCRIBE, PIDS, UPDATE, STATS))
 
 
 class ProcStatus:
@@ -54,6 +59,13 @@ class ProcStatus:
     RUNNING = "running"
     PAUSED = "paused"
     STOPPED = "stopped"
+
+
+def rfc3339_nano(ns: int | None = None) -> str:
+    """UTC time as Docker writes it: ``2006-01-02T15:04:05.999999999Z`` (always 9 digits)."""
+    ns = time.time_ns() if ns is None else ns
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
 def encode(kind: int, payload: bytes) -> bytes:
