@@ -16,7 +16,7 @@ import os
 import threading
 import time
 
-from services.lowlevel.prime import KEEP_INTERVAL, own_procs_file
+from services.common.cgroupfs import keep_switched, own_procs_file
 
 WARM_FOR = 0.25  # seconds after the last request: covers a shim's launch and its runtime's create
 
@@ -43,19 +43,8 @@ class CgroupLockWarmer:
     def _run(self) -> None:
         assert self._path is not None
         pid = str(os.getpid()).encode()
-        try:
-            fd = os.open(self._path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
+        if not keep_switched(self._path, pid, lambda: time.monotonic() < self._until):
             self._path = None
-            return
-        try:
-            while time.monotonic() < self._until:
-                os.write(fd, pid)
-                time.sleep(KEEP_INTERVAL)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 _warmer: CgroupLockWarmer | None = None

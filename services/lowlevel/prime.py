@@ -13,7 +13,8 @@ costs ~0.05 ms inside the window, and extends it) until ``done()``, so that the 
 moves, whenever they come, fall into the window. Any failure is ignored: at worst the real move
 waits as it did before.
 
-Imports only ``posix``, ``_thread``, ``sys`` and ``time`` (loaded at start-up): it runs first.
+Imports only ``posix``, ``_thread``, ``sys``, ``time`` (loaded at start-up) and
+services/common/cgroupfs.py (which finds the cgroup and holds the write loop): it runs first.
 """
 
 import _thread
@@ -21,11 +22,11 @@ import posix
 import sys
 import time
 
+from services.common.cgroupfs import keep_switched, own_procs_file
+
 _COMMANDS = ("create", "run", "exec")
 # Global flags that take a value (runc's): their value is not the command.
 _VALUED = ("--root", "--log", "--log-format", "--rootless", "--criu")
-# Well inside the window (one grace period after the last write: 12-16 ms measured here).
-KEEP_INTERVAL = 0.004
 KEEP_LIMIT = 3.0  # seconds: the thread never outlives a stuck command by much
 SWITCH_INTERVAL = 0.0002
 _started = False
@@ -70,42 +71,6 @@ def done() -> None:
     _done = True
 
 
-def own_procs_file() -> str | None:
-    """cgroup.procs of a cgroup this process is in: v1 pids (hybrid or legacy), else the v2 one."""
-    fd = posix.open("/proc/self/cgroup", posix.O_RDONLY | posix.O_CLOEXEC)
-    try:
-        text = posix.read(fd, 65536).decode()
-    finally:
-        posix.close(fd)
-    unified = None
-    for line in text.split("\n"):
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        if "pids" in parts[1].split(","):
-            return f"/sys/fs/cgroup/{parts[1]}{parts[2].rstrip('/')}/cgroup.procs"
-        if parts[0] == "0" and not parts[1]:
-            unified = parts[2].rstrip("/")
-    if unified is None:
-        return None
-    try:
-        posix.stat("/sys/fs/cgroup/cgroup.controllers")
-        return f"/sys/fs/cgroup{unified}/cgroup.procs"
-    except OSError:
-        return f"/sys/fs/cgroup/unified{unified}/cgroup.procs"
-
-
 def _keep_switched(path: str, pid: bytes) -> None:
-    try:
-        fd = posix.open(path, posix.O_WRONLY | posix.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        deadline = time.monotonic() + KEEP_LIMIT
-        while not _done and time.monotonic() < deadline:
-            posix.write(fd, pid)
-            time.sleep(KEEP_INTERVAL)
-    except OSError:
-        pass
-    finally:
-        posix.close(fd)
+    deadline = time.monotonic() + KEEP_LIMIT
+    keep_switched(path, pid, lambda: not _done and time.monotonic() < deadline)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from services.common import cgroupfs
 from services.common import jsonio as json
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -25,34 +26,15 @@ def _become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def _cgroups_away_from_root() -> set[str]:
-    """Names of the hierarchies (as mounted under /sys/fs/cgroup) where this process is not at the root.
-
-    A cgroup v1 migration takes a percpu rwsem whose first writer waits out an RCU grace period
-    (8-20 ms here), even when the process is already where it is moved: skipping those is free speed.
-    """
-    away: set[str] = set()
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {"*"}
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if path == "/":
-            continue
-        if not controllers:
-            away.update(("unified", ""))  # v2: /sys/fs/cgroup/unified on hybrid, /sys/fs/cgroup itself on v2
-        else:
-            away.add(controllers.removeprefix("name="))
-            away.update(controllers.split(","))
-    return away
-
-
 def _leave_cgroups() -> None:
-    """Moves the shim to every hierarchy's root, so stopping the caller's cgroup spares it."""
-    base = "/sys/fs/cgroup"
-    away = _cgroups_away_from_root()
+    """Moves the shim to every hierarchy's root, so stopping the caller's cgroup spares it.
+
+    Hierarchies where it already is at the root are skipped: a cgroup v1 migration takes a percpu
+    rwsem whose first writer waits out an RCU grace period (8-20 ms here), even when the process is
+    already where it is moved, so skipping those is free speed.
+    """
+    base = cgroupfs.ROOT
+    away = cgroupfs.hierarchies_away_from_root()
     if not away:
         return
     candidates = [(base, "")] + [(os.path.join(base, name), name) for name in os.listdir(base)]

@@ -16,6 +16,7 @@ import select
 import sys
 import time
 
+from services.common import cgroupfs
 from services.common import jsonio as json
 from services.common.atomic import atomic_write
 from services.common.shimproto import (
@@ -607,22 +608,6 @@ class Shim:
             self._send(conn, notice)
         return True
 
-    def _find_memory_cgroup(self, pid: int) -> str:
-        try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return ""
-        for line in lines:
-            _, controllers, path = line.split(":", 2)
-            if "memory" in controllers.split(","):
-                return "/sys/fs/cgroup/memory" + path
-        for line in lines:
-            if line.startswith("0::"):
-                base = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"
-                return base + line[3:]
-        return ""
-
     def _maybe_finalize(self, proc: Proc, force: bool = False) -> None:
         if proc.finalized or proc.exit is None:
             return
@@ -682,7 +667,7 @@ class Shim:
                                    int(boot.get("log_max_file") or 1))
         self.procs[""] = init
         self._launch(init, ["create", "--bundle", boot["bundle"], self.id], bool(boot.get("stdin")))
-        self.memory_cgroup = self._find_memory_cgroup(init.pid)
+        self.memory_cgroup = cgroupfs.memory_cgroup(init.pid)
         self._watch_oom()
         self.save_state()
         return init.pid
