@@ -1,4 +1,9 @@
-"""``skiff up [--root PREFIX]``: the three services in order; on a signal they stop, the containers do not."""
+"""``skiff up [--root PREFIX]``: the three services in order; on a signal they stop, the containers do not.
+
+Each service is started as systemd starts its unit (Type=notify): with a ``NOTIFY_SOCKET`` of its
+own, and the next one only after its ``READY=1``, which services.common.service sends once the
+service answers. Run under systemd itself, ``skiff up`` passes on READY=1 once all three are ready.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.paths import Paths, resolve_paths
+from services.common.sd_notify import Notifier
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -25,25 +32,28 @@ class Service:
     proc: subprocess.Popen[bytes] | None = None
 
 
-def accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
+def notify_channel() -> tuple[socket.socket, str]:
+    """A datagram socket for one service's READY=1 (abstract: nothing to clean up on disk)."""
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    channel.bind(f"\0skiff-up-{os.getpid()}-{time.monotonic_ns()}")
+    return channel, "@" + channel.getsockname()[1:].decode()
 
 
-def wait_ready(service: Service, deadline: float) -> None:
-    delay = 0.01
-    while not accepts(service.socket):
+def wait_ready(service: Service, channel: socket.socket, deadline: float, stopping: Callable[[], bool]) -> None:
+    while not stopping():
         assert service.proc is not None
         if service.proc.poll() is not None:
             raise RuntimeError(f"{service.module} exited with status {service.proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{service.module}: {service.socket} not accepting after {READY_TIMEOUT} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError(f"{service.module}: not ready after {READY_TIMEOUT} s")
+        channel.settimeout(min(remaining, 0.2))
+        try:
+            message = channel.recv(4096)
+        except TimeoutError:
+            continue
+        if b"READY=1" in message.split(b"\n"):
+            return
 
 
 def services_of(paths: Paths) -> list[Service]:
@@ -84,18 +94,22 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    manager = Notifier.from_environment()  # our own systemd, if any: the children get their own socket
     started: list[Service] = []
     try:
         for service in services_of(paths):
             argv_ = [sys.executable, "-m", service.module, "--root", str(paths.prefix)]
             if args.runtime and service.module != "services.apiserver":
                 argv_ += ["--runtime", args.runtime]
-            # Its own process group: a ^C in this terminal reaches skiff up only, which stops them in order.
-            service.proc = subprocess.Popen(argv_, env=env, process_group=0)
-            started.append(service)
-            wait_ready(service, time.monotonic() + READY_TIMEOUT)
+            channel, address = notify_channel()
+            with channel:
+                # Its own process group: a ^C in this terminal reaches skiff up only, which stops them in order.
+                service.proc = subprocess.Popen(argv_, env=dict(env, NOTIFY_SOCKET=address), process_group=0)
+                started.append(service)
+                wait_ready(service, channel, time.monotonic() + READY_TIMEOUT, lambda: stopping)
             if stopping:
                 return 0
+        manager.send("READY=1", "STATUS=highlevel, daemon and apiserver serving")
         print(f"skiff: ready; export DOCKER_HOST=unix://{paths.api_socket}", file=sys.stderr, flush=True)
         while not stopping:
             for service in started:
@@ -104,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skiff: {service.module} exited ({service.proc.returncode})", file=sys.stderr)
                     return 1
             time.sleep(0.5)  # a signal interrupts the sleep and sets `stopping`
+        manager.send("STOPPING=1")
         return 0
     except RuntimeError as exc:
         print(f"skiff: {exc}", file=sys.stderr)

@@ -18,8 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("apiserver", level=args.log_level)
     from services.apiserver.server import serve
 
-    asyncio.run(serve(Config.load(args.root)))
-    return 0
+    return asyncio.run(serve(Config.load(args.root)))
 
 
 if __name__ == "__main__":

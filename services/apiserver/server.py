@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -18,6 +15,7 @@ from services.apiserver.models import API_VERSION, MIN_API_VERSION
 from services.apiserver.streams import HijackableAppRunner
 from services.common.config import Config
 from services.common.errors import SkiffError
+from services.common.service import Serving, http_probe, listen_unix, run_service
 from services.gen.skiff.daemon.v1 import ContainersStub, ImagesStub, SystemStub
 
 log = structlog.get_logger(service="apiserver")
@@ -115,25 +113,20 @@ def make_app(config: Config) -> web.Application:
     return app
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config) -> int:
+    """Runs the API until SIGTERM/SIGINT (services.common.service); its exit code."""
+    return await run_service("apiserver", lambda: start(config))
+
+
+async def start(config: Config) -> Serving:
     config.paths.run.mkdir(parents=True, exist_ok=True)
     app = make_app(config)
     # Streams (wait, logs -f, attach) may last forever: give them a second, then close them.
     runner = HijackableAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    socket_path = str(config.paths.api_socket)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)
-    site = web.UnixSite(runner, socket_path)
-    await site.start()
-    os.chmod(socket_path, 0o660)
-    log.info("serving", socket=socket_path, daemon=str(config.paths.daemon_socket))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)
-    log.info("stopped")
+    # skiff.socket hands the socket over (mode 0660, group skiff), as docker.socket does for dockerd;
+    # run by hand, the same mode and group.
+    listener = listen_unix(config.paths.api_socket, mode=0o660, group="skiff", activation=True)
+    await web.SockSite(runner, listener.sock).start()
+    log.info("started", daemon=str(config.paths.daemon_socket))
+    return Serving(listener, http_probe, runner.cleanup)

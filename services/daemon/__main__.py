@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SKIFF_DEFAULT_SUBNET"] = args.default_subnet
     from services.daemon.server import serve
 
-    asyncio.run(serve(Config.load(args.root, args.runtime)))
-    return 0
+    return asyncio.run(serve(Config.load(args.root, args.runtime)))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import signal
 from collections.abc import AsyncIterator
 
 import structlog
@@ -15,6 +11,7 @@ from grpclib.server import Server
 from services.common.config import Config
 from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, grpc_errors
+from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.daemon.containers import ContainerManager
 from services.daemon.images import ImagesService
 from services.daemon.summaries import summaries_json
@@ -131,7 +128,12 @@ class SystemService(SystemBase):
             runtime=self.config.runtime, root=str(self.config.paths.lib))
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config) -> int:
+    """Runs the daemon until SIGTERM/SIGINT (services.common.service); its exit code."""
+    return await run_service("daemon", lambda: start(config))
+
+
+async def start(config: Config) -> Serving:
     paths = config.paths
     for folder in (paths.run, paths.daemon_lib, paths.run / "daemon"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -148,21 +150,19 @@ async def serve(config: Config) -> None:
 
     server = Server([ContainersService(manager), ImagesService(manager), SystemService(manager, config),
                      NetworksService(manager.net), *storage, *depth])
-    socket_path = str(paths.daemon_socket)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)
-    await server.start(path=socket_path)
-    log.info("serving", socket=socket_path, highlevel=str(paths.highlevel_socket))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    # Stopping the daemon never stops a container: records stay, and the next start reconciles.
-    server.close()
-    await server.wait_closed()
-    await manager.close()
-    channel.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)
-    log.info("stopped")
+    listener = listen_unix(paths.daemon_socket)
+    await server.start(sock=listener.sock)
+    log.info("started", highlevel=str(paths.highlevel_socket))
+
+    async def stop() -> None:
+        # Stopping the daemon never stops a container: records stay, and the next start reconciles.
+        server.close()
+        await server.wait_closed()
+        await manager.close()
+        channel.close()
+
+    def status() -> str:
+        running = sum(e.record.state.status == State.RUNNING for e in manager.entries.values())
+        return f"{running} containers running"
+
+    return Serving(listener, grpc_probe, stop, status=status)

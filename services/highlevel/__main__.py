@@ -21,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # No uvloop: its child processes inherit the launcher's pipes, so a detached shim would keep
     # highlevel waiting for their end of file.
-    asyncio.run(serve(Config.load(args.root, args.runtime)))
-    return 0
+    return asyncio.run(serve(Config.load(args.root, args.runtime)))
 
 
 if __name__ == "__main__":

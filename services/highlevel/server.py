@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import os
-import signal
 from typing import Any
 
 import structlog
 from grpclib.server import Server
 
 from services.common.config import Config
-from services.common.sd_notify import notify
+from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.highlevel.containers import ContainersService, ContainerStore
 from services.highlevel.events import EventBus
 from services.highlevel.tasks import TaskManager
@@ -51,7 +49,12 @@ def compile_shim() -> None:
     compileall.compile_file(services.__file__, quiet=1)
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config) -> int:
+    """Runs highlevel until SIGTERM/SIGINT (services.common.service); its exit code."""
+    return await run_service("highlevel", lambda: start(config))
+
+
+async def start(config: Config) -> Serving:
     paths = config.paths
     await asyncio.to_thread(compile_shim)
     for folder in (paths.run, paths.highlevel_run, paths.highlevel_lib):
@@ -61,21 +64,14 @@ async def serve(config: Config) -> None:
     manager = TaskManager(paths, config.runtime, containers, events)
     await manager.recover()
     server = Server([TasksService(manager, events), ContainersService(containers), *plugin_services(config)])
-    socket_path = str(paths.highlevel_socket)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)
-    await server.start(path=socket_path)
-    log.info("serving", socket=socket_path, runtime=config.runtime, tasks=len(manager.tasks))
-    notify()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    # Stopping highlevel never stops a container: the shims stay, and the next start finds them.
-    server.close()
-    await server.wait_closed()
-    manager.stop_zygote()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)
-    log.info("stopped")
+    listener = listen_unix(paths.highlevel_socket)
+    await server.start(sock=listener.sock)
+    log.info("started", runtime=config.runtime, tasks=len(manager.tasks))
+
+    async def stop() -> None:
+        # Stopping highlevel never stops a container: the shims stay, and the next start finds them.
+        server.close()
+        await server.wait_closed()
+        manager.stop_zygote()
+
+    return Serving(listener, grpc_probe, stop, status=lambda: f"{len(manager.tasks)} tasks")
