@@ -289,7 +289,7 @@ def seccomp(host: HostConfig, caps: list[str]) -> dict[str, Any] | None:
         raise InvalidArgument(f"Decoding seccomp profile failed: {exc}") from None
     oci = from_docker_profile(profile, caps)
     # The runtime's own parser: a profile it cannot load is a 400 now, not a failed start later.
-    from services.lowlevel.seccomp import validate_seccomp
+    from services.common.oci_seccomp import validate_seccomp
 
     try:
         validate_seccomp(oci)

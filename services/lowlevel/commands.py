@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 
 from services.common import jsonio as json
+from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.lowlevel import fastos as os
 from services.lowlevel import state
-from services.lowlevel.cli import Parsed
+from services.lowlevel.args import Parsed, need_id
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False
@@ -16,12 +17,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    IdGetter = Callable[..., str]
 
-
-def dispatch(p: Parsed, root: str, need_id: IdGetter) -> int:
-    handler = _HANDLERS[p.command]
-    return handler(p, root, need_id)
+def dispatch(p: Parsed, root: str) -> int:
+    return _HANDLERS[p.command](p, root)
 
 
 def _create_options(p: Parsed, root: str, container_id: str) -> Any:
@@ -52,14 +50,14 @@ def _int_flag(p: Parsed, name: str, default: int) -> int:
         raise InvalidArgument(f"invalid value {value!r} for --{name.replace('_', '-')}") from None
 
 
-def cmd_create(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_create(p: Parsed, root: str) -> int:
     from services.lowlevel.create import create_container
 
     create_container(_create_options(p, root, need_id(p)))
     return 0
 
 
-def cmd_run(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_run(p: Parsed, root: str) -> int:
     from services.lowlevel import lifecycle
     from services.lowlevel import syscalls as sc
     from services.lowlevel.create import create_container
@@ -87,20 +85,20 @@ def cmd_run(p: Parsed, root: str, need_id: IdGetter) -> int:
     return code
 
 
-def cmd_start(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_start(p: Parsed, root: str) -> int:
     from services.lowlevel import lifecycle
 
     lifecycle.start(root, need_id(p))
     return 0
 
 
-def cmd_state(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_state(p: Parsed, root: str) -> int:
     st = state.load(root, need_id(p))
     print(json.dumps(state.oci_state(root, st), indent=2))
     return 0
 
 
-def cmd_kill(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_kill(p: Parsed, root: str) -> int:
     from services.lowlevel import lifecycle
 
     container_id = need_id(p, 2)
@@ -109,14 +107,14 @@ def cmd_kill(p: Parsed, root: str, need_id: IdGetter) -> int:
     return 0
 
 
-def cmd_delete(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_delete(p: Parsed, root: str) -> int:
     from services.lowlevel import lifecycle
 
     lifecycle.delete(root, need_id(p), force=bool(p.flags.get("force")))
     return 0
 
 
-def cmd_exec(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_exec(p: Parsed, root: str) -> int:
     from services.lowlevel import exec as exec_
 
     container_id = p.args[0] if p.args else need_id(p)
@@ -153,7 +151,7 @@ def cmd_exec(p: Parsed, root: str, need_id: IdGetter) -> int:
     return 0 if p.flags.get("detach") else result
 
 
-def cmd_ps(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_ps(p: Parsed, root: str) -> int:
     from services.lowlevel.lifecycle import cgroup_of
 
     container_id = p.args[0] if p.args else need_id(p)
@@ -189,7 +187,7 @@ def cmd_ps(p: Parsed, root: str, need_id: IdGetter) -> int:
     return 0
 
 
-def cmd_list(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_list(p: Parsed, root: str) -> int:
     entries: list[dict[str, Any]] = []
     try:
         names = sorted(os.listdir(root))
@@ -220,14 +218,14 @@ def cmd_list(p: Parsed, root: str, need_id: IdGetter) -> int:
     return 0
 
 
-def cmd_pause(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_pause(p: Parsed, root: str) -> int:
     from services.lowlevel import lifecycle
 
     lifecycle.pause(root, need_id(p))
     return 0
 
 
-def cmd_resume(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_resume(p: Parsed, root: str) -> int:
     from services.lowlevel import lifecycle
 
     lifecycle.resume(root, need_id(p))
@@ -279,7 +277,7 @@ def _bytes(text: str) -> int:
     return int(t)
 
 
-def cmd_update(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_update(p: Parsed, root: str) -> int:
     from services.lowlevel.lifecycle import cgroup_of, load_spec_of
 
     container_id = need_id(p)
@@ -297,9 +295,7 @@ def cmd_update(p: Parsed, root: str, need_id: IdGetter) -> int:
         else:
             current[section] = values
     path = os.path.join(state.container_dir(root, container_id), state.CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        f.write(json.dumps(spec))
-    os.rename(path + ".tmp", path)
+    atomic_write(path, json.dumps(spec).encode(), durable=False)
     return 0
 
 
@@ -313,7 +309,7 @@ def _interval(text: str | None) -> float:
     return float(t)
 
 
-def cmd_events(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_events(p: Parsed, root: str) -> int:
     import time
 
     from services.lowlevel.lifecycle import cgroup_of
@@ -380,7 +376,7 @@ def _oom_notifier(cgroup: Any) -> tuple[int, int] | None:
     return efd, control
 
 
-def cmd_spec(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_spec(p: Parsed, root: str) -> int:
     from services.lowlevel.spec import default_spec
 
     bundle = p.flags.get("bundle") or "."
@@ -399,14 +395,14 @@ def cmd_spec(p: Parsed, root: str, need_id: IdGetter) -> int:
     return 0
 
 
-def cmd_features(p: Parsed, root: str, need_id: IdGetter) -> int:
+def cmd_features(p: Parsed, root: str) -> int:
     from services.lowlevel.features import features
 
     print(json.dumps(features(), indent=4))
     return 0
 
 
-_HANDLERS: dict[str, Callable[[Parsed, str, IdGetter], int]] = {
+_HANDLERS: dict[str, Callable[[Parsed, str], int]] = {
     "create": cmd_create,
     "run": cmd_run,
     "start": cmd_start,

@@ -19,7 +19,7 @@ import _socket as socket
 import _thread
 
 from services.common import jsonio as json
-from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError
+from services.common.errors import ERROR_BY_KIND, ErrorKind, Internal, InvalidArgument, SkiffError
 from services.lowlevel import fastos as os
 from services.lowlevel import hooks, mounts, prime, state
 from services.lowlevel import syscalls as sc
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 
 READY_TIMEOUT = 60.0
-_ERROR_CLASSES: dict[str, type[SkiffError]] = {c.__name__: c for c in (InvalidArgument, FailedPrecondition)}
 
 
 class Sync:
@@ -58,7 +57,7 @@ class Sync:
     RUN_HOOKS = "run-hooks"  # init → parent: run the createRuntime hooks now
     HOOKS_DONE = "hooks-done"  # parent → init
     READY = "ready"  # init → parent: waiting on the exec fifo
-    ERROR = "error"  # any → parent: the message explains
+    ERROR = "error"  # any → parent: {"kind": an ErrorKind value, "message": ...}
 
 
 def _send(sock: socket.socket, kind: str, payload: Any = None) -> None:
@@ -80,7 +79,7 @@ def _recv(sock: socket.socket, timeout: float = READY_TIMEOUT) -> tuple[str, Any
 def _expect(sock: socket.socket, wanted: str) -> Any:
     kind, payload = _recv(sock)
     if kind == Sync.ERROR:
-        cls = _ERROR_CLASSES.get(payload.get("kind", ""), Internal)
+        cls = ERROR_BY_KIND.get(payload.get("kind", ""), Internal)
         raise cls(payload["message"])
     if kind != wanted:
         raise Internal(f"container init sent {kind}, expected {wanted}")
@@ -226,17 +225,16 @@ def load_spec_checked(bundle: str) -> dict[str, Any]:
     validate_process(process)
     seccomp = (spec.get("linux") or {}).get("seccomp")
     if seccomp:
-        from services.lowlevel.seccomp import validate_seccomp
+        from services.common.oci_seccomp import validate_seccomp
 
         validate_seccomp(seccomp)
     return spec
 
 
 def _write_pid_file(path: str, pid: int) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
+    from services.common.atomic import atomic_write
+
+    atomic_write(path, str(pid).encode(), durable=False, mode=0o666)
 
 
 def _undo(root: str, st: state.ContainerState, cgroup: Cgroup | None, init_pid: int) -> None:
@@ -321,7 +319,7 @@ def _spawn(
             _send(parent_sock, Sync.HOOKS_DONE)
             _expect(parent_sock, Sync.READY)
         elif kind == Sync.ERROR:
-            cls = _ERROR_CLASSES.get(payload.get("kind", ""), Internal)
+            cls = ERROR_BY_KIND.get(payload.get("kind", ""), Internal)
             raise cls(payload["message"])
         elif kind != Sync.READY:
             raise Internal(f"container init sent {kind}, expected {Sync.READY}")
@@ -385,11 +383,11 @@ def _child_main(sock: socket.socket, body: Any) -> None:
         body()
         code = 0
     except SkiffError as e:
-        _try_send_error(sock, type(e).__name__, e.message)
+        _try_send_error(sock, e.kind, e.message)
     except OSError as e:
-        _try_send_error(sock, "Internal", f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+        _try_send_error(sock, ErrorKind.INTERNAL, f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     except BaseException as e:  # noqa: BLE001 - a forked child must never return into the caller
-        _try_send_error(sock, "Internal", f"{type(e).__name__}: {e}")
+        _try_send_error(sock, ErrorKind.INTERNAL, f"{type(e).__name__}: {e}")
     finally:
         os._exit(code)
 

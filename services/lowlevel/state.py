@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from services.common import jsonio as json
+from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.lowlevel import fastos as os
 
@@ -119,16 +120,10 @@ def remove_container_dir(root: str, container_id: str) -> None:
 
 
 def save(root: str, state: ContainerState) -> None:
-    directory = container_dir(root, state.id)
-    tmp = os.path.join(directory, f".{STATE_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    # No fsync: the state lives under /run (tmpfs) and, as runc's, does not outlive a reboot;
+    # Not durable: the state lives under /run (tmpfs) and, as runc's, does not outlive a reboot;
     # the rename alone keeps readers from ever seeing half a file.
-    try:
-        os.write(fd, json.dumps(state.to_dict()).encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(directory, STATE_FILE))
+    path = os.path.join(container_dir(root, state.id), STATE_FILE)
+    atomic_write(path, json.dumps(state.to_dict()).encode(), durable=False)
 
 
 def load(root: str, container_id: str) -> ContainerState:

@@ -12,10 +12,10 @@ import pytest
 
 from services.apiserver.models import container_config_from_request, container_inspect
 from services.common.errors import Internal, InvalidArgument
+from services.common.oci_seccomp import validate_seccomp
 from services.daemon import seccomp_default
 from services.daemon.spec import DEFAULT_CAPS, build_spec, parse_cpu_list
 from services.gen.skiff.daemon.v1 import Container
-from services.lowlevel.seccomp import validate_seccomp
 
 
 def spec_of(host: dict, tmp_path: Path, **body: object) -> dict:

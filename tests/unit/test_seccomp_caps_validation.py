@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from services.common.errors import InvalidArgument
+from services.common.oci_seccomp import validate_seccomp
 from services.lowlevel.capabilities import CAPABILITIES, _mask, last_cap, validate_capabilities
-from services.lowlevel.seccomp import validate_seccomp
 
 GOOD_PROFILE: dict = {
     "defaultAction": "SCMP_ACT_ERRNO",
@@ -138,6 +138,7 @@ def test_imports_stay_light() -> None:
         "errno",
         "services.lowlevel",
         "services.lowlevel.seccomp",
+        "services.common.oci_seccomp",  # the pure schema, shared with the daemon
         "services.lowlevel.capabilities",
         "services.lowlevel.libc",  # the foreign calls through _ctypes alone
         "services.lowlevel.fastos",  # os's part the runtime needs, without importing os
