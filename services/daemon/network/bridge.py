@@ -3,6 +3,9 @@
 Ownership is written on the devices themselves (``ifalias``): ``skiff-net:<network id>`` on a bridge,
 ``skiff-ep:<container id>:<network id>`` on an endpoint's host-side veth. Reconciliation after a crash
 reads it back from the kernel, so no state file can drift from what exists.
+
+IPv6 addresses (a network created with ``--ipv6``) are added without duplicate address detection, as
+dockerd does: a tentative address could not be used for the first seconds of a container's life.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ DEFAULT_MTU = 1500
 IFNAMSIZ_MAX = 15
 BRIDGE_ALIAS = "skiff-net:"
 ENDPOINT_ALIAS = "skiff-ep:"
+IFA_F_NODAD = 0x02
+AF_INET6 = 10
 
 
 def user_bridge_name(network_id: str) -> str:
@@ -49,6 +54,7 @@ class BridgeSpec:
     network_id: str
     gateway: ipaddress.IPv4Interface  # the bridge's own address: gateway/prefix of the subnet
     mtu: int = DEFAULT_MTU
+    gateway6: ipaddress.IPv6Interface | None = None  # its IPv6 gateway address when the network has IPv6
 
 
 def ensure_bridge(spec: BridgeSpec) -> int:
@@ -70,8 +76,32 @@ def ensure_bridge(spec: BridgeSpec) -> int:
         want = (str(spec.gateway.ip), spec.gateway.network.prefixlen)
         if want not in have:
             ipr.addr("add", index=index, address=want[0], prefixlen=want[1])
+        if spec.gateway6 is not None:
+            _enable_ipv6(spec.name)
+            have6 = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=AF_INET6)}
+            want6 = (str(spec.gateway6.ip), spec.gateway6.network.prefixlen)
+            if want6 not in have6:
+                ipr.addr("add", index=index, address=want6[0], prefixlen=want6[1], flags=IFA_F_NODAD)
         ipr.link("set", index=index, state="up")
         return index
+
+
+def _enable_ipv6(ifname: str) -> None:
+    """The device's disable_ipv6 off (a host may turn IPv6 off by default for new devices)."""
+    path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
+    if path.exists() and path.read_text().strip() != "0":
+        path.write_text("0")
+
+
+def existing_ipv4(name: str) -> ipaddress.IPv4Interface | None:
+    """The first IPv4 address of device ``name`` if it exists and has one (dockerd adopts it for its bridge)."""
+    with IPRoute() as ipr:
+        index = _lookup(ipr, name)
+        if index is None:
+            return None
+        for addr in ipr.get_addr(index=index, family=2):
+            return ipaddress.IPv4Interface(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
+    return None
 
 
 def delete_bridge(name: str) -> None:
@@ -95,6 +125,7 @@ class Endpoint:
     gateway: ipaddress.IPv4Address | None
     mac: str
     mtu: int
+    address6: ipaddress.IPv6Interface | None = None
 
 
 def attach(
@@ -108,8 +139,15 @@ def attach(
     ifname: str = "eth0",
     mtu: int = DEFAULT_MTU,
     default_route: bool = True,
+    address6: ipaddress.IPv6Interface | None = None,
+    gateway6: ipaddress.IPv6Address | None = None,
+    mac: str = "",
+    link_local: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = (),
 ) -> Endpoint:
     """A veth pair: host side on ``bridge``; the peer moved into the netns as ``ifname`` with address and route.
+
+    ``mac`` (``--mac-address``) is set on the peer before it comes up; ``address6`` and ``link_local``
+    are added beside the IPv4 address, and with ``default_route`` an IPv6 default route via ``gateway6``.
 
     On any failure the pair is deleted (deleting either end deletes both): nothing half-made is left.
     """
@@ -147,14 +185,26 @@ def attach(
                         raise NotFound(f"veth peer {temp_peer} did not arrive in {netns_path}")
                     if _lookup(inner, ifname) is not None:
                         raise Conflict(f"container {container_id} already has an interface {ifname}")
-                    inner.link("set", index=index, ifname=ifname, mtu=mtu)
+                    if mac:
+                        inner.link("set", index=index, ifname=ifname, mtu=mtu, address=mac)
+                    else:
+                        inner.link("set", index=index, ifname=ifname, mtu=mtu)
                     inner.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+                    extra: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = list(link_local)
+                    if address6 is not None:
+                        extra.insert(0, address6)
+                    for more in extra:
+                        flags = IFA_F_NODAD if more.version == 6 else 0
+                        inner.addr("add", index=index, address=str(more.ip), prefixlen=more.network.prefixlen,
+                                   flags=flags)
                     inner.link("set", index=index, state="up")
                     if default_route and gateway is not None:
                         inner.route("add", dst="0.0.0.0/0", gateway=str(gateway))
+                    if default_route and address6 is not None and gateway6 is not None:
+                        inner.route("add", dst="::/0", gateway=str(gateway6), family=AF_INET6)
                     return str(inner.get_links(index)[0].get_attr("IFLA_ADDRESS"))
 
-            mac = netns.run_in_netns(netns_path, configure_inside)
+            shown_mac = netns.run_in_netns(netns_path, configure_inside)
         except BaseException:
             with contextlib.suppress(NetlinkError):
                 ipr.link("del", ifname=host_ifname)
@@ -168,8 +218,9 @@ def attach(
         ifname=ifname,
         address=address,
         gateway=gateway,
-        mac=mac,
+        mac=shown_mac,
         mtu=mtu,
+        address6=address6,
     )
 
 

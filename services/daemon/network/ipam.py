@@ -5,6 +5,10 @@ Each network has its own lock: a thread lock for this process and an ``flock`` o
 second daemon (or a test next to it) on the same folder cannot interleave; networks never wait on
 each other.
 
+A pool holds IPv4 always and IPv6 beside it for a network created with ``--ipv6`` (dockerd allocates an
+IPv4 subnet even when only an IPv6 one is given). Each family may have an ``IPRange`` (automatic
+addresses come from there) and auxiliary addresses (reserved, never handed out), as IPAM.Config says.
+
 Default subnet choice: the first of 172.17.0.0/16 … 172.31.0.0/16, then 10.88.0.0/16 … 10.99.0.0/16,
 that overlaps no route and no address on the host (read over netlink), and never 172.17.0.0/16 while a
 ``docker0`` device exists even if it is down and unrouted — Docker will come back and take it.
@@ -32,32 +36,139 @@ DEFAULT_CANDIDATES: tuple[str, ...] = tuple(f"172.{n}.0.0/16" for n in range(17,
 )
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
 @dataclass(slots=True)
-class Pool:
-    network_id: str
-    subnet: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Address
+class Range:
+    """One address family of a pool: its subnet, gateway, the range handed out from, reserved and taken addresses."""
+
+    subnet: IPNetwork
+    gateway: IPAddress
+    ip_range: IPNetwork | None = None  # IPAM.Config IPRange: automatic addresses come from here only
+    aux: dict[str, str] = field(default_factory=dict)  # AuxiliaryAddresses: name -> address, never handed out
     allocations: dict[str, str] = field(default_factory=dict)  # address -> owner (container id)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "network_id": self.network_id,
+        out: dict[str, object] = {
             "subnet": str(self.subnet),
             "gateway": str(self.gateway),
             "allocations": dict(sorted(self.allocations.items())),
         }
+        if self.ip_range is not None:
+            out["ip_range"] = str(self.ip_range)
+        if self.aux:
+            out["aux"] = dict(self.aux)
+        return out
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Pool:
+    def from_json(cls, data: dict[str, object]) -> Range:
+        ip_range = data.get("ip_range")
         return cls(
-            network_id=str(data["network_id"]),
-            subnet=ipaddress.IPv4Network(str(data["subnet"])),
-            gateway=ipaddress.IPv4Address(str(data["gateway"])),
+            subnet=ipaddress.ip_network(str(data["subnet"])),
+            gateway=ipaddress.ip_address(str(data["gateway"])),
+            ip_range=ipaddress.ip_network(str(ip_range)) if ip_range else None,
+            aux={str(k): str(v) for k, v in dict(data.get("aux") or {}).items()},  # type: ignore[call-overload]
             allocations={str(k): str(v) for k, v in dict(data.get("allocations") or {}).items()},  # type: ignore[call-overload]
         )
 
-    def interface(self, address: str) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface(f"{address}/{self.subnet.prefixlen}")
+    def interface(self, address: str) -> IPInterface:
+        return ipaddress.ip_interface(f"{address}/{self.subnet.prefixlen}")
+
+    def reserved(self, address: IPAddress) -> bool:
+        """Never handed out: the subnet's own address, its broadcast (IPv4), the gateway, an auxiliary address."""
+        special = {self.subnet.network_address, self.gateway}
+        if self.subnet.version == 4:
+            special.add(self.subnet.broadcast_address)
+        return address in special or str(address) in self.aux.values()
+
+    def candidates(self) -> Iterator[IPAddress]:
+        """Addresses in hand-out order: the range's (or the subnet's) from the lowest."""
+        return iter(self.ip_range if self.ip_range is not None else self.subnet)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSpec:
+    """What a network create asks of one family (IPAM.Config): the gateway, range and aux are optional."""
+
+    subnet: IPNetwork
+    gateway: IPAddress | None = None
+    ip_range: IPNetwork | None = None
+    aux: tuple[tuple[str, str], ...] = ()
+
+    def check(self) -> Range:
+        """The range this spec makes, or InvalidArgument as dockerd words it."""
+        subnet = self.subnet
+        if subnet.prefixlen > subnet.max_prefixlen - 2:
+            raise InvalidArgument(f"subnet {subnet} is too small: /{subnet.max_prefixlen - 2} at most")
+        gw = self.gateway or next(subnet.hosts())
+        rng = Range(subnet, gw, self.ip_range, dict(self.aux))
+        if gw.version != subnet.version or gw not in subnet or gw == subnet.network_address or (
+            subnet.version == 4 and gw == subnet.broadcast_address
+        ):
+            raise InvalidArgument(f"gateway {gw} is not a host address of {subnet}")
+        if self.ip_range is not None and (
+            self.ip_range.version != subnet.version or not self.ip_range.subnet_of(subnet)  # type: ignore[arg-type]
+        ):
+            raise InvalidArgument(f"ip range {self.ip_range} is not within subnet {subnet}")
+        for name, text in self.aux:
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                raise InvalidArgument(f"auxiliary address {name}={text} is not an IP address") from None
+            if addr not in subnet:
+                raise InvalidArgument(f"auxiliary address {name}={text} is not within subnet {subnet}")
+        return rng
+
+
+@dataclass(slots=True)
+class Pool:
+    """A network's addresses: IPv4 always; IPv6 beside it when the network has it."""
+
+    network_id: str
+    v4: Range
+    v6: Range | None = None
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return self.v4.subnet  # type: ignore[return-value]
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self.v4.gateway  # type: ignore[return-value]
+
+    @property
+    def allocations(self) -> dict[str, str]:
+        return self.v4.allocations
+
+    def ranges(self) -> list[Range]:
+        return [self.v4] if self.v6 is None else [self.v4, self.v6]
+
+    def family(self, version: int) -> Range:
+        rng = self.v4 if version == 4 else self.v6
+        if rng is None:
+            raise InvalidArgument(f"network {self.network_id} has no IPv6 subnet")
+        return rng
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"network_id": self.network_id, **self.v4.to_json()}
+        if self.v6 is not None:
+            out["ipv6"] = self.v6.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Pool:
+        v6 = data.get("ipv6")
+        return cls(
+            network_id=str(data["network_id"]),
+            v4=Range.from_json(data),
+            v6=Range.from_json(v6) if isinstance(v6, dict) else None,
+        )
+
+    def interface(self, address: str) -> IPInterface:
+        return self.family(ipaddress.ip_address(address).version).interface(address)
 
 
 def _write_atomic(path: Path, data: dict[str, object]) -> None:
@@ -99,21 +210,33 @@ class Ipam:
 
     # ---- pools ----------------------------------------------------------------------------------
     def create_pool(
-        self, network_id: str, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address | None = None
+        self,
+        network_id: str,
+        subnet: ipaddress.IPv4Network,
+        gateway: ipaddress.IPv4Address | None = None,
+        *,
+        ip_range: ipaddress.IPv4Network | None = None,
+        aux: tuple[tuple[str, str], ...] = (),
+        v6: RangeSpec | None = None,
     ) -> Pool:
-        if subnet.prefixlen > 30:
-            raise InvalidArgument(f"subnet {subnet} is too small: /30 at most")
-        gw = gateway or next(subnet.hosts())
-        if gw not in subnet or gw in (subnet.network_address, subnet.broadcast_address):
-            raise InvalidArgument(f"gateway {gw} is not a host address of {subnet}")
+        if subnet.version != 4:
+            raise InvalidArgument(f"subnet {subnet} is not an IPv4 subnet")
+        pool = Pool(network_id, RangeSpec(subnet, gateway, ip_range, aux).check(), v6.check() if v6 else None)
+        if pool.v6 is not None and pool.v6.subnet.version != 6:
+            raise InvalidArgument(f"subnet {pool.v6.subnet} is not an IPv6 subnet")
         for other in self.pools():
-            if other.network_id != network_id and other.subnet.overlaps(subnet):
-                raise Conflict(f"subnet {subnet} overlaps {other.subnet} of network {other.network_id}")
+            if other.network_id == network_id:
+                continue
+            for mine in pool.ranges():
+                for theirs in other.ranges():
+                    if mine.subnet.version == theirs.subnet.version and mine.subnet.overlaps(theirs.subnet):  # type: ignore[arg-type]
+                        raise Conflict(
+                            f"subnet {mine.subnet} overlaps {theirs.subnet} of network {other.network_id}"
+                        )
         with self._locked(network_id):
             path = self._path(network_id)
             if path.exists():
                 raise AlreadyExists(f"network {network_id} already has an address pool")
-            pool = Pool(network_id, subnet, gw)
             _write_atomic(path, pool.to_json())
             return pool
 
@@ -136,36 +259,35 @@ class Ipam:
 
     # ---- addresses ------------------------------------------------------------------------------
     def allocate(
-        self, network_id: str, owner: str, address: ipaddress.IPv4Address | None = None
-    ) -> ipaddress.IPv4Interface:
-        """An address for ``owner`` (its existing one if it has one); ``address`` is ``--ip``."""
+        self, network_id: str, owner: str, address: IPAddress | None = None, *, version: int = 4
+    ) -> IPInterface:
+        """An address of family ``version`` for ``owner`` (its existing one if it has one); ``address`` is ``--ip``."""
+        if address is not None:
+            version = address.version
         with self._locked(network_id):
             pool = self._load(network_id)
-            for addr, who in pool.allocations.items():
+            rng = pool.family(version)
+            for addr, who in rng.allocations.items():
                 if who == owner and (address is None or str(address) == addr):
-                    return pool.interface(addr)
+                    return rng.interface(addr)
             if address is not None:
-                if address not in pool.subnet or address in (
-                    pool.subnet.network_address,
-                    pool.subnet.broadcast_address,
-                    pool.gateway,
-                ):
-                    raise InvalidArgument(f"address {address} is not a free host address of {pool.subnet}")
-                if str(address) in pool.allocations:
+                if address not in rng.subnet or rng.reserved(address):
+                    raise InvalidArgument(f"address {address} is not a free host address of {rng.subnet}")
+                if str(address) in rng.allocations:
                     raise Conflict(f"address {address} is already in use on network {network_id}")
                 chosen = str(address)
             else:
                 chosen = ""
-                for host in pool.subnet.hosts():
+                for host in rng.candidates():
                     text = str(host)
-                    if host != pool.gateway and text not in pool.allocations:
+                    if text not in rng.allocations and not rng.reserved(host):
                         chosen = text
                         break
                 if not chosen:
-                    raise Unavailable(f"no free address left in {pool.subnet} on network {network_id}")
-            pool.allocations[chosen] = owner
+                    raise Unavailable(f"no free address left in {rng.ip_range or rng.subnet} on network {network_id}")
+            rng.allocations[chosen] = owner
             _write_atomic(self._path(network_id), pool.to_json())
-            return pool.interface(chosen)
+            return rng.interface(chosen)
 
     def release(self, network_id: str, owner: str) -> list[str]:
         """Free every address ``owner`` holds on the network; returns them. Idempotent."""
@@ -174,10 +296,13 @@ class Ipam:
                 pool = self._load(network_id)
             except NotFound:
                 return []
-            freed = [a for a, who in pool.allocations.items() if who == owner]
+            freed = []
+            for rng in pool.ranges():
+                mine = [a for a, who in rng.allocations.items() if who == owner]
+                for a in mine:
+                    del rng.allocations[a]
+                freed += mine
             if freed:
-                for a in freed:
-                    del pool.allocations[a]
                 _write_atomic(self._path(network_id), pool.to_json())
             return freed
 
@@ -186,7 +311,8 @@ class Ipam:
         live = set(live_owners)
         freed: dict[str, list[str]] = {}
         for pool in self.pools():
-            for owner in {o for o in pool.allocations.values() if o not in live}:
+            owners = {o for rng in pool.ranges() for o in rng.allocations.values()}
+            for owner in owners - live:
                 freed.setdefault(pool.network_id, []).extend(self.release(pool.network_id, owner))
         return freed
 
@@ -212,7 +338,7 @@ def choose_subnet(
     taken: Iterable[ipaddress.IPv4Network] = (), candidates: Iterable[str] = DEFAULT_CANDIDATES
 ) -> ipaddress.IPv4Network:
     """The first candidate that overlaps neither the host's ranges nor ``taken`` (other Skiff pools)."""
-    busy = [*host_networks(), *taken]
+    busy = [*host_networks(), *(t for t in taken if t.version == 4)]
     for text in candidates:
         net = ipaddress.IPv4Network(text)
         if not any(net.overlaps(b) for b in busy):

@@ -74,6 +74,13 @@ class EndpointConfig(betterproto.Message):
 
     ipv4_address: str = betterproto.string_field(1)
     aliases: List[str] = betterproto.string_field(2)
+    ipv6_address: str = betterproto.string_field(3)
+    link_local_ips: List[str] = betterproto.string_field(4)
+    mac_address: str = betterproto.string_field(5)
+    driver_opts: Dict[str, str] = betterproto.map_field(
+        6, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    links: List[str] = betterproto.string_field(7)
 
 
 @dataclass(eq=False, repr=False)
@@ -90,6 +97,10 @@ class EndpointSettings(betterproto.Message):
     aliases: List[str] = betterproto.string_field(8)
     host_ifname: str = betterproto.string_field(9)
     ifname: str = betterproto.string_field(10)
+    global_ipv6_address: str = betterproto.string_field(11)
+    global_ipv6_prefix_len: int = betterproto.int32_field(12)
+    ipv6_gateway: str = betterproto.string_field(13)
+    config: "EndpointConfig" = betterproto.message_field(14)
 
 
 @dataclass(eq=False, repr=False)
@@ -120,6 +131,27 @@ class Network(betterproto.Message):
     options: Dict[str, str] = betterproto.map_field(
         12, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
+    enable_ipv6: bool = betterproto.bool_field(13)
+    ipam: List["IpamPool"] = betterproto.message_field(14)
+    ipam_options: Dict[str, str] = betterproto.map_field(
+        15, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    subnet6: str = betterproto.string_field(16)
+    gateway6: str = betterproto.string_field(17)
+
+
+@dataclass(eq=False, repr=False)
+class IpamPool(betterproto.Message):
+    """
+    One IPAM.Config entry: a subnet, the range addresses are handed out from, its gateway, reserved addresses.
+    """
+
+    subnet: str = betterproto.string_field(1)
+    ip_range: str = betterproto.string_field(2)
+    gateway: str = betterproto.string_field(3)
+    aux_addresses: Dict[str, str] = betterproto.map_field(
+        4, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
 
 
 @dataclass(eq=False, repr=False)
@@ -137,6 +169,12 @@ class CreateNetworkRequest(betterproto.Message):
         8, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
     check_duplicate: bool = betterproto.bool_field(9)
+    enable_ipv6: bool = betterproto.bool_field(10)
+    ipam: List["IpamPool"] = betterproto.message_field(11)
+    ipam_driver: str = betterproto.string_field(12)
+    ipam_options: Dict[str, str] = betterproto.map_field(
+        13, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
 
 
 @dataclass(eq=False, repr=False)
@@ -421,6 +459,12 @@ class HostConfig(betterproto.Message):
     endpoints: Dict[str, "EndpointConfig"] = betterproto.map_field(
         66, betterproto.TYPE_STRING, betterproto.TYPE_MESSAGE
     )
+    left_mode_network: bool = betterproto.bool_field(67)
+    """
+    Disconnected from the network of its network_mode, which stays as it was (as dockerd keeps NetworkMode):
+     the container no longer joins that network until connected to it again.
+    """
+
     restart_policy: str = betterproto.string_field(20)
     """
     Area A: "no", "on-failure", "always", "unless-stopped"; "" means "no".
