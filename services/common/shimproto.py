@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 HEADER = struct.Struct(">BI")
 MAX_FRAME = 16 * 1024 * 1024
+# The zygote is started with this many spaces as its last argument: room for each forked shim to
+# rewrite its command line as ``python -S -m services.shim STATE_DIR`` (ps, leak checks, operators).
+ZYGOTE_TITLE_ROOM = 320
 
 
 # Plain classes of constants, not enum: ``enum`` costs ~2 ms of import in every shim launch.

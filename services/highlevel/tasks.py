@@ -16,13 +16,13 @@ import json
 import os
 import shutil
 import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from services.common.atomic import atomic_write
 from services.common.config import resolve_runtime
 from services.common.errors import (
     AlreadyExists,
@@ -39,23 +39,12 @@ from services.highlevel import cgroup_warm
 from services.highlevel.containers import ContainerStore, check_id
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimClient, ShimGone, shim_error
+from services.highlevel.shim_launcher import ShimLauncher, read_int
 
 log = structlog.get_logger(service="highlevel")
 
-SHIM_START_TIMEOUT = 90.0
 RUNTIME_TIMEOUT = 30.0
 SHIM_EXIT_TIMEOUT = 5.0
-# The folder that holds the ``services`` package: the shim runs with ``python -S`` (no site
-# import: faster start, less memory), so it finds our code through PYTHONPATH instead.
-CODE_ROOT = str(Path(__file__).resolve().parents[2])
-# Shims forked by one zygote share its imported code copy-on-write (less PSS per container);
-# SKIFF_SHIM_ZYGOTE=0 spawns each shim as its own interpreter instead.
-USE_ZYGOTE = os.environ.get("SKIFF_SHIM_ZYGOTE", "1") != "0"
-ZYGOTE_START_TIMEOUT = 20.0
-
-
-class ZygoteUnavailable(Exception):
-    """No zygote answers on its socket: start one, or spawn the shim directly."""
 
 
 class TaskStatus(enum.Enum):
@@ -172,9 +161,7 @@ class TaskManager:
         for folder in (self.task_dirs, self.socket_dir, self.runtime_root):
             folder.mkdir(parents=True, exist_ok=True)
         self._creating: set[str] = set()
-        self.zygote_socket = str(paths.highlevel_run / "zygote.sock")
-        self._zygote_lock = asyncio.Lock()
-        self.use_zygote = USE_ZYGOTE
+        self.launcher = ShimLauncher(paths.highlevel_run)
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -187,30 +174,22 @@ class TaskManager:
     def socket_path(self, id_: str) -> str:
         return str(self.socket_dir / (hashlib.sha256(id_.encode()).hexdigest()[:12] + ".sock"))
 
-    async def run_runtime(self, argv: list[str], args: list[str], stdin: bytes | None = None,
-                          timeout: float = RUNTIME_TIMEOUT) -> tuple[int, bytes, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, "--root", str(self.runtime_root), *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise Internal(f"runtime {' '.join(args[:1])}: no answer in {timeout:.0f} s") from None
-        from services.shim.server import runtime_message
+    async def force_delete(self, runtime_argv: list[str], id_: str) -> None:
+        """``<runtime> delete --force ID`` when no shim can: after a shim died, or a failed create.
 
-        return proc.returncode or 0, out, runtime_message(err)
-
-    async def _runtime_checked(self, task: Task, args: list[str], stdin: bytes | None = None) -> bytes:
-        code, out, message = await self.run_runtime(task.runtime_argv, args, stdin)
-        if code != 0:
-            from services.shim.server import classify
-
-            kind = classify(message)
-            raise shim_error({"error": {"kind": kind, "message": message or f"runtime {args[0]} failed"}})
-        return out
+        The only runtime command highlevel runs itself; its failure (nothing left to delete) is ignored.
+        """
+        with contextlib.suppress(OSError):
+            proc = await asyncio.create_subprocess_exec(
+                *runtime_argv, "--root", str(self.runtime_root), "delete", "--force", id_,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+            try:
+                await asyncio.wait_for(proc.wait(), RUNTIME_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                log.warning("runtime delete --force: no answer", id=id_, timeout=RUNTIME_TIMEOUT)
 
     def _remove_traces(self, id_: str, state_dir: Path) -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -250,9 +229,10 @@ class TaskManager:
             "log_path": opts.log_path or str(state_dir / "log.json"),
             "log_max_size": opts.log_max_size, "log_max_file": opts.log_max_file or 1,
         }
-        (state_dir / "bootstrap.json").write_text(json.dumps(boot))
+        # The shim's whole truth: never seen half-written (by the shim, or by recover after a crash).
+        atomic_write(state_dir / "bootstrap.json", json.dumps(boot).encode(), durable=False)
         try:
-            out, err = await self._launch_shim(opts.id, state_dir)
+            out, err = await self.launcher.launch(opts.id, state_dir)
             try:
                 answer = json.loads(out.decode().strip().splitlines()[-1])
             except (ValueError, IndexError):
@@ -272,99 +252,19 @@ class TaskManager:
         log.info("task created", id=opts.id, pid=init.pid, runtime=runtime)
         return task
 
-    async def _launch_shim(self, id_: str, state_dir: Path) -> tuple[bytes, bytes]:
-        """The launcher's answer and stderr: forked by the zygote, or a fresh ``skiff-shim``."""
-        if self.use_zygote:
-            for attempt in range(2):
-                try:
-                    return await self._zygote_launch(id_, state_dir), b""
-                except ZygoteUnavailable as exc:
-                    # A dead zygote is replaced once; if that fails too, the shim is spawned directly.
-                    if attempt == 0 and await self._start_zygote():
-                        continue
-                    log.warning("shim zygote unavailable, spawning directly", error=str(exc))
-                    break
-        env = dict(os.environ, PYTHONPATH=CODE_ROOT)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-S", "-m", "services.shim", str(state_dir), env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True)
-        try:
-            return await asyncio.wait_for(proc.communicate(), SHIM_START_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise Internal(f"shim for {id_}: no answer in {SHIM_START_TIMEOUT:.0f} s") from None
-
-    async def _zygote_launch(self, id_: str, state_dir: Path) -> bytes:
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.zygote_socket), 5)
-        except (TimeoutError, OSError) as exc:
-            raise ZygoteUnavailable(f"{self.zygote_socket}: {exc}") from exc
-        try:
-            writer.write(str(state_dir).encode() + b"\n")
-            await writer.drain()
-            answer = await asyncio.wait_for(reader.readline(), SHIM_START_TIMEOUT)
-        except TimeoutError:
-            raise Internal(f"shim for {id_}: no answer in {SHIM_START_TIMEOUT:.0f} s") from None
-        except OSError as exc:
-            raise Internal(f"shim for {id_}: zygote connection lost: {exc}") from exc
-        finally:
-            writer.close()
-        if not answer:
-            # The request may have been forked already: the creation counts as failed and is cleaned.
-            raise Internal(f"shim for {id_}: the zygote closed without an answer")
-        return answer
-
-    async def _start_zygote(self) -> bool:
-        """Starts a detached zygote (its launcher exits once the socket listens); False on failure."""
-        async with self._zygote_lock:
-            with contextlib.suppress(OSError, TimeoutError):
-                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.zygote_socket), 2)
-                writer.close()
-                return True  # another create started it meanwhile
-            from services.shim.zygote import TITLE_ROOM
-
-            env = dict(os.environ, PYTHONPATH=CODE_ROOT)
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-S", "-m", "services.shim.zygote", self.zygote_socket, " " * TITLE_ROOM,
-                    env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
-                out, err = await asyncio.wait_for(proc.communicate(), ZYGOTE_START_TIMEOUT)
-            except (OSError, TimeoutError) as exc:
-                log.warning("shim zygote did not start", error=repr(exc))
-                return False
-            if proc.returncode != 0 or b"ready" not in out:
-                log.warning("shim zygote did not start", error=err.decode(errors="replace")[-500:])
-                return False
-            log.info("shim zygote started", socket=self.zygote_socket)
-            return True
-
     def stop_zygote(self) -> None:
-        """On highlevel's own shutdown: the zygote serves only highlevel (the next start makes a
-        new one), and the shims it forked are independent of it, so containers keep running."""
-        pid = _read_int(Path(self.zygote_socket + ".pid"))
-        if not pid:
-            return
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"services.shim.zygote" not in f.read():
-                    return  # the pid was reused by something else
-            os.kill(pid, signal.SIGTERM)
-        except (FileNotFoundError, ProcessLookupError):
-            pass
+        """On highlevel's own stop (shim_launcher.py): the shims it forked keep running."""
+        self.launcher.stop_zygote()
 
     async def _cleanup_failed(self, id_: str, runtime_argv: list[str], state_dir: Path) -> None:
         """Creation failed: the shim exits by itself; make sure nothing of it stays behind."""
-        shim_pid = read_json(state_dir / "bootstrap.json") and _read_int(state_dir / "shim.pid")
+        shim_pid = read_json(state_dir / "bootstrap.json") and read_int(state_dir / "shim.pid")
         fd = shim_pidfd(shim_pid, state_dir) if shim_pid else None
         if fd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
             os.close(fd)
-        with contextlib.suppress(SkiffError, OSError):
-            await self.run_runtime(runtime_argv, ["delete", "--force", id_])
+        await self.force_delete(runtime_argv, id_)
         await asyncio.to_thread(self._remove_traces, id_, state_dir)
 
     async def start(self, id_: str, exec_id: str = "") -> int:
@@ -485,8 +385,7 @@ class TaskManager:
         recorded = status.get("exit")
         info = ExitInfo.from_dict(recorded) if recorded else ExitInfo(137, signal.SIGKILL, False, rfc3339_nano())
         log.warning("shim gone", id=task.id, shim_pid=task.shim_pid, exit_code=info.exit_code)
-        with contextlib.suppress(SkiffError, OSError):
-            await self.run_runtime(task.runtime_argv, ["delete", "--force", task.id])
+        await self.force_delete(task.runtime_argv, task.id)
         for proc in [task.init, *task.execs.values()]:
             self._record_exit(task, proc, info if proc is task.init else ExitInfo(137, 9, False, info.exited_at))
 
@@ -535,28 +434,21 @@ class TaskManager:
         await self.shim_call(id_, Op.KILL, exec_id=exec_id, signal=sig or signal.SIGTERM, all=all_)
 
     async def update(self, id_: str, resources: bytes) -> None:
-        task = self.get(id_)
-        self._alive(task)
         try:
-            json.loads(resources)
+            parsed = json.loads(resources)
         except ValueError as exc:
             raise InvalidArgument(f"update of {id_}: resources are not JSON: {exc}") from exc
-        await self._runtime_checked(task, ["update", "--resources", "-", id_], resources)
+        if not isinstance(parsed, dict):
+            raise InvalidArgument(f"update of {id_}: resources must be a JSON object")
+        await self.shim_call(id_, Op.UPDATE, resources=parsed)
 
     async def list_pids(self, id_: str) -> list[int]:
-        task = self.get(id_)
-        self._alive(task)
-        out = await self._runtime_checked(task, ["ps", "--format", "json", id_])
-        return [int(p) for p in json.loads(out or b"[]") or []]
+        reply = await self.shim_call(id_, Op.PIDS)
+        return [int(p) for p in reply.get("pids") or []]
 
     async def stats(self, id_: str) -> dict[str, Any]:
-        task = self.get(id_)
-        self._alive(task)
-        out = await self._runtime_checked(task, ["events", "--stats", id_])
-        try:
-            return json.loads(out.decode().strip().splitlines()[0]).get("data", {})
-        except (ValueError, IndexError) as exc:
-            raise Internal(f"stats of {id_}: runtime printed no JSON: {exc}") from exc
+        reply = await self.shim_call(id_, Op.STATS)
+        return reply.get("stats") or {}
 
     async def state(self, id_: str, exec_id: str = "") -> dict[str, Any]:
         task = self.get(id_)
@@ -598,8 +490,7 @@ class TaskManager:
                     await self._shim_died(task)
                 await self._wait_shim_exit(task)
             else:
-                with contextlib.suppress(SkiffError, OSError):
-                    await self.run_runtime(task.runtime_argv, ["delete", "--force", id_])
+                await self.force_delete(task.runtime_argv, id_)
             for proc in [task.init, *task.execs.values()]:
                 if proc.watcher and not proc.watcher.done():
                     proc.watcher.cancel()
@@ -647,7 +538,7 @@ class TaskManager:
     async def _recover_one(self, state_dir: Path, boot: dict[str, Any]) -> None:
         id_ = boot["id"]
         status = read_json(state_dir / "status.json")
-        shim_pid = _read_int(state_dir / "shim.pid")
+        shim_pid = read_int(state_dir / "shim.pid")
         if status is None:
             # The shim died during create: nothing was ever reported, so nothing is kept.
             await self._cleanup_failed(id_, boot["runtime"], state_dir)
@@ -697,9 +588,3 @@ def shim_pidfd(pid: int, state_dir: Path) -> int | None:
     os.close(fd)
     return None
 
-
-def _read_int(path: Path) -> int:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return 0

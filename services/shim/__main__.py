@@ -13,6 +13,7 @@ import sys
 
 from services.common import cgroupfs
 from services.common import jsonio as json
+from services.common.errors import ErrorKind, SkiffError
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         while chunk := os.read(ready_r, 65536):
             chunks.append(chunk)
         os.waitpid(first, 0)
-        answer = b"".join(chunks) or b'{"error": {"kind": "internal", "message": "shim died during create"}}'
+        answer = b"".join(chunks) or json.dumps(
+            {"error": {"kind": ErrorKind.INTERNAL, "message": "shim died during create"}}).encode()
         sys.stdout.write(answer.decode() + "\n")
         sys.stdout.flush()
         return 0 if b'"error"' not in answer else 1
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(state_dir: str, boot: dict, ready_w: int) -> int:
-    from services.shim.server import Shim, ShimError
+    from services.shim.server import Shim
 
     _detach_stdio(state_dir)
     try:
@@ -107,11 +109,11 @@ def _serve(state_dir: str, boot: dict, ready_w: int) -> int:
             f.write(str(os.getpid()))
         shim = Shim(state_dir, boot)
         pid = shim.create()
-    except ShimError as exc:
+    except SkiffError as exc:
         os.write(ready_w, json.dumps({"error": {"kind": exc.kind, "message": exc.message}}).encode())
         os._exit(1)
     except Exception as exc:  # noqa: BLE001 - reported to highlevel, which owns the clean-up
-        os.write(ready_w, json.dumps({"error": {"kind": "internal", "message": f"shim: {exc!r}"}}).encode())
+        os.write(ready_w, json.dumps({"error": {"kind": ErrorKind.INTERNAL, "message": f"shim: {exc!r}"}}).encode())
         os._exit(1)
     os.write(ready_w, json.dumps({"pid": pid, "shim_pid": os.getpid()}).encode())
     os.close(ready_w)

@@ -28,22 +28,17 @@ import sys
 import termios  # noqa: F401
 
 from services.common import jsonio as json
+from services.common.errors import ErrorKind
+from services.lowlevel.preload import PRELOAD
 from services.shim import __main__ as shim_main
 from services.shim import server  # noqa: F401 - loaded by _serve in every shim
 
-# skiff-lowlevel runs inside forked shims (server.Shim._fork_runtime): its modules are loaded here
-# once too. A module that fails to import is simply loaded later by the runtime, as before.
-for _module in ("cli", "commands", "state", "lifecycle", "create", "mounts", "process", "syscalls",
-                "capabilities", "console", "hooks", "spec", "exec", "cgroups", "cgroups.v1", "cgroups.v2"):
-    try:
-        __import__(f"services.lowlevel.{_module}")
-    except ImportError:
-        pass
+# skiff-lowlevel runs inside forked shims (shim/runtime.py): the modules it names are loaded here
+# once too. A name that does not import stops the zygote (highlevel then spawns shims directly).
+for _module in PRELOAD:
+    __import__(f"services.lowlevel.{_module}")
 
 REQUEST_TIMEOUT = 5.0
-# The forked shim rewrites its command line (as ``python -S -m services.shim STATE_DIR``) so
-# that ps, leak checks and operators see which container it serves; this much room is reserved.
-TITLE_ROOM = 320
 
 
 def set_title(argv: list[str]) -> None:
@@ -92,7 +87,7 @@ def _launch(listener: socket.socket, conn: socket.socket, state_dir: str) -> Non
         sys.stdout.flush()
     except BaseException as exc:  # noqa: BLE001 - reported to highlevel on the connection
         try:
-            os.write(1, _error("internal", f"zygote launch: {exc!r}"))
+            os.write(1, _error(ErrorKind.INTERNAL, f"zygote launch: {exc!r}"))
         except OSError:
             pass
     os._exit(code)
@@ -119,12 +114,12 @@ def serve(listener: socket.socket) -> None:
 def _handle(listener: socket.socket, conn: socket.socket) -> None:
     state_dir = _read_request(conn)
     if not state_dir or not os.path.isabs(state_dir):
-        conn.sendall(_error("invalid_argument", "zygote: bad state dir"))
+        conn.sendall(_error(ErrorKind.INVALID_ARGUMENT, "zygote: bad state dir"))
         return
     try:
         pid = os.fork()
     except OSError as exc:
-        conn.sendall(_error("internal", f"zygote fork: {exc.strerror}"))
+        conn.sendall(_error(ErrorKind.INTERNAL, f"zygote fork: {exc.strerror}"))
         return
     if pid == 0:
         _launch(listener, conn, state_dir)

@@ -144,3 +144,21 @@ def test_rejected_bundle_reports_runtime_message(shim_factory, unique_id: str) -
     assert "no such file" in answer["error"]["message"].lower() or "binary" in answer["error"]["message"]
     shim_pid = int((shim.state_dir / "shim.pid").read_text())
     wait_for(lambda: not pid_alive(shim_pid), 10, "shim exit after a failed create")
+
+
+def test_pids_update_stats_ops(shim_factory, unique_id: str) -> None:  # noqa: ANN001
+    # The ops highlevel's ListPids, Update and Stats go through (highlevel runs no runtime for them).
+    shim = shim_factory(unique_id, ["sleep", "1000"])
+    answer = shim.launch()
+    shim.call(op="start")
+    assert answer["pid"] in shim.call(op="pids")["pids"]
+    stats = shim.call(op="stats")["stats"]
+    assert stats["pids"]["current"] >= 1 and stats["memory"]["usage"]["usage"] > 0
+    assert shim.call(op="update", resources={"pids": {"limit": 77}}) == {}
+    assert shim.call(op="stats")["stats"]["pids"]["limit"] == 77
+    assert not list(shim.state_dir.glob("resources*")), "the update's resources file is left behind"
+    refused = shim.call(op="update", resources=["not", "an", "object"])
+    assert refused["error"]["kind"] == "invalid_argument"
+    shim.call(op="kill", signal=9)
+    assert shim.call(op="wait")["exit"]["signal"] == 9
+    shim.call(op="delete")
