@@ -1,5 +1,9 @@
 """Tasks: one shim per container, spawned detached, found again from ``<run>/highlevel/`` on restart.
 
+Every runtime command goes through the task's shim (services/common/shimproto.py); highlevel runs
+the runtime itself only for ``delete --force`` when no shim can. Shims are launched by
+shim_launcher.py (the zygote).
+
 Layout under ``<run>/highlevel/``:
   ``t/<id>/``            the shim's state folder (bootstrap.json, status.json, shim.pid, init.pid)
   ``s/<12 hex>.sock``    the shim's socket (short: UNIX socket paths stop at 107 bytes)

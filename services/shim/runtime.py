@@ -15,6 +15,8 @@ import select
 import sys
 import time
 
+from services.common import jsonio as json
+from services.common.atomic import atomic_write
 from services.common.errors import ERROR_BY_KIND, FailedPrecondition, Internal, SkiffError
 from services.common.runtime_output import runtime_failure
 
@@ -47,9 +49,10 @@ class RuntimeResult:
 
 
 class Runtime:
-    __slots__ = ("argv", "name_len", "in_process", "log_path", "reaper")
+    __slots__ = ("dir", "argv", "name_len", "in_process", "log_path", "reaper")
 
     def __init__(self, state_dir: str, boot: dict, reaper: Reaper) -> None:
+        self.dir = state_dir
         self.argv: list[str] = list(boot["runtime"]) + ["--root", boot["runtime_root"]]
         self.name_len = len(boot["runtime"])
         self.in_process = boot.get("runtime_name") == "skiff-lowlevel" and os.environ.get(
@@ -64,6 +67,31 @@ class Runtime:
         if result.code != 0:
             raise result.error(args[0])
         return result.out
+
+    def pids(self, container_id: str) -> list[int]:
+        """The pids in the container's cgroup (``ps --format json``)."""
+        out = self.call(["ps", "--format", "json", container_id], capture=True)
+        try:
+            return [int(p) for p in json.loads(out or b"[]") or []]
+        except (ValueError, TypeError) as exc:
+            raise Internal(f"pids of {container_id}: runtime printed no JSON list: {exc}") from exc
+
+    def update(self, container_id: str, resources: dict) -> None:
+        """New limits (an OCI ``linux.resources`` object) through ``update --resources FILE``."""
+        path = os.path.join(self.dir, "resources.json")
+        atomic_write(path, json.dumps(resources).encode(), durable=False)
+        try:
+            self.call(["update", "--resources", path, container_id])
+        finally:
+            os.unlink(path)
+
+    def stats(self, container_id: str) -> dict:
+        """The cgroup's statistics (``events --stats``: one ``{"type": "stats", "data": ...}`` line)."""
+        out = self.call(["events", "--stats", container_id], capture=True)
+        try:
+            return json.loads(out.decode().strip().splitlines()[0]).get("data") or {}
+        except (ValueError, IndexError, AttributeError) as exc:
+            raise Internal(f"stats of {container_id}: runtime printed no JSON: {exc}") from exc
 
     def run(self, args: list[str], stdio: tuple[int, int, int] | None = None, timeout: float = RUNTIME_TIMEOUT,
             capture: bool = False) -> RuntimeResult:

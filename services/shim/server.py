@@ -320,36 +320,12 @@ class Shim:
         fcntl.ioctl(proc.master, termios.TIOCSWINSZ, size)
         return {}
 
-    def op_pids(self) -> dict[str, Any]:
-        """The pids in the container's cgroup (runtime ``ps --format json``)."""
-        out = self.runtime.call(["ps", "--format", "json", self.id], capture=True)
-        try:
-            pids = json.loads(out or b"[]") or []
-            return {"pids": [int(p) for p in pids]}
-        except (ValueError, TypeError) as exc:
-            raise Internal(f"pids of {self.id}: runtime printed no JSON list: {exc}") from exc
-
     def op_update(self, req: dict[str, Any]) -> dict[str, Any]:
-        """New resource limits (an OCI ``linux.resources`` object), through runtime ``update``."""
         resources = req.get("resources")
         if not isinstance(resources, dict):
             raise InvalidArgument(f"update of {self.id}: resources must be a JSON object")
-        path = os.path.join(self.dir, "resources.json")
-        atomic_write(path, json.dumps(resources).encode())
-        try:
-            self.runtime.call(["update", "--resources", path, self.id])
-        finally:
-            os.unlink(path)
+        self.runtime.update(self.id, resources)
         return {}
-
-    def op_stats(self) -> dict[str, Any]:
-        """The cgroup's statistics (runtime ``events --stats``: one ``{"type": "stats", "data"}`` line)."""
-        out = self.runtime.call(["events", "--stats", self.id], capture=True)
-        try:
-            event = json.loads(out.decode().strip().splitlines()[0])
-            return {"stats": event.get("data") or {}}
-        except (ValueError, IndexError, AttributeError) as exc:
-            raise Internal(f"stats of {self.id}: runtime printed no JSON: {exc}") from exc
 
     def op_delete(self, req: dict[str, Any]) -> dict[str, Any]:
         exec_id = req.get("exec_id", "")
@@ -397,9 +373,9 @@ class Shim:
             self.subscribers.append(conn)
             return {"oom_kill": self.oom.count}
         if op == Op.PIDS:
-            return self.op_pids()
+            return {"pids": self.runtime.pids(self.id)}
         if op == Op.STATS:
-            return self.op_stats()
+            return {"stats": self.runtime.stats(self.id)}
         handler = _OPS.get(op)
         if handler is None:
             raise InvalidArgument(f"unknown op {op}")
