@@ -10,6 +10,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.lowlevel import fastos as os
 from services.lowlevel import state
 from services.lowlevel.args import Parsed, need_id
+from services.lowlevel.output import go_json, go_json_indent, table
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False
@@ -64,25 +65,65 @@ def cmd_run(p: Parsed, root: str) -> int:
 
     container_id = need_id(p)
     detach = bool(p.flags.get("detach"))
+    options = _create_options(p, root, container_id)
+    listener = None
     if not detach:
         # The init's parent (the intermediate) exits at once: we adopt it to wait for it.
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-    created = create_container(_create_options(p, root, container_id))
-    # What create made is at hand: start and delete need not read it back.
-    known = {"st": created.state, "spec": created.spec}
+        if options.console_socket is None:
+            from services.lowlevel.run import ConsoleListener
+
+            # Used only if the spec asks for a terminal: then we relay it, as runc does.
+            listener = ConsoleListener()
+            options.console_socket = listener.path
     try:
-        lifecycle.start(root, container_id, **known)
-    except BaseException:
-        lifecycle.delete(root, container_id, force=True, cgroup=created.cgroup, **known)
-        raise
+        created = create_container(options)
+        # What create made is at hand: start and delete need not read it back.
+        known = {"st": created.state, "spec": created.spec}
+        relay = None
+        try:
+            if listener is not None and (created.spec.get("process") or {}).get("terminal"):
+                relay = _terminal_relay(listener)
+            lifecycle.start(root, container_id, **known)
+        except BaseException:
+            if relay is not None:
+                relay.close()
+            lifecycle.delete(root, container_id, force=True, cgroup=created.cgroup, **known)
+            raise
+    finally:
+        if listener is not None:
+            listener.close()
     if detach:
         return 0
-    from services.lowlevel.run import wait_forwarding_signals
-
-    code = wait_forwarding_signals(created.state.pid)
+    code = _wait_foreground(created.state.pid, relay)
     if not p.flags.get("keep"):
         lifecycle.delete(root, container_id, force=True, cgroup=created.cgroup, **known)
     return code
+
+
+def _terminal_relay(listener: Any) -> Any:
+    """The caller's terminal, ready to relay the container's (tty.py); raw mode is set only now."""
+    from services.lowlevel import tty
+
+    host = tty.host_console()
+    try:
+        master = tty.receive_master(listener.sock)
+    except BaseException:
+        if host > 2:
+            os.close(host)
+        raise
+    return tty.Relay(master, host)
+
+
+def _wait_foreground(pid: int, relay: Any) -> int:
+    if relay is None:
+        from services.lowlevel.run import wait_forwarding_signals
+
+        return wait_forwarding_signals(pid)
+    try:
+        return relay.wait(pid)
+    finally:
+        relay.close()
 
 
 def cmd_start(p: Parsed, root: str) -> int:
@@ -94,7 +135,8 @@ def cmd_start(p: Parsed, root: str) -> int:
 
 def cmd_state(p: Parsed, root: str) -> int:
     st = state.load(root, need_id(p))
-    print(json.dumps(state.oci_state(root, st), indent=2))
+    # As runc: json.MarshalIndent written as it is, without a newline.
+    sys.stdout.write(go_json_indent(state.oci_state(root, st), "  "))
     return 0
 
 
@@ -137,18 +179,49 @@ def cmd_exec(p: Parsed, root: str) -> int:
         )
     if p.flags.get("tty"):
         process["terminal"] = True
-    result = exec_.exec_in_container(
-        exec_.ExecOptions(
-            root=root,
-            container_id=container_id,
-            process=process,
-            console_socket=_abs(p.flags.get("console_socket")),
-            pid_file=_abs(p.flags.get("pid_file")),
-            detach=bool(p.flags.get("detach")),
-            preserve_fds=_int_flag(p, "preserve_fds", 0),
+    detach = bool(p.flags.get("detach"))
+    console_socket = _abs(p.flags.get("console_socket"))
+    listener = None
+    if process.get("terminal") and not detach and console_socket is None:
+        from services.lowlevel import syscalls as sc
+        from services.lowlevel.run import ConsoleListener
+
+        # In the foreground the terminal is relayed on ours (as runc): exec starts the process
+        # detached, adopted by us (subreaper), and we wait for it around the relay.
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        listener = ConsoleListener()
+        console_socket = listener.path
+    try:
+        result = exec_.exec_in_container(
+            exec_.ExecOptions(
+                root=root,
+                container_id=container_id,
+                process=process,
+                console_socket=console_socket,
+                pid_file=_abs(p.flags.get("pid_file")),
+                detach=detach or listener is not None,
+                preserve_fds=_int_flag(p, "preserve_fds", 0),
+            )
         )
-    )
-    return 0 if p.flags.get("detach") else result
+        if listener is None:
+            return 0 if detach else result
+        try:
+            relay = _terminal_relay(listener)
+        except BaseException:
+            _kill_and_reap(result)
+            raise
+    finally:
+        if listener is not None:
+            listener.close()
+    return _wait_foreground(result, relay)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def cmd_ps(p: Parsed, root: str) -> int:
@@ -162,7 +235,7 @@ def cmd_ps(p: Parsed, root: str) -> int:
         pids = sorted(cgroup_of(st).pids())
     fmt = p.flags.get("format") or "table"
     if fmt == "json":
-        print(json.dumps(pids))
+        print(go_json(pids))
         return 0
     if fmt != "table":
         raise InvalidArgument(f"invalid format option {fmt!r}")
@@ -196,26 +269,35 @@ def cmd_list(p: Parsed, root: str) -> int:
     for name in names:
         try:
             st = state.load(root, name)
+            owner = _owner_name(os.stat(state.container_dir(root, name)).st_uid)
         except (NotFound, InvalidArgument, ValueError, OSError):
             continue
-        entries.append(state.oci_state(root, st))
+        entry = state.oci_state(root, st)
+        entry["owner"] = owner  # as runc's list: the state folder's owner, by name
+        entries.append(entry)
     fmt = p.flags.get("format") or "table"
     if p.flags.get("quiet"):
         for e in entries:
             print(e["id"])
     elif fmt == "json":
-        print(json.dumps(entries))
+        print(go_json(entries) if entries else "null")  # a nil slice, as Go encodes it
     elif fmt == "table":
         rows = [["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]]
-        rows += [
-            [e["id"], str(e["pid"]), e["status"], e["bundle"], e["created"], e["owner"] or "root"] for e in entries
-        ]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("   ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip())
+        rows += [[e["id"], str(e["pid"]), e["status"], e["bundle"], e["created"], e["owner"]] for e in entries]
+        sys.stdout.write(table(rows))
     else:
-        raise InvalidArgument(f"invalid format option {fmt!r}")
+        raise InvalidArgument("invalid format option")
     return 0
+
+
+def _owner_name(uid: int) -> str:
+    """The user's name, or ``#uid`` when there is none (runc's list)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"
 
 
 def cmd_pause(p: Parsed, root: str) -> int:
@@ -320,7 +402,7 @@ def cmd_events(p: Parsed, root: str) -> int:
         raise FailedPrecondition("container not running")
     cgroup = cgroup_of(st)
     if p.flags.get("stats"):
-        print(json.dumps({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
+        print(go_json({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
         return 0
     interval = _interval(p.flags.get("interval"))
     notify = _oom_notifier(cgroup)
@@ -332,9 +414,9 @@ def cmd_events(p: Parsed, root: str) -> int:
             now_ooms = cgroup.oom_kills()
             if now_ooms > ooms:
                 ooms = now_ooms
-                print(json.dumps({"type": "oom", "id": container_id}), flush=True)
+                print(go_json({"type": "oom", "id": container_id}), flush=True)
             if time.monotonic() >= next_stats:
-                print(json.dumps({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
+                print(go_json({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
                 next_stats = time.monotonic() + interval
             if notify is None:
                 time.sleep(0.05)
@@ -345,7 +427,7 @@ def cmd_events(p: Parsed, root: str) -> int:
                 if select.select([notify[0]], [], [], 0.05)[0]:
                     os.read(notify[0], 8)
         if cgroup.oom_kills() > ooms:
-            print(json.dumps({"type": "oom", "id": container_id}), flush=True)
+            print(go_json({"type": "oom", "id": container_id}), flush=True)
     finally:
         if notify is not None:
             for fd in notify:
@@ -391,14 +473,14 @@ def cmd_spec(p: Parsed, root: str) -> int:
     except FileExistsError:
         raise AlreadyExists(f"File {path} exists. Remove it first") from None
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(spec, indent=2) + "\n")
+        f.write(go_json_indent(spec, "\t"))  # runc's: tabs, no final newline
     return 0
 
 
 def cmd_features(p: Parsed, root: str) -> int:
     from services.lowlevel.features import features
 
-    print(json.dumps(features(), indent=4))
+    print(go_json_indent(features(), "    "))
     return 0
 
 

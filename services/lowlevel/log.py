@@ -18,6 +18,7 @@ import time
 
 from services.common.errors import InvalidArgument
 from services.lowlevel import fastos as os
+from services.lowlevel.output import go_json
 
 TEXT = "text"
 JSON = "json"
@@ -93,15 +94,9 @@ def _timestamp() -> str:
 
 
 def _json_record(level: str, msg: str, fields: dict[str, str]) -> str:
-    # logrus's JSONFormatter: Go marshals a map with its keys sorted, without spaces.
+    # logrus's JSONFormatter: a Go map, marshalled with its keys sorted.
     record = {**fields, "level": level, "msg": msg, "time": _timestamp()}
-    return "{" + ",".join(f"{_quote_json(k)}:{_quote_json(record[k])}" for k in sorted(record)) + "}"
-
-
-def _quote_json(text: str) -> str:
-    # Go's encoder also escapes the HTML characters.
-    quoted = _json.encode_basestring(text)
-    return quoted.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return go_json({k: record[k] for k in sorted(record)})
 
 
 def _text_record(level: str, msg: str, fields: dict[str, str]) -> str:

@@ -178,16 +178,20 @@ def oci_state(root: str, state: ContainerState, status: str | None = None) -> di
         "bundle": state.bundle,
         "rootfs": state.rootfs,
         "created": state.created,
-        "owner": state.owner,
     }
+    # runc's order: annotations (when there are any) before owner.
     if state.annotations:
         result["annotations"] = state.annotations
+    result["owner"] = state.owner
     return result
 
 
 def now_rfc3339() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1e9):09d}Z"
+    """UTC, as Go's time.RFC3339Nano formats it: the fraction's trailing zeros dropped."""
+    ns = time.time_ns()
+    fraction = f"{ns % 1_000_000_000:09d}".rstrip("0")
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
+    return seconds + (f".{fraction}" if fraction else "") + "Z"
 
 
 def wait_gone(pid: int, start_time: int | None, timeout: float = 10.0) -> bool:
