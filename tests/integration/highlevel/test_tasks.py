@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.grpc import call
 from services.gen.skiff.highlevel.v1 import (
     AttachRequest,
@@ -27,6 +27,7 @@ from services.gen.skiff.highlevel.v1 import (
     StdinChunk,
     TaskRequest,
     TaskStatus,
+    UpdateRequest,
     WaitRequest,
 )
 from tests.support.tasks import Bundles, Highlevel, pid_alive, run
@@ -164,6 +165,10 @@ def test_kill_pause_resume_stats_pids(highlevel: Highlevel, bundles: Bundles, ne
             assert created.pid in pids.pids
             stats = await tasks.stats(TaskRequest(id=new_id))
             assert stats.memory_usage > 0 and stats.pids_current >= 1 and json.loads(stats.raw)
+            # ListPids, Stats and Update all go through the shim's ops (highlevel runs no runtime).
+            await tasks.update(UpdateRequest(id=new_id, resources=json.dumps({"pids": {"limit": 64}}).encode()))
+            assert json.loads((await tasks.stats(TaskRequest(id=new_id))).raw)["pids"]["limit"] == 64
+            await expect(InvalidArgument, tasks.update(UpdateRequest(id=new_id, resources=b"[1]")))
             await tasks.pause(TaskRequest(id=new_id))
             assert (await tasks.state(StateRequest(id=new_id))).status == TaskStatus.PAUSED
             await expect(FailedPrecondition, tasks.pause(TaskRequest(id=new_id)))
@@ -193,8 +198,6 @@ def test_bad_input_is_typed_and_leaves_nothing(highlevel: Highlevel, bundles: Bu
     (broken / "config.json").write_text("{not json")
 
     async def body() -> None:
-        from services.common.errors import InvalidArgument
-
         async with highlevel.client() as (tasks, containers):
             await expect(NotFound, tasks.state(StateRequest(id="nope")))
             await expect(NotFound, tasks.start(StartRequest(id="nope")))
