@@ -32,15 +32,21 @@ class Notifier:
         return self.address is not None
 
     def send(self, *states: str) -> bool:
-        """One datagram of ``KEY=value`` lines; False when there is no manager to tell.
+        """One datagram of ``KEY=value`` lines; False when there is no manager to tell, or it is not
+        reading (its queue is full: net.unix.max_dgram_qlen is 10 by default).
 
-        Status text must not carry newlines: each line of the datagram is one assignment.
+        Never blocks: it is called on the event loop, and a manager that stopped reading must not
+        stop the service (a blocking send would wait for room in its queue). Status text must not
+        carry newlines: each line of the datagram is one assignment.
         """
         if self.address is None:
             return False
         payload = "\n".join(states).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(payload, self.address)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
+            try:
+                sock.sendto(payload, self.address)
+            except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+                return False
         return True
 
 

@@ -37,6 +37,17 @@ def _datagrams(sock: socket.socket, deadline: float) -> list[bytes]:
         return []
 
 
+def _drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(4096)
+    except BlockingIOError:
+        pass
+    finally:
+        sock.setblocking(True)
+
+
 def _wait_line(sock: socket.socket, wanted: bytes, timeout: float, seen: list[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,7 +111,10 @@ def test_each_service_ready_once_answering_then_watchdog_then_stopping(prefix: P
             listeners[module] = listener
             proc = _start(stack, module, {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": str(WATCHDOG_USEC)})
             seen: list[bytes] = []
-            _wait_line(listener, b"READY=1", 60, seen)
+            try:
+                _wait_line(listener, b"READY=1", 90, seen)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{module} log: {stack.logs[module].read_text()[-3000:]}") from None
             assert proc.poll() is None
             _answers_now(stack, module)
             assert any(line.startswith(b"STATUS=") for line in seen), seen
@@ -109,6 +123,7 @@ def test_each_service_ready_once_answering_then_watchdog_then_stopping(prefix: P
                 _wait_line(listener, b"WATCHDOG=1", 5, beats)
         for module in reversed(SERVICES):
             proc = stack.procs[module]
+            _drain(listeners[module])  # unread beats fill its queue (10 datagrams): then sends are dropped
             proc.send_signal(signal.SIGTERM)
             _wait_line(listeners[module], b"STOPPING=1", 15, [])
             assert proc.wait(15) == 0, stack.logs[module].read_text()[-2000:]
