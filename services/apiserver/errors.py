@@ -15,6 +15,7 @@ HTTP_STATUS_BY_KIND: dict[str, int] = {
     ErrorKind.INVALID_ARGUMENT: 400,
     ErrorKind.FAILED_PRECONDITION: 409,
     ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.UNAUTHORIZED: 401,
     ErrorKind.INTERNAL: 500,
 }
 

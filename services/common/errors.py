@@ -19,6 +19,7 @@ class ErrorKind:
     FAILED_PRECONDITION = "failed_precondition"
     CONFLICT = "conflict"
     UNAVAILABLE = "unavailable"
+    UNAUTHORIZED = "unauthorized"  # credentials refused (a registry's login): Docker's errdefs.Unauthorized
     INTERNAL = "internal"
 
 
@@ -56,6 +57,10 @@ class Unavailable(SkiffError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class Unauthorized(SkiffError):
+    kind = ErrorKind.UNAUTHORIZED
+
+
 class Internal(SkiffError):
     kind = ErrorKind.INTERNAL
 
@@ -78,5 +83,6 @@ ERROR_BY_KIND: dict[str, type[SkiffError]] = {
     ErrorKind.FAILED_PRECONDITION: FailedPrecondition,
     ErrorKind.CONFLICT: Conflict,
     ErrorKind.UNAVAILABLE: Unavailable,
+    ErrorKind.UNAUTHORIZED: Unauthorized,
     ErrorKind.INTERNAL: Internal,
 }

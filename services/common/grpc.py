@@ -24,6 +24,7 @@ STATUS_BY_KIND: dict[str, Status] = {
     ErrorKind.FAILED_PRECONDITION: Status.FAILED_PRECONDITION,
     ErrorKind.CONFLICT: Status.ABORTED,
     ErrorKind.UNAVAILABLE: Status.UNAVAILABLE,
+    ErrorKind.UNAUTHORIZED: Status.UNAUTHENTICATED,
     ErrorKind.INTERNAL: Status.INTERNAL,
 }
 KIND_BY_STATUS: dict[Status, str] = {status: kind for kind, status in STATUS_BY_KIND.items()}

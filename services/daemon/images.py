@@ -97,6 +97,11 @@ class ImagesService(ImagesBase):
                 yield item
 
     @grpc_errors
+    async def login(self, highlevel_v1_login_request: hl.LoginRequest) -> hl.LoginResponse:
+        # highlevel's registry client checks the credentials, as it would for a pull.
+        return await call(self.images.login(highlevel_v1_login_request))
+
+    @grpc_errors
     async def tag(self, highlevel_v1_tag_image_request: hl.TagImageRequest) -> hl.TagImageResponse:
         with self.manager.changing_images():
             return await call(self.images.tag(highlevel_v1_tag_image_request))

@@ -1,4 +1,7 @@
-"""A distribution v2 registry client over aiohttp: pull and push, token and basic auth, TLS.
+"""A distribution v2 registry client over aiohttp: login, pull and push, token and basic auth, TLS.
+
+The engine's one registry client: ``docker login`` comes here too (apiserver -> daemon -> the
+Images.Login RPC), so a login follows a ``WWW-Authenticate`` challenge exactly as a pull does.
 
 Every network wait is bounded (connect and read timeouts) and every retry loop is bounded; a
 broken blob download resumes with ``Range`` when the registry allows it, else restarts.
@@ -20,7 +23,14 @@ from urllib.parse import urlencode, urljoin
 
 import aiohttp
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError, Unavailable
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SkiffError,
+    Unauthorized,
+    Unavailable,
+)
 from services.common.registry_tls import CertificateError, ssl_context, x509_message
 from services.highlevel.content.store import BlobWriter, DigestMismatch
 from services.highlevel.images.manifest import ACCEPT, Descriptor, sha256_digest
@@ -61,6 +71,13 @@ class RegistryError(Unavailable):
 
 class AuthError(FailedPrecondition):
     pass
+
+
+def registry_host(server: str) -> str:
+    """The one normaliser of what clients call a registry: ``https://index.docker.io/v1/``,
+    ``docker.io`` or ``""`` is Docker Hub's API host; otherwise the ``host[:port]`` of a URL or name."""
+    server = server.strip().split("://", 1)[-1].split("/", 1)[0]
+    return DOCKER_HUB_HOST if server in ("", DEFAULT_DOMAIN, "index.docker.io") else server
 
 
 def _is_loopback(host: str) -> bool:
@@ -184,7 +201,8 @@ class RegistryClient:
             async with await self._send("GET", url, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status in (401, 403):
-                    raise AuthError(f"registry {host}: authentication refused by {params['realm']}")
+                    raise AuthError(f"registry {host}: authentication refused by {params['realm']}: "
+                                    f"{_registry_message(body) or resp.reason}")
                 if resp.status != 200:
                     raise RegistryError(f"registry {host}: token endpoint answered {resp.status}")
         except _NETWORK_ERRORS as exc:
@@ -234,6 +252,29 @@ class RegistryClient:
                     ) from None
                 await asyncio.sleep(self.options.backoff * (2 ** attempt))
         raise AssertionError("unreachable")
+
+    # -- login --------------------------------------------------------------------------------
+    async def login(self, server: str) -> None:
+        """``docker login``: GET /v2/ answers 200 with these credentials, after the challenge it
+        sends (Basic, or Bearer through its token endpoint, as a pull meets it). Nothing is kept:
+        the client sends its credentials again with each pull and push.
+
+        Refused: Unauthorized with dockerd's words (a 401 to the client); unreachable: Unavailable.
+        """
+        host = registry_host(server)
+        base = await self._base(host)
+        url = f"{base}/v2/"
+
+        async def once() -> None:
+            try:
+                resp = await self._request("GET", host, "/v2/", [])
+            except AuthError as exc:
+                if self._hosts[host].basic is not None or "authentication refused" not in exc.message:
+                    raise Unauthorized(f"login attempt to {url} failed with status: 401 Unauthorized") from None
+                raise Unauthorized(f'Get "{url}": unauthorized: {exc.message.rsplit(": ", 1)[-1]}') from None
+            resp.release()
+
+        await self._retrying("login", host, once)
 
     # -- pull ---------------------------------------------------------------------------------
     async def get_manifest(self, ref: Reference, obj: str | None = None) -> tuple[bytes, str, str]:
@@ -368,6 +409,20 @@ class RegistryClient:
         async with resp:
             for name in (await resp.json()).get("repositories", []):
                 yield name
+
+
+def _registry_message(body: bytes) -> str:
+    """The first message of a registry's (or token server's) JSON error body, if it has one."""
+    try:
+        doc = json.loads(body)
+        errors = doc.get("errors") if isinstance(doc, dict) else None
+        if errors and isinstance(errors[0], dict):
+            return str(errors[0].get("message") or errors[0].get("code") or "")
+        if isinstance(doc, dict):
+            return str(doc.get("details") or doc.get("error") or "")
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return ""
 
 
 def _url_host(url: str) -> str:

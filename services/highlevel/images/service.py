@@ -26,6 +26,8 @@ from services.gen.skiff.highlevel.v1 import (
     ListImagesResponse,
     LoadImagesRequest,
     LoadImagesResponse,
+    LoginRequest,
+    LoginResponse,
     PruneImagesRequest,
     PruneImagesResponse,
     PullImageRequest,
@@ -47,7 +49,7 @@ from services.highlevel.images.manager import ImageInfo, ImageManager
 from services.highlevel.images.manifest import chain_ids
 from services.highlevel.images.progress import ProgressEvent, ProgressFn
 from services.highlevel.images.reference import parse_reference
-from services.highlevel.images.registry import Credentials, RegistryClient, RegistryOptions
+from services.highlevel.images.registry import Credentials, RegistryClient, RegistryOptions, registry_host
 
 
 def summary(info: ImageInfo) -> ImageSummary:
@@ -67,7 +69,8 @@ def _progress_pb(ev: ProgressEvent) -> ImageProgress:
 def _credentials(reference: str, auth: RegistryAuth | None) -> dict[str, Credentials] | None:
     if auth is None or not (auth.username or auth.identity_token):
         return None
-    host = auth.server_address or RegistryClient.host_of(parse_reference(reference))
+    host = registry_host(auth.server_address) if auth.server_address else \
+        RegistryClient.host_of(parse_reference(reference))
     return {host: Credentials(auth.username, auth.password, auth.identity_token)}
 
 
@@ -123,6 +126,15 @@ class ImagesService(ImagesBase):
 
         async for item in _stream(run):
             yield item
+
+    @grpc_errors
+    async def login(self, request: LoginRequest) -> LoginResponse:
+        auth = request.auth or RegistryAuth()
+        host = registry_host(auth.server_address)
+        creds = {host: Credentials(auth.username, auth.password, auth.identity_token)}
+        async with RegistryClient(_options(self.manager.registry_options, request.registry), creds) as client:
+            await client.login(host)
+        return LoginResponse(status="Login Succeeded")
 
     @grpc_errors
     async def push(self, request: PushImageRequest) -> AsyncIterator[ImageProgress]:

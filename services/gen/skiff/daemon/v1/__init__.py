@@ -1547,6 +1547,23 @@ class ImagesStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def login(
+        self,
+        highlevel_v1_login_request: "__highlevel_v1__.LoginRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "__highlevel_v1__.LoginResponse":
+        return await self._unary_unary(
+            "/skiff.daemon.v1.Images/Login",
+            highlevel_v1_login_request,
+            __highlevel_v1__.LoginResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SystemStub(betterproto.ServiceStub):
     async def info(
@@ -2412,6 +2429,11 @@ class ImagesBase(ServiceBase):
     async def in_use(self, empty: "Empty") -> "ImagesInUseResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def login(
+        self, highlevel_v1_login_request: "__highlevel_v1__.LoginRequest"
+    ) -> "__highlevel_v1__.LoginResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_list(
         self,
         stream: "grpclib.server.Stream[__highlevel_v1__.ListImagesRequest, __highlevel_v1__.ListImagesResponse]",
@@ -2512,6 +2534,14 @@ class ImagesBase(ServiceBase):
         response = await self.in_use(request)
         await stream.send_message(response)
 
+    async def __rpc_login(
+        self,
+        stream: "grpclib.server.Stream[__highlevel_v1__.LoginRequest, __highlevel_v1__.LoginResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.login(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/skiff.daemon.v1.Images/List": grpclib.const.Handler(
@@ -2585,6 +2615,12 @@ class ImagesBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 ImagesInUseResponse,
+            ),
+            "/skiff.daemon.v1.Images/Login": grpclib.const.Handler(
+                self.__rpc_login,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                __highlevel_v1__.LoginRequest,
+                __highlevel_v1__.LoginResponse,
             ),
         }
 

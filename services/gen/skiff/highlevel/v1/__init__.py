@@ -70,6 +70,18 @@ class RegistrySettings(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class LoginRequest(betterproto.Message):
+    auth: "RegistryAuth" = betterproto.message_field(1)
+    registry: "RegistrySettings" = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class LoginResponse(betterproto.Message):
+    status: str = betterproto.string_field(1)
+    identity_token: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
 class PullImageRequest(betterproto.Message):
     reference: str = betterproto.string_field(1)
     auth: "RegistryAuth" = betterproto.message_field(2)
@@ -761,6 +773,23 @@ class ImagesStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def login(
+        self,
+        login_request: "LoginRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "LoginResponse":
+        return await self._unary_unary(
+            "/skiff.highlevel.v1.Images/Login",
+            login_request,
+            LoginResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SnapshotsStub(betterproto.ServiceStub):
     async def prepare(
@@ -1322,6 +1351,9 @@ class ImagesBase(ServiceBase):
     ) -> "PruneImagesResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def login(self, login_request: "LoginRequest") -> "LoginResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_pull(
         self, stream: "grpclib.server.Stream[PullImageRequest, ImageProgress]"
     ) -> None:
@@ -1405,6 +1437,13 @@ class ImagesBase(ServiceBase):
         response = await self.prune(request)
         await stream.send_message(response)
 
+    async def __rpc_login(
+        self, stream: "grpclib.server.Stream[LoginRequest, LoginResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.login(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/skiff.highlevel.v1.Images/Pull": grpclib.const.Handler(
@@ -1472,6 +1511,12 @@ class ImagesBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 PruneImagesRequest,
                 PruneImagesResponse,
+            ),
+            "/skiff.highlevel.v1.Images/Login": grpclib.const.Handler(
+                self.__rpc_login,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                LoginRequest,
+                LoginResponse,
             ),
         }
 
