@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -34,7 +35,7 @@ from services.common.paths import Paths
 from services.daemon import logs as logfile
 from services.daemon.mounts import ContainerMounts
 from services.daemon.networking import Networking
-from services.daemon.spec import build_spec, merge_env, write_bundle
+from services.daemon.spec import build_spec, image_keys, merge_env, render_spec
 from services.daemon.store import RecordStore
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
@@ -110,7 +111,6 @@ class ContainerManager:
         self.paths = paths
         self.runtime = runtime
         self.store = RecordStore(paths.daemon_lib / "containers")
-        self.bundles = paths.run / "daemon" / "bundles"
         self.tasks = hl.TasksStub(channel)
         self.images = hl.ImagesStub(channel)
         # Bumped around every image change made through the daemon (images.py): keeps _image honest.
@@ -185,6 +185,14 @@ class ContainerManager:
         self._images[reference] = (generation, image)
         return image
 
+    async def image_config(self, record: Container) -> dict[str, Any]:
+        """The image config's keys the record's spec reads (kept at create; a record from before
+        they were kept asks the image)."""
+        if record.image_config:
+            return json.loads(record.image_config)
+        image = await self._image(record.image_id)
+        return json.loads(image.config or b"{}").get("config") or {}
+
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self.background.add(task)
@@ -234,7 +242,6 @@ class ContainerManager:
         await self.net.validate(config)
         container_id = secrets.token_hex(32)
         name = self._reserve_name(name, container_id)
-        bundle = self.bundles / container_id
         prepared = False
         try:
             try:
@@ -250,24 +257,25 @@ class ContainerManager:
                 self.images_changed += 1  # removed behind the daemon's back: the kept answer was stale
                 raise
             rootfs = Path(snap.rootfs)
+            # Built to check the settings now (a 400 for the create, not a failed start) and for the argv
+            # inspect shows; each start renders its own (render_spec), nothing of it is stored.
             spec = await asyncio.to_thread(build_spec, container_id, image_config, config, rootfs)
             # Docker's inspect shows Config.Env merged with the image's, and the image's labels too.
             config.env = merge_env(list(image_config.get("Env") or []), list(config.env))
             image_labels = image_config.get("Labels") or {}
             if image_labels:
                 config.labels = {**{str(k): str(v) for k, v in image_labels.items()}, **dict(config.labels)}
-            points = await self.mounts.attach(config, image_config, rootfs, spec) if self.mounts else []
-            await asyncio.to_thread(write_bundle, bundle, spec)
+            points = await self.mounts.resolve(config, image_config, rootfs) if self.mounts else []
             record = Container(
                 id=container_id, name=name, created=now_rfc3339(), config=config,
                 state=ContainerState(status=State.CREATED), image_id=image.id, image_ref=config.image,
-                path_args=spec["process"]["args"], rootfs=str(rootfs), bundle=str(bundle),
+                path_args=spec["process"]["args"], rootfs=str(rootfs), image_config=image_keys(image_config),
                 log_path=str(self.store.folder(container_id) / f"{container_id}-json.log"),
                 mount_points=points,
             )
             await self.save(record)
         except BaseException:
-            # No half container left behind: the name, the snapshot and the bundle go again.
+            # No half container left behind: the name, the snapshot and the record's folder go again.
             self.names.pop(name, None)
             if prepared:
                 with contextlib.suppress(SkiffError):
@@ -293,12 +301,15 @@ class ContainerManager:
                 # A task left from an earlier run (its exit already recorded) goes before the new one.
                 await self._ignore_missing(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
             cfg = record.config
-            create = hl.CreateTaskRequest(
-                id=record.id, bundle=record.bundle, runtime=self.runtime, terminal=cfg.tty,
-                stdin=cfg.open_stdin, stdin_once=cfg.stdin_once, log=hl.LogConfig(
-                    path=record.log_path, max_size=cfg.host.log_max_size, max_file=cfg.host.log_max_file))
             try:
-                await self.net.setup(record)
+                image_config = await self.image_config(record)
+                network = await self.net.setup(record)
+                # The spec, rendered once for this start, after networking: highlevel writes the bundle.
+                create = hl.CreateTaskRequest(
+                    id=record.id, spec=await asyncio.to_thread(render_spec, record, image_config, network),
+                    runtime=self.runtime, terminal=cfg.tty, stdin=cfg.open_stdin, stdin_once=cfg.stdin_once,
+                    log=hl.LogConfig(path=record.log_path, max_size=cfg.host.log_max_size,
+                                     max_file=cfg.host.log_max_file))
                 try:
                     await call(self.tasks.create(create))
                 except AlreadyExists:
@@ -546,9 +557,6 @@ class ContainerManager:
         await asyncio.to_thread(self.store.write, record.id, data)
 
     def _remove_files(self, container_id: str) -> None:
-        import shutil
-
-        shutil.rmtree(self.bundles / container_id, ignore_errors=True)
         self.store.delete(container_id)
 
     # ---- list ----

@@ -27,9 +27,9 @@ from services.common.atomic import atomic_write
 from services.common.errors import Conflict, InvalidArgument, NotFound, SkiffError
 from services.common.grpc import call, client_errors
 from services.daemon.containers import ContainerManager, Entry
-from services.daemon.spec import merge_env
+from services.daemon.spec import build_process, merge_env
 from services.gen.skiff import highlevel
-from services.gen.skiff.daemon.v1 import ExecCreateRequest, ExecInfo, ExecOutput, LogStream, State
+from services.gen.skiff.daemon.v1 import Container, ExecCreateRequest, ExecInfo, ExecOutput, LogStream, State
 
 hl = highlevel.v1
 log = structlog.get_logger(service="daemon")
@@ -112,10 +112,10 @@ class ExecStore:
             os.unlink(self.root / f"{exec_id}.json")
 
 
-def process_spec(bundle: str, request: ExecCreateRequest) -> dict[str, Any]:
-    """The container's own process spec (env, caps, rlimits) with the exec's argv, tty, env, cwd, user."""
-    config = json.loads((Path(bundle) / "config.json").read_text())
-    process: dict[str, Any] = dict(config["process"])
+def process_spec(record: Container, image_config: dict[str, Any], request: ExecCreateRequest) -> dict[str, Any]:
+    """The container's own process spec (env, caps, rlimits) with the exec's argv, tty, env, cwd, user
+    (blocking: the container's user is looked up in its rootfs, as at its start; call in a thread)."""
+    process = build_process(record.id, image_config, record.config, Path(record.rootfs))
     process["args"] = list(request.cmd)
     process["terminal"] = request.tty
     process.pop("consoleSize", None)
@@ -212,7 +212,8 @@ class ExecManager:
             raise InvalidArgument("No exec command specified")
         entry = self._running_entry(request.container)
         exec_id = secrets.token_hex(32)
-        spec = await asyncio.to_thread(process_spec, entry.record.bundle, request)
+        image_config = await self.containers.image_config(entry.record)
+        spec = await asyncio.to_thread(process_spec, entry.record, image_config, request)
         await call(self.tasks.exec(hl.ExecRequest(
             id=entry.record.id, exec_id=exec_id[:12], process=json.dumps(spec).encode(), terminal=request.tty,
             stdin=request.attach_stdin, stdin_once=True)))

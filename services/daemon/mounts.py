@@ -1,5 +1,5 @@
 """A container's mounts: client specs (Binds, Mounts, Tmpfs, Config.Volumes, the image's VOLUMEs)
-resolved at create into MountPoints, then into config.json mounts.
+resolved at create into MountPoints (kept in the record), then at each start into config.json mounts.
 
 Volumes are created when first named and, as Docker does, filled from the image's content at the
 target on their first use (unless ``nocopy``), in a thread.
@@ -138,17 +138,13 @@ class ContainerMounts:
         self.resolver = MountResolver(store)
         self.volumes = volumes
 
-    async def attach(self, config: ContainerConfig, image_config: dict[str, Any], rootfs: Path,
-                     spec: dict[str, Any]) -> list[MountPoint]:
-        """Resolves the mounts, adds them to ``spec`` and returns them for the record."""
+    async def resolve(self, config: ContainerConfig, image_config: dict[str, Any], rootfs: Path) -> list[MountPoint]:
+        """At create: the container's mounts for its record (volumes made and filled now); each start's
+        spec mounts them (spec.build_spec)."""
         specs = self.resolver.specs(config, image_config)
         if not specs:
             return []
-        points = await asyncio.to_thread(self.resolver.resolve, specs, rootfs)
-        ours = {m["destination"] for m in oci_mounts(points)}
-        # A user's mount replaces the default one at the same place (e.g. a tmpfs on /dev/shm).
-        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in ours] + oci_mounts(points)
-        return points
+        return await asyncio.to_thread(self.resolver.resolve, specs, rootfs)
 
     async def release(self, points: list[MountPoint], remove_anonymous: bool) -> None:
         if remove_anonymous:

@@ -1,7 +1,8 @@
 """Docker's networks over the network library: records, the built-in ones, container endpoints, ports.
 
 The ContainerManager calls four hooks: ``validate`` at create, ``setup`` before a task starts (all of it
-or nothing: namespace, endpoints, DNS files, published ports, then config.json patched), ``teardown``
+or nothing: namespace, endpoints, DNS files, published ports; it returns the namespace path and the
+files' binds for the start's spec), ``teardown``
 when the task has ended or the container goes, and ``restore`` at daemon start (proxies published
 again for running containers, everything else reconciled away).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import secrets
@@ -27,6 +27,7 @@ from services.common.paths import Paths
 from services.daemon.network import bridge, dns, firewall, netns, reconcile
 from services.daemon.network.ipam import Ipam, choose_subnet
 from services.daemon.network.portproxy import PortMapping, ProxyRegistry
+from services.daemon.spec import NetworkAttachment
 from services.gen.skiff.daemon.v1 import (
     Container,
     ContainerConfig,
@@ -359,8 +360,10 @@ class Networking:
             dns_options=tuple(host.dns_options),
         )
 
-    async def setup(self, record: Container) -> None:
-        """Everything the container's network needs before its task starts; all or nothing."""
+    async def setup(self, record: Container) -> NetworkAttachment:
+        """Everything the container's network needs before its task starts; all or nothing.
+
+        Returns what the start's spec takes from it: the namespace to join and the files to bind."""
         mode = self._mode(record.config)
         settings = NetworkSettings()
         record.network_settings = settings
@@ -395,11 +398,11 @@ class Networking:
                     )
                     for m in started
                 ]
-            await asyncio.to_thread(self._patch_bundle, record, path)
         except BaseException:
             await self.teardown(record)
             raise
         await self._refresh_peers(record)
+        return NetworkAttachment(path, self._file_mounts(settings))
 
     async def _attach(self, record: Container, net: Network, cfg: EndpointConfig, index: int) -> EndpointSettings:
         if net.driver != "bridge":
@@ -475,28 +478,15 @@ class Networking:
             out.append(PortMapping(proto, b.host_ip, int(b.host_port), eps[0].ip_address, port))
         return out
 
-    def _patch_bundle(self, record: Container, netns_path: str) -> None:
-        config_path = Path(record.bundle) / "config.json"
-        spec: dict[str, Any] = json.loads(config_path.read_text())
-        namespaces = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "network"]
-        if netns_path:
-            namespaces.append({"type": "network", "path": netns_path})
-        spec["linux"]["namespaces"] = namespaces
-        ours = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
-        mounts = [m for m in spec["mounts"] if m["destination"] not in ours]
-        s = record.network_settings
-        if s.hosts_path:
-            mounts += dns.bind_mounts(
-                {
-                    "/etc/hosts": Path(s.hosts_path),
-                    "/etc/hostname": Path(s.hostname_path),
-                    "/etc/resolv.conf": Path(s.resolv_conf_path),
-                }
-            )
-        spec["mounts"] = mounts
-        tmp = config_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(spec))
-        tmp.replace(config_path)
+    @staticmethod
+    def _file_mounts(settings: NetworkSettings) -> tuple[dict[str, Any], ...]:
+        if not settings.hosts_path:
+            return ()
+        return tuple(dns.bind_mounts({
+            "/etc/hosts": Path(settings.hosts_path),
+            "/etc/hostname": Path(settings.hostname_path),
+            "/etc/resolv.conf": Path(settings.resolv_conf_path),
+        }))
 
     async def teardown(self, record: Container) -> None:
         """Release the container's proxies, endpoints, addresses and namespace; idempotent."""

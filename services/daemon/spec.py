@@ -1,17 +1,26 @@
-"""The OCI runtime spec (config.json) of a container: the image's config, then the container's."""
+"""The OCI runtime spec (config.json) of a container: the image's config, then the container's.
+
+Built twice, never stored: at create to check the container's settings (a bad one is the create's
+400, not a failed start) and to learn its argv, then at every start, after networking, rendered to
+the bytes highlevel writes into the task's bundle. A start therefore sees the record as it is then
+(docker update's limits, networks connected meanwhile), as dockerd renders its spec at each start.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import resource
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from services.common.config import INIT_PATH_ENV, resolve_init_path
 from services.common.errors import Internal, InvalidArgument
+from services.daemon.mounts import oci_mounts
 from services.daemon.seccomp_default import default_profile, from_docker_profile
-from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig
+from services.gen.skiff.daemon.v1 import Container, ContainerConfig, HostConfig, MountPoint
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -45,6 +54,19 @@ DEVICE_RULES = [
 
 
 CGROUP_PARENT_ENV = "SKIFF_CGROUP_PARENT"
+# The image config's keys a spec reads: the record keeps these (image_config), so that a start renders
+# the same spec even once the image is gone (docker rmi -f of a used image).
+IMAGE_KEYS = ("Entrypoint", "Cmd", "Env", "User", "WorkingDir")
+# The files networking writes for a container; its own versions replace any mount at these places.
+NETWORK_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkAttachment:
+    """What a start's networking gives the spec: the namespace to join and the files to bind."""
+
+    netns_path: str  # "": the host's network (no network namespace of its own)
+    mounts: Sequence[dict[str, Any]] = field(default_factory=tuple)  # binds of NETWORK_FILES, when written
 
 
 def cgroup_parent() -> str:
@@ -307,11 +329,12 @@ def init_mount() -> dict[str, Any]:
     return {"destination": INIT_DEST, "type": "bind", "source": path, "options": ["rbind", "ro", "nosuid", "nodev"]}
 
 
-def build_spec(container_id: str, image_config: dict[str, Any], config: ContainerConfig,
-               rootfs: Path) -> dict[str, Any]:
-    """The whole config.json (blocking for the user lookup: call in a thread)."""
-    host = config.host
-    caps = capabilities(config)
+def image_keys(image_config: dict[str, Any]) -> bytes:
+    """The part of an image's config the record keeps for its starts (IMAGE_KEYS), as JSON."""
+    return json.dumps({k: image_config[k] for k in IMAGE_KEYS if image_config.get(k)}).encode()
+
+
+def _process_env(container_id: str, image_config: dict[str, Any], config: ContainerConfig) -> list[str]:
     env = merge_env(list(image_config.get("Env") or [DEFAULT_PATH]), list(config.env))
     hostname = config.hostname or container_id[:12]
     env = merge_env([f"HOSTNAME={hostname}"], env)
@@ -319,8 +342,43 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
         env.insert(0, DEFAULT_PATH)
     if config.tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")
+    return env
+
+
+def build_process(container_id: str, image_config: dict[str, Any], config: ContainerConfig,
+                  rootfs: Path) -> dict[str, Any]:
+    """The spec's ``process``: the container's, and the base of its execs' (blocking: reads the rootfs)."""
+    host = config.host
+    caps = capabilities(config)
+    args = resolve_args(image_config, config)
+    if host.init:
+        args = [INIT_DEST, "--", *args]
+    return {
+        "terminal": config.tty,
+        "user": resolve_user(rootfs, config.user or image_config.get("User") or ""),
+        "args": args,
+        "env": _process_env(container_id, image_config, config),
+        "cwd": config.working_dir or image_config.get("WorkingDir") or "/",
+        "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+        "rlimits": rlimits(host),
+        "noNewPrivileges": host.no_new_privileges,
+    }
+
+
+def build_spec(container_id: str, image_config: dict[str, Any], config: ContainerConfig, rootfs: Path, *,
+               mounts: Sequence[MountPoint] = (), network: NetworkAttachment | None = None) -> dict[str, Any]:
+    """The whole config.json (blocking for the user lookup: call in a thread).
+
+    ``mounts`` are the container's resolved volumes, binds and tmpfs (a user's replaces a default at the
+    same place); ``network`` is its start's networking: without it (at create) the spec has a network
+    namespace of its own unless the mode is host, as a start's would."""
+    host = config.host
+    caps = capabilities(config)
     namespaces = [{"type": t} for t in ("mount", "uts", "pid", "ipc", "cgroup")]
-    if host.network_mode != "host":
+    if network is not None:
+        if network.netns_path:
+            namespaces.append({"type": "network", "path": network.netns_path})
+    elif host.network_mode != "host":
         namespaces.append({"type": "network"})
     resources: dict[str, Any] = {"devices": DEVICE_RULES if not host.privileged else [{"allow": True, "access": "rwm"}]}
     if host.memory > 0:
@@ -343,48 +401,43 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
         linux["sysctl"] = dict(host.sysctls)
     if (filter_ := seccomp(host, caps)) is not None:
         linux["seccomp"] = filter_
-    args = resolve_args(image_config, config)
-    extra_mounts = []
-    if host.init:
-        extra_mounts.append(init_mount())
-        args = [INIT_DEST, "--", *args]
+    extra_mounts = [init_mount()] if host.init else []
+    process = build_process(container_id, image_config, config, rootfs)
     sys_options = ["nosuid", "noexec", "nodev", "ro" if not host.privileged else "rw"]
+    base = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime",
+                                                                              "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec",
+                                                                                       "nodev"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        *extra_mounts,
+    ]
+    if mounts:
+        ours = oci_mounts(list(mounts))
+        taken = {m["destination"] for m in ours}
+        # A user's mount replaces the default one at the same place (e.g. a tmpfs on /dev/shm).
+        base = [m for m in base if m["destination"] not in taken] + ours
+    if network is not None:
+        base = [m for m in base if m["destination"] not in NETWORK_FILES] + list(network.mounts)
     return {
         "ociVersion": "1.0.2",
-        "process": {
-            "terminal": config.tty,
-            "user": resolve_user(rootfs, config.user or image_config.get("User") or ""),
-            "args": args,
-            "env": env,
-            "cwd": config.working_dir or image_config.get("WorkingDir") or "/",
-            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "rlimits": rlimits(host),
-            "noNewPrivileges": host.no_new_privileges,
-        },
+        "process": process,
         "root": {"path": str(rootfs), "readonly": host.readonly_rootfs},
-        "hostname": hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime",
-                                                                                  "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec",
-                                                                                           "nodev"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            *extra_mounts,
-        ],
+        "hostname": config.hostname or container_id[:12],
+        "mounts": base,
         "linux": linux,
     }
 
 
-def write_bundle(bundle: Path, spec: dict[str, Any]) -> None:
-    """config.json written atomically (blocking: call in a thread)."""
-    bundle.mkdir(parents=True, exist_ok=True)
-    tmp = bundle / "config.json.tmp"
-    tmp.write_text(json.dumps(spec))
-    tmp.replace(bundle / "config.json")
+def render_spec(record: Container, image_config: dict[str, Any], network: NetworkAttachment) -> bytes:
+    """A start's config.json bytes, from the record as it is now (blocking: call in a thread)."""
+    spec = build_spec(record.id, image_config, record.config, Path(record.rootfs),
+                      mounts=list(record.mount_points), network=network)
+    return json.dumps(spec).encode()

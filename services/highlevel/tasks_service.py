@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
+from services.common.errors import InvalidArgument
 from services.common.grpc import grpc_errors
 from services.common.shimproto import FrameKind, Op
 from services.gen.skiff.highlevel.v1 import (
@@ -40,6 +41,7 @@ from services.gen.skiff.highlevel.v1 import (
     WaitResponse,
 )
 from services.gen.skiff.highlevel.v1 import TaskStatus as ProtoStatus
+from services.highlevel.bundles import check_id, remove_bundle, write_bundle
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimGone
 from services.highlevel.tasks import CreateOptions, ExitInfo, TaskManager, TaskStatus
@@ -64,10 +66,24 @@ class TasksService(TasksBase):
     @grpc_errors
     async def create(self, create_task_request: CreateTaskRequest) -> CreateTaskResponse:
         r = create_task_request
-        opts = CreateOptions(id=r.id, bundle=r.bundle, runtime=r.runtime, terminal=r.terminal, stdin=r.stdin,
+        if r.spec and r.bundle:
+            raise InvalidArgument("a spec or a bundle, not both")
+        folder = self.manager.task_dirs / r.id
+        if r.spec:
+            # As containerd's task create: the bundle is written here, in the task's own folder.
+            check_id(r.id)
+            bundle = str(await asyncio.to_thread(write_bundle, folder, r.spec))
+        else:
+            bundle = r.bundle
+        opts = CreateOptions(id=r.id, bundle=bundle, runtime=r.runtime, terminal=r.terminal, stdin=r.stdin,
                              stdin_once=r.stdin_once, log_path=r.log.path if r.log else "",
                              log_max_size=r.log.max_size if r.log else 0, log_max_file=r.log.max_file if r.log else 1)
-        task = await self.manager.create(opts)
+        try:
+            task = await self.manager.create(opts)
+        except BaseException:
+            if r.spec:
+                await asyncio.to_thread(remove_bundle, folder)
+            raise
         return CreateTaskResponse(pid=task.init.pid)
 
     @grpc_errors

@@ -555,9 +555,14 @@ class Container(betterproto.Message):
     image_ref: str = betterproto.string_field(7)
     path_args: List[str] = betterproto.string_field(8)
     rootfs: str = betterproto.string_field(9)
-    bundle: str = betterproto.string_field(10)
     log_path: str = betterproto.string_field(11)
     restart_count: int = betterproto.int32_field(12)
+    image_config: bytes = betterproto.bytes_field(13)
+    """
+    The image config's keys a spec reads (Entrypoint, Cmd, Env, User, WorkingDir; JSON), kept at create:
+     every start renders the spec from the record, even once the image is gone.
+    """
+
     stopped_by_user: bool = betterproto.bool_field(20)
     network_settings: "NetworkSettings" = betterproto.message_field(60)
     """Networking (60-79)."""

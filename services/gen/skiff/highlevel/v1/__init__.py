@@ -398,7 +398,19 @@ class LogConfig(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class CreateTaskRequest(betterproto.Message):
     id: str = betterproto.string_field(1)
+    spec: bytes = betterproto.bytes_field(8)
+    """
+    The OCI runtime spec (config.json's bytes), rendered by the caller for this start: highlevel
+     writes the bundle from it, in the task's own folder (<run>/highlevel/t/<id>/), and removes it
+     with the task, as containerd's task create does.
+    """
+
     bundle: str = betterproto.string_field(2)
+    """
+    Instead of spec: a bundle folder the caller made itself (absolute, with config.json): tools
+     and tests. One of the two, never both.
+    """
+
     runtime: str = betterproto.string_field(3)
     terminal: bool = betterproto.bool_field(4)
     stdin: bool = betterproto.bool_field(5)

@@ -1,0 +1,72 @@
+"""Tasks created from a spec: highlevel writes the bundle in the task's folder, and it goes with the task."""
+
+from __future__ import annotations
+
+import json
+
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.grpc import call
+from services.gen.skiff.highlevel.v1 import (
+    CreateTaskRequest,
+    DeleteTaskRequest,
+    LogConfig,
+    StartRequest,
+    StateRequest,
+    WaitRequest,
+)
+from tests.support.tasks import Bundles, Highlevel, run
+
+
+async def expect(kind: type[Exception], awaitable) -> str:  # noqa: ANN001
+    try:
+        await call(awaitable)
+    except kind as exc:
+        return str(exc)
+    raise AssertionError(f"expected {kind.__name__}")
+
+
+def test_create_from_spec_writes_the_bundle_and_delete_takes_it(highlevel: Highlevel, bundles: Bundles,
+                                                                new_id: str) -> None:
+    spec = (bundles.make(new_id, ["sh", "-c", "echo from-spec"]) / "config.json").read_bytes()
+    log_path = highlevel.prefix / "logs" / f"{new_id}-json.log"
+    folder = highlevel.paths.highlevel_run / "t" / new_id
+
+    async def body() -> None:
+        async with highlevel.client() as (tasks, _):
+            await call(tasks.create(CreateTaskRequest(id=new_id, spec=spec, log=LogConfig(path=str(log_path)))))
+            assert (folder / "config.json").read_bytes() == spec  # written as sent, once
+            state = await call(tasks.state(StateRequest(id=new_id)))
+            assert state.bundle == str(folder)
+            # A second create of a live task neither replaces its bundle nor removes it.
+            await expect(AlreadyExists, tasks.create(CreateTaskRequest(id=new_id, spec=b'{"other": 1}')))
+            assert (folder / "config.json").read_bytes() == spec
+            await call(tasks.start(StartRequest(id=new_id)))
+            async for message in tasks.wait(WaitRequest(id=new_id), timeout=30):
+                if message.exited:
+                    assert message.exit.exit_code == 0
+            await call(tasks.delete(DeleteTaskRequest(id=new_id)))
+            assert not folder.exists()
+            await expect(NotFound, tasks.state(StateRequest(id=new_id)))
+
+    run(body())
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [e["log"] for e in lines] == ["from-spec\n"]
+    assert highlevel.leftovers([new_id]) == []
+
+
+def test_bad_specs_leave_no_bundle(highlevel: Highlevel, bundles: Bundles, new_id: str) -> None:
+    good = bundles.make(new_id, ["true"])
+    bad_args = (bundles.make("bad", ["/no/such/binary"]) / "config.json").read_bytes()
+
+    async def body() -> None:
+        async with highlevel.client() as (tasks, _):
+            await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="../x", spec=b"{}")))
+            await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="nj1", spec=b"not json")))
+            await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="brk1", spec=b"{not json")))
+            await expect(InvalidArgument, tasks.create(CreateTaskRequest(
+                id="both1", spec=(good / "config.json").read_bytes(), bundle=str(good))))
+            await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="bad1", spec=bad_args)))
+
+    run(body())
+    assert not (highlevel.paths.highlevel_run / "x").exists()
+    assert highlevel.leftovers(["nj1", "brk1", "both1", "bad1"]) == []  # nothing under t/ either
