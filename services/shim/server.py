@@ -1,8 +1,8 @@
-"""One container's shim: its processes, the socket protocol's ops, clients and exit records.
+"""One container's shim: its processes, the socket protocol's ops and exit records.
 
 One single-threaded loop (loop.py) owns every file descriptor: the processes' stdio (stdio.py),
-the OOM watch (oom.py), the listening socket and its clients. The runtime's commands (runtime.py)
-run to completion inside it. The ops are those of proto/skiff/shim/v1/README.md
+the OOM watch (oom.py), the listening socket and its clients (clients.py). The runtime's commands
+(runtime.py) run to completion inside it. The ops are those of proto/skiff/shim/v1/README.md
 (services/common/shimproto.py); errors travel as the kinds of services/common/errors.py.
 """
 
@@ -21,11 +21,11 @@ from services.common.shimproto import (
     FrameKind,
     Op,
     ProcStatus,
-    decode_frames,
     encode,
     encode_json,
     rfc3339_nano,
 )
+from services.shim.clients import Clients, Conn
 from services.shim.logfile import JsonFileLog
 from services.shim.loop import Poller, Reaper
 from services.shim.oom import OomWatch
@@ -34,30 +34,13 @@ from services.shim.stdio import Proc, Stdio, console_socket, make_pipes, receive
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-READ_CHUNK = 65536
 # Output still flowing this long after the process ended (a daemonised grandchild holding the
 # pipe) no longer delays the exit report.
 OUTPUT_GRACE = 2.0
-# An attached client this far behind is dropped rather than let the shim grow without bound.
-MAX_CLIENT_BACKLOG = 8 * 1024 * 1024
 LIVE = (ProcStatus.RUNNING, ProcStatus.PAUSED)
-
-
-class Conn:
-    """A client connection: its buffers, and what it attached to."""
-
-    __slots__ = ("sock", "rbuf", "wbuf", "attached", "streams", "stdin", "closing")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.attached: Proc | None = None
-        self.streams: tuple[bool, bool] = (True, True)
-        self.stdin = False
-        self.closing = False
 
 
 class Shim:
@@ -68,21 +51,12 @@ class Shim:
         self.sel = Poller()
         self.reaper = Reaper(self.sel)
         self.runtime = Runtime(state_dir, boot, self.reaper)
-        self.stdio = Stdio(self.sel, self._send)
+        self.clients = Clients(self.sel, boot["socket"], self._on_frame, self._forget)
+        self.stdio = Stdio(self.sel, self.clients.send)
         self.oom = OomWatch(self.sel, self._tell_oom)
         self.procs: dict[str, Proc] = {}
-        self.conns: dict[int, Conn] = {}
         self.subscribers: list[Conn] = []
         self.deleted = False
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            os.unlink(boot["socket"])
-        except FileNotFoundError:
-            pass
-        self.listener.bind(boot["socket"])
-        self.listener.listen(64)
-        self.listener.setblocking(False)
-        self.sel.register(self.listener.fileno(), Poller.READ, ("listen", None))
 
     # ---- processes --------------------------------------------------------------------------
 
@@ -163,10 +137,10 @@ class Shim:
         self.stdio.close(proc)
         for conn in proc.attachers:
             conn.closing = True  # before the send: the flush that empties the buffer closes it
-            self._send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
+            self.clients.send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
         proc.attachers.clear()
         for conn in proc.waiters:
-            self._reply(conn, self._proc_state(proc))
+            self.clients.reply(conn, self._proc_state(proc))
         proc.waiters.clear()
 
     def _check_grace(self) -> float | None:
@@ -195,7 +169,7 @@ class Shim:
     def _tell_oom(self, count: int) -> None:
         notice = encode_json({"event": "oom", "oom_kill": count, "time": rfc3339_nano()})
         for conn in list(self.subscribers):
-            self._send(conn, notice)
+            self.clients.send(conn, notice)
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -238,7 +212,7 @@ class Shim:
         self.save_state()
         return init.pid
 
-    def op_start(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_start(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         proc = self._get(req.get("exec_id", ""))
         if proc.status != ProcStatus.CREATED:
             raise FailedPrecondition(f"{proc.describe(self.id)} is {proc.status}, not created")
@@ -258,7 +232,7 @@ class Shim:
             self.save_state()
         return self._proc_state(proc)
 
-    def op_exec(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_exec(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         exec_id = req.get("exec_id") or ""
         if not exec_id:
             raise InvalidArgument("exec needs an exec id")
@@ -276,7 +250,7 @@ class Shim:
         self.procs[exec_id] = proc
         return self._proc_state(proc)
 
-    def op_kill(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_kill(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         proc = self._get(req.get("exec_id", ""))
         sig = int(req.get("signal") or signal.SIGTERM)
         not_running = FailedPrecondition(f"{proc.describe(self.id)} is not running")
@@ -298,7 +272,13 @@ class Shim:
                 raise not_running from exc
         return {}
 
-    def op_pause(self, pause: bool) -> dict[str, Any]:
+    def op_pause(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return self._freeze(True)
+
+    def op_resume(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return self._freeze(False)
+
+    def _freeze(self, pause: bool) -> dict[str, Any]:
         init = self.procs[""]
         want, new = (ProcStatus.RUNNING, ProcStatus.PAUSED) if pause else (ProcStatus.PAUSED, ProcStatus.RUNNING)
         if init.status != want:
@@ -308,7 +288,7 @@ class Shim:
         self.save_state()
         return self._proc_state(init)
 
-    def op_resize(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_resize(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         import fcntl
         import struct
         import termios
@@ -320,14 +300,14 @@ class Shim:
         fcntl.ioctl(proc.master, termios.TIOCSWINSZ, size)
         return {}
 
-    def op_update(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_update(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         resources = req.get("resources")
         if not isinstance(resources, dict):
             raise InvalidArgument(f"update of {self.id}: resources must be a JSON object")
         self.runtime.update(self.id, resources)
         return {}
 
-    def op_delete(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_delete(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         exec_id = req.get("exec_id", "")
         proc = self._get(exec_id)
         if exec_id:
@@ -346,78 +326,57 @@ class Shim:
         self.deleted = True
         return self._proc_state(proc)
 
-    def _dispatch(self, conn: Conn, op: str, req: dict[str, Any]) -> dict[str, Any] | None:
+    def op_shutdown(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return self.op_delete(conn, {"force": True})
+
+    def op_state(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         exec_id = req.get("exec_id", "")
-        if op == Op.STATE:
-            state = self._proc_state(self._get(exec_id))
-            if not exec_id and req.get("execs"):
-                # A restarted highlevel learns the execs it had started (and their exits) here.
-                state["execs"] = [self._proc_state(proc) for key, proc in self.procs.items() if key]
-            return state
-        if op == Op.WAIT:
-            proc = self._get(exec_id)
-            if proc.finalized:
-                return self._proc_state(proc)
-            proc.waiters.append(conn)
-            return None
-        if op == Op.ATTACH:
-            return self._attach(conn, self._get(exec_id), req)
-        if op == Op.CLOSE_STDIN:
-            self.stdio.close_stdin(self._get(exec_id))
-            return {}
-        if op == Op.PAUSE or op == Op.RESUME:
-            return self.op_pause(op == Op.PAUSE)
-        if op == Op.SHUTDOWN:
-            return self.op_delete({"force": True})
-        if op == Op.SUBSCRIBE:
-            self.subscribers.append(conn)
-            return {"oom_kill": self.oom.count}
-        if op == Op.PIDS:
-            return {"pids": self.runtime.pids(self.id)}
-        if op == Op.STATS:
-            return {"stats": self.runtime.stats(self.id)}
-        handler = _OPS.get(op)
-        if handler is None:
-            raise InvalidArgument(f"unknown op {op}")
-        return handler(self, req)
+        state = self._proc_state(self._get(exec_id))
+        if not exec_id and req.get("execs"):
+            # A restarted highlevel learns the execs it had started (and their exits) here.
+            state["execs"] = [self._proc_state(proc) for key, proc in self.procs.items() if key]
+        return state
+
+    def op_wait(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any] | None:
+        """Answered once the process has exited and its output drained (now, if it has)."""
+        proc = self._get(req.get("exec_id", ""))
+        if proc.finalized:
+            return self._proc_state(proc)
+        proc.waiters.append(conn)
+        return None
+
+    def op_attach(self, conn: Conn, req: dict[str, Any]) -> None:
+        """Answers with the state, then streams the output frames (and takes stdin) until EOF."""
+        proc = self._get(req.get("exec_id", ""))
+        conn.attached = proc
+        conn.streams = (bool(req.get("stdout", True)), bool(req.get("stderr", True)))
+        conn.stdin = bool(req.get("stdin"))
+        self.clients.reply(conn, self._proc_state(proc))
+        if proc.pending:
+            # Output of an exec that ran before anyone attached: its first attacher gets it.
+            self.clients.send(conn, bytes(proc.pending))
+            proc.pending = None
+        if proc.finalized:
+            conn.closing = True
+            self.clients.send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
+            return
+        proc.attachers.append(conn)
+
+    def op_close_stdin(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        self.stdio.close_stdin(self._get(req.get("exec_id", "")))
+        return {}
+
+    def op_subscribe(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        self.subscribers.append(conn)
+        return {"oom_kill": self.oom.count}
+
+    def op_pids(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return {"pids": self.runtime.pids(self.id)}
+
+    def op_stats(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return {"stats": self.runtime.stats(self.id)}
 
     # ---- connections ------------------------------------------------------------------------
-
-    def _accept(self) -> None:
-        try:
-            fd, _ = self.listener._accept()  # accept4 with SOCK_CLOEXEC
-        except BlockingIOError:
-            return
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        conn = Conn(sock)
-        self.conns[sock.fileno()] = conn
-        self.sel.register(sock.fileno(), Poller.READ, ("conn", conn))
-
-    def _on_conn(self, conn: Conn, events: int) -> None:
-        if events & Poller.WRITE:
-            self._flush_conn(conn)
-        if not events & Poller.READ:
-            return
-        try:
-            data = conn.sock.recv(READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(conn)
-            return
-        conn.rbuf += data
-        try:
-            frames = decode_frames(conn.rbuf)
-        except ValueError:
-            self._drop(conn)
-            return
-        for kind, payload in frames:
-            self._on_frame(conn, kind, payload)
-            if self.deleted:
-                return
 
     def _on_frame(self, conn: Conn, kind: int, payload: bytes) -> None:
         if kind == FrameKind.STDIN and conn.attached is not None:
@@ -431,74 +390,23 @@ class Shim:
         try:
             req = json.loads(payload)
             op = req.get("op")
-            if op not in Op.ALL:
-                raise ValueError(op)
-        except (ValueError, AttributeError):
-            self._reply(conn, {"error": {"kind": InvalidArgument.kind, "message": "bad shim request"}})
+            handler = _OPS[op]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            self.clients.reply(conn, {"error": {"kind": InvalidArgument.kind, "message": "bad shim request"}})
             return
         try:
-            reply = self._dispatch(conn, op, req)
+            reply = handler(self, conn, req)
         except SkiffError as exc:
             reply = {"error": {"kind": exc.kind, "message": exc.message}}
         except OSError as exc:
             reply = {"error": {"kind": Internal.kind, "message": f"{op}: {exc}"}}
         if reply is not None:
-            self._reply(conn, reply)
+            self.clients.reply(conn, reply)
         if self.deleted:
             self._finish(conn)
 
-    def _attach(self, conn: Conn, proc: Proc, req: dict[str, Any]) -> None:
-        conn.attached = proc
-        conn.streams = (bool(req.get("stdout", True)), bool(req.get("stderr", True)))
-        conn.stdin = bool(req.get("stdin"))
-        self._reply(conn, self._proc_state(proc))
-        if proc.pending:
-            # Output of an exec that ran before anyone attached: its first attacher gets it.
-            self._send(conn, bytes(proc.pending))
-            proc.pending = None
-        if proc.finalized:
-            conn.closing = True
-            self._send(conn, encode(FrameKind.EOF, json.dumps(proc.exit).encode()))
-            return
-        proc.attachers.append(conn)
-
-    def _reply(self, conn: Conn, message: dict[str, Any]) -> None:
-        self._send(conn, encode_json(message))
-
-    def _send(self, conn: Conn, frame: bytes) -> None:
-        if len(conn.wbuf) > MAX_CLIENT_BACKLOG:
-            self._drop(conn)
-            return
-        conn.wbuf += frame
-        self._flush_conn(conn)
-
-    def _flush_conn(self, conn: Conn) -> None:
-        fd = conn.sock.fileno()
-        if fd < 0:
-            return
-        try:
-            while conn.wbuf:
-                n = conn.sock.send(conn.wbuf)
-                del conn.wbuf[:n]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self._drop(conn)
-            return
-        want = Poller.READ | (Poller.WRITE if conn.wbuf else 0)
-        if not conn.wbuf and conn.closing:
-            self._drop(conn)
-            return
-        if self.sel.events(fd) != want:
-            self.sel.modify(fd, want, ("conn", conn))
-
-    def _drop(self, conn: Conn) -> None:
-        fd = conn.sock.fileno()
-        if fd < 0:
-            return
-        self.sel.unregister(fd)
-        self.conns.pop(fd, None)
-        conn.sock.close()
+    def _forget(self, conn: Conn) -> None:
+        """A client went away: it no longer waits, listens or is attached (a stdin_once attacher closes stdin)."""
         proc = conn.attached
         if proc is not None and conn in proc.attachers:
             proc.attachers.remove(conn)
@@ -512,16 +420,12 @@ class Shim:
 
     def _finish(self, conn: Conn) -> None:
         """After delete: the answer goes out, then the shim removes its traces and exits."""
-        conn.sock.setblocking(True)
-        try:
-            conn.sock.sendall(conn.wbuf)
-        except OSError:
-            pass
+        self.clients.send_now(conn)
         for proc in self.procs.values():
             self.stdio.close(proc)
             if proc.log:
                 proc.log.close()
-        self.listener.close()
+        self.clients.listener.close()
         for name in os.listdir(self.dir):
             try:
                 os.unlink(os.path.join(self.dir, name))
@@ -552,20 +456,31 @@ class Shim:
                 elif kind == "stdin":
                     self.stdio.flush_stdin(obj)
                 elif kind == "listen":
-                    self._accept()
+                    self.clients.accept()
                 elif kind == "conn":
-                    self._on_conn(obj, events)
+                    self.clients.on_events(obj, events)
                 elif kind == "oom":
                     self.oom.on_wake()
             self.process_exits()
 
 
-# The ops that take the request as it came (the others are dispatched above with what they need).
-_OPS = {
+# Every op of the protocol (shimproto.Op.ALL; tests/unit/test_shim_protocol.py checks it), by name.
+# A handler returns the reply, or None: the answer comes later (wait) or the op streams it (attach).
+_OPS: dict[str, Callable[[Shim, Conn, dict[str, Any]], dict[str, Any] | None]] = {
+    Op.STATE: Shim.op_state,
     Op.START: Shim.op_start,
+    Op.WAIT: Shim.op_wait,
     Op.KILL: Shim.op_kill,
     Op.RESIZE: Shim.op_resize,
+    Op.ATTACH: Shim.op_attach,
     Op.EXEC: Shim.op_exec,
+    Op.CLOSE_STDIN: Shim.op_close_stdin,
+    Op.PAUSE: Shim.op_pause,
+    Op.RESUME: Shim.op_resume,
     Op.DELETE: Shim.op_delete,
+    Op.SHUTDOWN: Shim.op_shutdown,
+    Op.SUBSCRIBE: Shim.op_subscribe,
+    Op.PIDS: Shim.op_pids,
     Op.UPDATE: Shim.op_update,
+    Op.STATS: Shim.op_stats,
 }
