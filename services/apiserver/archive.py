@@ -1,39 +1,21 @@
-"""docker cp (archive GET/HEAD/PUT), export, changes and system df: streamed from the daemon."""
+"""A container's filesystem: docker cp (archive GET/HEAD/PUT), export and changes, streamed from the daemon."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
-from grpclib.client import Channel
 
-from services.apiserver import models
-from services.apiserver.containers import flag
-from services.apiserver.server import Routes, backend
-from services.apiserver.volumes import volume_json
+from services.apiserver.app import Routes, backend
+from services.apiserver.params import flag
 from services.common.errors import InvalidArgument
 from services.common.grpc import call, client_errors
-from services.gen.skiff import highlevel
-from services.gen.skiff.daemon.v1 import (
-    ArchiveChunk,
-    ArchivePathRequest,
-    ArchiveStub,
-    ListRequest,
-    PathStat,
-    VolumesEmpty,
-)
+from services.gen.skiff.daemon.v1 import ArchiveChunk, ArchivePathRequest, PathStat
 
-hl = highlevel.v1
-STUB = web.AppKey("archive", ArchiveStub)
 TAR = "application/x-tar"
 CHUNK = 256 * 1024
-
-
-def install(app: web.Application, channel: Channel) -> None:
-    app[STUB] = ArchiveStub(channel)
 
 
 def _path(request: web.Request) -> str:
@@ -51,7 +33,8 @@ def stat_header(stat: PathStat) -> str:
 
 
 async def head(request: web.Request) -> web.Response:
-    stat = await call(request.app[STUB].stat(ArchivePathRequest(id=request.match_info["id"], path=_path(request))))
+    stat = await call(backend(request).archive.stat(ArchivePathRequest(id=request.match_info["id"],
+                                                                       path=_path(request))))
     return web.Response(status=200, headers={"X-Docker-Container-Path-Stat": stat_header(stat)})
 
 
@@ -77,7 +60,7 @@ async def _stream(request: web.Request, chunks: AsyncIterator[ArchiveChunk], wit
 
 
 async def get(request: web.Request) -> web.StreamResponse:
-    chunks = request.app[STUB].get(ArchivePathRequest(id=request.match_info["id"], path=_path(request)))
+    chunks = backend(request).archive.get(ArchivePathRequest(id=request.match_info["id"], path=_path(request)))
     return await _stream(request, chunks, with_stat=True)
 
 
@@ -92,43 +75,18 @@ async def put(request: web.Request) -> web.Response:
         while chunk := await request.content.read(CHUNK):
             yield ArchiveChunk(data=chunk)
 
-    await call(request.app[STUB].put(body()))
+    await call(backend(request).archive.put(body()))
     return web.Response(status=200)
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    chunks = request.app[STUB].export(ArchivePathRequest(id=request.match_info["id"]))
+    chunks = backend(request).archive.export(ArchivePathRequest(id=request.match_info["id"]))
     return await _stream(request, chunks, with_stat=False)
 
 
 async def changes(request: web.Request) -> web.Response:
-    reply = await call(request.app[STUB].changes(ArchivePathRequest(id=request.match_info["id"])))
+    reply = await call(backend(request).archive.changes(ArchivePathRequest(id=request.match_info["id"])))
     return web.json_response([{"Path": c.path, "Kind": c.kind} for c in reply.changes] or None)
-
-
-async def system_df(request: web.Request) -> web.Response:
-    usage = await call(request.app[STUB].disk_usage(VolumesEmpty()))
-    images = (await call(backend(request).images.list(hl.ListImagesRequest()))).images
-    containers = (await call(backend(request).containers.list(ListRequest(all=True)))).containers
-    sizes = {c.id: c for c in usage.containers}
-    image_rows: list[dict[str, Any]] = []
-    for image in images:
-        row = models.image_summary(image)
-        row["Containers"] = sum(1 for c in containers if c.image_id == image.id)
-        image_rows.append(row)
-    container_rows = []
-    for c in containers:
-        row = models.container_summary(c)
-        row["SizeRw"] = sizes[c.id].size_rw if c.id in sizes else 0
-        row["SizeRootFs"] = sizes[c.id].size_root_fs if c.id in sizes else 0
-        container_rows.append(row)
-    return web.json_response({
-        "LayersSize": sum(i.size for i in images),
-        "Images": image_rows,
-        "Containers": container_rows,
-        "Volumes": [volume_json(v) for v in usage.volumes],
-        "BuildCache": [],
-    })
 
 
 def register(routes: Routes) -> None:
@@ -137,4 +95,3 @@ def register(routes: Routes) -> None:
     routes.add("PUT", "/containers/{id}/archive", put)
     routes.add("GET", "/containers/{id}/export", export)
     routes.add("GET", "/containers/{id}/changes", changes)
-    routes.add("GET", "/system/df", system_df)

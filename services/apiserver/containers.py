@@ -1,4 +1,5 @@
-"""Container endpoints: create, start, stop, kill, wait, remove, list, inspect, logs, attach."""
+"""Container endpoints: create, list, inspect, start, stop, restart, kill, pause, unpause, wait, remove,
+rename, update, top, stats, logs, attach."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from services.apiserver import models
 from services.apiserver import stdin as stdin_pump
-from services.apiserver.server import Routes, backend
+from services.apiserver.app import Routes, backend
+from services.apiserver.params import flag, int_query, json_body, parse_filters, since_ns
 from services.apiserver.streams import MULTIPLEXED, RAW, frame, hijack
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, SkiffError
 from services.common.grpc import call, client_errors
+from services.dockermodel.render import container_inspect, stats_json
+from services.dockermodel.request import container_config_from_request
+from services.dockermodel.times import parse_time
 from services.gen.skiff.daemon.v1 import (
     AttachRequest,
     ContainerOpsStub,
@@ -28,59 +32,21 @@ from services.gen.skiff.daemon.v1 import (
     LogEntry,
     LogsRequest,
     RemoveRequest,
+    RenameRequest,
     State,
+    StatsSample,
     StopRequest,
+    UpdateContainerRequest,
     WaitCondition,
     WaitRequest,
 )
 
 log = structlog.get_logger(service="apiserver")
+STATS_INTERVAL = 1.0  # dockerd samples once a second
 WAIT_CONDITIONS = {
     "": WaitCondition.NOT_RUNNING, "not-running": WaitCondition.NOT_RUNNING,
     "next-exit": WaitCondition.NEXT_EXIT, "removed": WaitCondition.REMOVED,
 }
-
-
-def flag(request: web.Request, name: str, default: bool = False) -> bool:
-    value = request.query.get(name)
-    if value is None or value == "":
-        return default
-    return value.lower() not in ("0", "false", "no")
-
-
-def int_query(request: web.Request, name: str, default: int | None = None) -> int | None:
-    value = request.query.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidArgument(f"invalid value for {name}: {value}") from None
-    # The daemon's fields are int32: a larger number cannot cross the boundary (found by schemathesis).
-    if not -(2**31) <= number < 2**31:
-        raise InvalidArgument(f"invalid value for {name}: {value} is out of range")
-    return number
-
-
-def parse_filters(raw: str | None) -> dict[str, list[str]]:
-    """Docker's ``filters``: {"name": ["a"]} or the older {"name": {"a": true}}."""
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise InvalidArgument(f"invalid filter: {raw}") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"invalid filter: {raw}")
-    result: dict[str, list[str]] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            result[key] = [k for k, on in value.items() if on]
-        elif isinstance(value, list):
-            result[key] = [str(v) for v in value]
-        else:
-            raise InvalidArgument(f"invalid filter: {raw}")
-    return result
 
 
 async def create(request: web.Request) -> web.Response:
@@ -89,7 +55,7 @@ async def create(request: web.Request) -> web.Response:
     except ValueError:
         raise InvalidArgument("invalid JSON body") from None
     try:
-        config = models.container_config_from_request(body)
+        config = container_config_from_request(body)
     except (TypeError, AttributeError, KeyError) as e:
         # The body is untyped client JSON: a value of the wrong type anywhere in it is the
         # client's mistake (400), not a fault of ours (500).
@@ -166,7 +132,90 @@ async def list_(request: web.Request) -> web.Response:
 
 async def inspect(request: web.Request) -> web.Response:
     record = await call(backend(request).containers.inspect(ContainerRef(id=request.match_info["id"])))
-    return web.json_response(models.container_inspect(record))
+    return web.json_response(container_inspect(record))
+
+
+async def restart(request: web.Request) -> web.Response:
+    timeout = int_query(request, "t")
+    await call(backend(request).ops.restart(StopRequest(id=request.match_info["id"], timeout=timeout or 0,
+                                                        timeout_set=timeout is not None,
+                                                        signal=request.query.get("signal", ""))))
+    return web.Response(status=204)
+
+
+async def pause(request: web.Request) -> web.Response:
+    await call(backend(request).ops.pause(ContainerRef(id=request.match_info["id"])))
+    return web.Response(status=204)
+
+
+async def unpause(request: web.Request) -> web.Response:
+    await call(backend(request).ops.unpause(ContainerRef(id=request.match_info["id"])))
+    return web.Response(status=204)
+
+
+async def top(request: web.Request) -> web.Response:
+    reply = await call(backend(request).ops.top(ContainerRef(id=request.match_info["id"])))
+    return web.json_response({"Titles": list(reply.titles), "Processes": [list(r.cells) for r in reply.rows]})
+
+
+async def rename(request: web.Request) -> web.Response:
+    name = request.query.get("name", "")
+    await call(backend(request).ops.rename(RenameRequest(id=request.match_info["id"], name=name)))
+    return web.Response(status=204)
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key) or 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"invalid {key}: expected an integer")
+    return value
+
+
+async def update(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    policy = body.get("RestartPolicy") or {}
+    if not isinstance(policy, dict):
+        raise InvalidArgument("invalid RestartPolicy: expected an object")
+    nano_cpus = _int(body, "NanoCpus")
+    quota, period = _int(body, "CpuQuota"), _int(body, "CpuPeriod")
+    if nano_cpus:
+        period = period or 100_000
+        quota = nano_cpus * period // 1_000_000_000
+    reply = await call(backend(request).ops.update(UpdateContainerRequest(
+        id=request.match_info["id"], memory=_int(body, "Memory"), pids_limit=_int(body, "PidsLimit"),
+        cpu_quota=quota, cpu_period=period, cpu_shares=_int(body, "CpuShares"), nano_cpus=nano_cpus,
+        restart_policy=str(policy.get("Name") or ""), restart_max_retries=_int(policy, "MaximumRetryCount"))))
+    return web.json_response({"Warnings": list(reply.warnings)})
+
+
+async def stats(request: web.Request) -> web.StreamResponse:
+    container = request.match_info["id"]
+    stub = backend(request).ops
+    stream, one_shot = flag(request, "stream", True), flag(request, "one-shot")
+    first = await call(stub.stats(ContainerRef(id=container)))
+    if not stream:
+        previous = None
+        if not one_shot and first.raw:
+            # dockerd waits for a second sample so that the CLI can compute a cpu percentage.
+            previous, first = first, await _next_sample(stub, container)
+        return web.json_response(stats_json(first, previous))
+    response = web.StreamResponse(status=200)
+    response.content_type = "application/json"
+    await response.prepare(request)
+    previous: StatsSample | None = None
+    sample = first
+    while True:
+        await response.write(json.dumps(stats_json(sample, previous)).encode() + b"\n")
+        if not sample.raw:
+            break  # stopped: one zero sample, then the end, as dockerd does
+        previous, sample = sample, await _next_sample(stub, container)
+    await response.write_eof()
+    return response
+
+
+async def _next_sample(stub: ContainerOpsStub, container: str) -> StatsSample:
+    await asyncio.sleep(STATS_INTERVAL)  # the sampling period itself, not a wait for a state
+    return await call(stub.stats(ContainerRef(id=container)))
 
 
 def _payload(entry: LogEntry, timestamps: bool) -> bytes:
@@ -180,10 +229,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
     tail_text = request.query.get("tail", "all")
     tail = -1 if tail_text in ("", "all") else int_query(request, "tail", -1)
     timestamps = flag(request, "timestamps")
-    from services.apiserver.operations import _since  # operations imports this module
-
-    since = _since(request.query.get("since"), "since") / 1e9
-    until = _since(request.query.get("until"), "until") / 1e9
+    since = since_ns(request.query.get("since"), "since") / 1e9
+    until = since_ns(request.query.get("until"), "until") / 1e9
     containers = backend(request).containers
     record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
     tty = record.config.tty
@@ -199,7 +246,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
                     id=record.id, follow=follow, stdout=stdout, stderr=stderr,
                     tail=tail if tail is not None else -1, timestamps=timestamps)):
                 if since or until:
-                    at = models.parse_time(entry.time)
+                    at = parse_time(entry.time)
                     if until and at > until:
                         break
                     if since and at < since:
@@ -226,8 +273,8 @@ async def attach(request: web.Request) -> web.StreamResponse:
     tty = info.tty
     # The upgrade answer goes out at once: the CLI starts the container only once it is attached.
     response = await hijack(request, tty)
-    # Area A: the client's input goes to the container's stdin (closed at its end with StdinOnce).
-    pump = stdin_pump.pump(request, ContainerOpsStub(containers.channel), info.id, "", info.stdin_once) \
+    # The client's input goes to the container's stdin (closed at its end with StdinOnce).
+    pump = stdin_pump.pump(request, backend(request).ops, info.id, "", info.stdin_once) \
         if flag(request, "stdin") and info.open_stdin else None
     try:
         with client_errors():
@@ -253,3 +300,10 @@ def register(routes: Routes) -> None:
     routes.add("DELETE", "/containers/{id}", remove)
     routes.add("GET", "/containers/{id}/logs", logs)
     routes.add("POST", "/containers/{id}/attach", attach)
+    routes.add("POST", "/containers/{id}/restart", restart)
+    routes.add("POST", "/containers/{id}/pause", pause)
+    routes.add("POST", "/containers/{id}/unpause", unpause)
+    routes.add("GET", "/containers/{id}/top", top)
+    routes.add("GET", "/containers/{id}/stats", stats)
+    routes.add("POST", "/containers/{id}/rename", rename)
+    routes.add("POST", "/containers/{id}/update", update)

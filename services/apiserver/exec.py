@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from aiohttp import web
 
 from services.apiserver import stdin as stdin_pump
-from services.apiserver.fields import string_list
-from services.apiserver.server import Routes, backend
+from services.apiserver.app import Routes, backend
+from services.apiserver.params import json_body
 from services.apiserver.streams import frame, hijack
 from services.common.errors import InvalidArgument, SkiffError
 from services.common.grpc import call, client_errors
+from services.dockermodel.fields import string_list
 from services.gen.skiff.daemon.v1 import (
-    ContainerOpsStub,
     ExecCreateRequest,
     ExecInfo,
     ExecRef,
-    ExecsStub,
     ExecStartRequest,
     ResizeRequest,
 )
@@ -26,27 +23,9 @@ from services.gen.skiff.daemon.v1 import (
 log = structlog.get_logger(service="apiserver")
 
 
-def execs(request: web.Request) -> ExecsStub:
-    return ExecsStub(backend(request).containers.channel)
-
-
-def ops(request: web.Request) -> ContainerOpsStub:
-    return ContainerOpsStub(backend(request).containers.channel)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        raise InvalidArgument("invalid JSON body") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("invalid JSON body: expected an object")
-    return body
-
-
 async def create(request: web.Request) -> web.Response:
-    body = await _body(request)
-    reply = await call(execs(request).create(ExecCreateRequest(
+    body = await json_body(request)
+    reply = await call(backend(request).execs.create(ExecCreateRequest(
         container=request.match_info["id"], cmd=string_list(body.get("Cmd"), "Cmd"),
         env=string_list(body.get("Env"), "Env"), user=str(body.get("User") or ""),
         working_dir=str(body.get("WorkingDir") or ""), tty=bool(body.get("Tty")),
@@ -56,18 +35,18 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def start(request: web.Request) -> web.StreamResponse:
-    body = await _body(request)
+    body = await json_body(request)
     exec_id = request.match_info["id"]
-    info: ExecInfo = await call(execs(request).inspect(ExecRef(id=exec_id)))
+    info: ExecInfo = await call(backend(request).execs.inspect(ExecRef(id=exec_id)))
     detach = bool(body.get("Detach"))
     tty = bool(body.get("Tty", info.tty)) or info.tty
-    stream = execs(request).start(ExecStartRequest(id=exec_id, detach=detach)).__aiter__()
+    stream = backend(request).execs.start(ExecStartRequest(id=exec_id, detach=detach)).__aiter__()
     with client_errors():
         await stream.__anext__()  # started: errors (not running, already started) still get their status
     if detach:
         return web.Response(status=200)
     response = await hijack(request, tty)
-    pump = stdin_pump.pump(request, ops(request), info.container_id, exec_id, True) if info.open_stdin else None
+    pump = stdin_pump.pump(request, backend(request).ops, info.container_id, exec_id, True) if info.open_stdin else None
     try:
         with client_errors():
             async for out in stream:
@@ -93,18 +72,18 @@ def _size(request: web.Request) -> tuple[int, int]:
 
 async def resize(request: web.Request) -> web.Response:
     width, height = _size(request)
-    await call(execs(request).resize(ResizeRequest(id=request.match_info["id"], width=width, height=height)))
+    await call(backend(request).execs.resize(ResizeRequest(id=request.match_info["id"], width=width, height=height)))
     return web.Response(status=200)
 
 
 async def container_resize(request: web.Request) -> web.Response:
     width, height = _size(request)
-    await call(ops(request).resize(ResizeRequest(id=request.match_info["id"], width=width, height=height)))
+    await call(backend(request).ops.resize(ResizeRequest(id=request.match_info["id"], width=width, height=height)))
     return web.Response(status=200)
 
 
 async def inspect(request: web.Request) -> web.Response:
-    info = await call(execs(request).inspect(ExecRef(id=request.match_info["id"])))
+    info = await call(backend(request).execs.inspect(ExecRef(id=request.match_info["id"])))
     return web.json_response({
         "ID": info.id, "ContainerID": info.container_id, "Running": info.running,
         "ExitCode": info.exit_code if info.exited else None, "Pid": info.pid,

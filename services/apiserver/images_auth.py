@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.apiserver.server import Routes, backend
+from services.apiserver.app import Routes, backend
 from services.common.errors import InvalidArgument
 from services.common.grpc import call
 from services.gen.skiff.highlevel.v1 import LoginRequest, RegistryAuth

@@ -1,22 +1,28 @@
-"""System endpoints: /_ping, /version, /info."""
+"""System endpoints: /_ping, /version, /info, /system/df and the /events stream."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+from typing import Any
 
 from aiohttp import web
 
-from services.apiserver import models
-from services.apiserver.server import Routes, backend
-from services.common.grpc import call
-from services.gen.skiff.daemon.v1 import Empty
+from services.apiserver.app import Routes, backend
+from services.apiserver.params import parse_filters, since_ns
+from services.common.grpc import call, client_errors
+from services.dockermodel import system
+from services.dockermodel.render import container_summary, event_json, image_summary, volume_json
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import Empty, EventsSubscribeRequest, ListRequest, VolumesEmpty
 
+hl = highlevel.v1
 PING_HEADERS = {
-    "Api-Version": models.API_VERSION,
+    "Api-Version": system.API_VERSION,
     "Docker-Experimental": "false",
     "Ostype": "linux",
-    "Server": f"Skiff/{models.ENGINE_VERSION} (linux)",
+    "Server": f"Skiff/{system.ENGINE_VERSION} (linux)",
     "Builder-Version": "1",
     "Cache-Control": "no-cache, no-store, must-revalidate",
     "Pragma": "no-cache",
@@ -29,7 +35,7 @@ async def ping(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    return web.json_response(models.version(), headers={"Api-Version": models.API_VERSION})
+    return web.json_response(system.version(), headers={"Api-Version": system.API_VERSION})
 
 
 def _mem_total() -> int:
@@ -43,7 +49,47 @@ def _mem_total() -> int:
 async def info(request: web.Request) -> web.Response:
     data = await call(backend(request).system.info(Empty()))
     mem = await asyncio.to_thread(_mem_total)
-    return web.json_response(models.info(data, socket.gethostname(), mem))
+    return web.json_response(system.info(data, socket.gethostname(), mem))
+
+
+async def disk_usage(request: web.Request) -> web.Response:
+    """GET /system/df: the daemon's sizes of containers and volumes, beside the images' own."""
+    usage = await call(backend(request).archive.disk_usage(VolumesEmpty()))
+    images = (await call(backend(request).images.list(hl.ListImagesRequest()))).images
+    containers = (await call(backend(request).containers.list(ListRequest(all=True)))).containers
+    sizes = {c.id: c for c in usage.containers}
+    image_rows: list[dict[str, Any]] = []
+    for image in images:
+        row = image_summary(image)
+        row["Containers"] = sum(1 for c in containers if c.image_id == image.id)
+        image_rows.append(row)
+    container_rows = []
+    for c in containers:
+        row = container_summary(c)
+        row["SizeRw"] = sizes[c.id].size_rw if c.id in sizes else 0
+        row["SizeRootFs"] = sizes[c.id].size_root_fs if c.id in sizes else 0
+        container_rows.append(row)
+    return web.json_response({
+        "LayersSize": sum(i.size for i in images),
+        "Images": image_rows,
+        "Containers": container_rows,
+        "Volumes": [volume_json(v) for v in usage.volumes],
+        "BuildCache": [],
+    })
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    since, until = since_ns(request.query.get("since"), "since"), since_ns(request.query.get("until"), "until")
+    filters = {k: json.dumps(v) for k, v in parse_filters(request.query.get("filters")).items()}
+    response = web.StreamResponse(status=200)
+    response.content_type = "application/json"
+    await response.prepare(request)
+    with client_errors():
+        async for e in backend(request).events.subscribe(EventsSubscribeRequest(
+                since_ns=since, until_ns=until, filters=filters)):
+            await response.write(json.dumps(event_json(e)).encode() + b"\n")
+    await response.write_eof()
+    return response
 
 
 def register(routes: Routes) -> None:
@@ -51,3 +97,5 @@ def register(routes: Routes) -> None:
     routes.add("HEAD", "/_ping", ping)
     routes.add("GET", "/version", version)
     routes.add("GET", "/info", info)
+    routes.add("GET", "/system/df", disk_usage)
+    routes.add("GET", "/events", events)

@@ -5,40 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from grpclib.client import Channel
 
-from services.apiserver.containers import flag, parse_filters
-from services.apiserver.server import Routes
+from services.apiserver.app import Routes, backend
+from services.apiserver.params import flag, json_body, parse_filters
 from services.common.errors import InvalidArgument
 from services.common.grpc import call
+from services.dockermodel.render import volume_json
 from services.gen.skiff.daemon.v1 import (
     CreateVolumeRequest,
     ListVolumesRequest,
     PruneVolumesRequest,
     RemoveVolumeRequest,
-    Volume,
     VolumeFilters,
     VolumeRef,
-    VolumesStub,
 )
 
-STUB = web.AppKey("volumes", VolumesStub)
 FILTERS = ("name", "label", "driver", "dangling")
-
-
-def install(app: web.Application, channel: Channel) -> None:
-    app[STUB] = VolumesStub(channel)
-
-
-def volume_json(v: Volume) -> dict[str, Any]:
-    """Docker's Volume object."""
-    body: dict[str, Any] = {
-        "Name": v.name, "Driver": v.driver, "Mountpoint": v.mountpoint, "Labels": dict(v.labels) or None,
-        "Scope": v.scope, "Options": dict(v.options) or None, "CreatedAt": v.created_at,
-    }
-    if v.size >= 0 or v.ref_count >= 0:
-        body["UsageData"] = {"Size": v.size, "RefCount": v.ref_count}
-    return body
 
 
 def _filters(request: web.Request, allowed: tuple[str, ...]) -> VolumeFilters:
@@ -59,33 +41,28 @@ def _string_map(value: Any, field: str) -> dict[str, str]:
 
 
 async def create(request: web.Request) -> web.Response:
-    try:
-        body: Any = await request.json() if request.can_read_body else {}
-    except ValueError:
-        raise InvalidArgument("invalid JSON body") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("invalid JSON body: expected an object")
+    body = await json_body(request)
     name, driver = body.get("Name") or "", body.get("Driver") or ""
     if not isinstance(name, str) or not isinstance(driver, str):
         raise InvalidArgument("invalid Name or Driver: expected strings")
-    volume = await call(request.app[STUB].create(CreateVolumeRequest(
+    volume = await call(backend(request).volumes.create(CreateVolumeRequest(
         name=name, driver=driver, labels=_string_map(body.get("Labels"), "Labels"),
         driver_opts=_string_map(body.get("DriverOpts"), "DriverOpts"))))
     return web.json_response(volume_json(volume), status=201)
 
 
 async def list_(request: web.Request) -> web.Response:
-    reply = await call(request.app[STUB].list(ListVolumesRequest(filters=_filters(request, FILTERS))))
+    reply = await call(backend(request).volumes.list(ListVolumesRequest(filters=_filters(request, FILTERS))))
     return web.json_response({"Volumes": [volume_json(v) for v in reply.volumes], "Warnings": None})
 
 
 async def inspect(request: web.Request) -> web.Response:
-    volume = await call(request.app[STUB].inspect(VolumeRef(name=request.match_info["name"])))
+    volume = await call(backend(request).volumes.inspect(VolumeRef(name=request.match_info["name"])))
     return web.json_response(volume_json(volume))
 
 
 async def remove(request: web.Request) -> web.Response:
-    await call(request.app[STUB].remove(RemoveVolumeRequest(name=request.match_info["name"],
+    await call(backend(request).volumes.remove(RemoveVolumeRequest(name=request.match_info["name"],
                                                             force=flag(request, "force"))))
     return web.Response(status=204)
 
@@ -96,7 +73,7 @@ async def prune(request: web.Request) -> web.Response:
         if key not in ("label", "label!", "all"):
             raise InvalidArgument(f"invalid filter '{key}'")
     prune_all = any(v.lower() in ("1", "true") for v in raw.get("all", []))
-    reply = await call(request.app[STUB].prune(PruneVolumesRequest(
+    reply = await call(backend(request).volumes.prune(PruneVolumesRequest(
         filters=VolumeFilters(label=raw.get("label", [])), all=prune_all)))
     return web.json_response({"VolumesDeleted": list(reply.deleted) or None, "SpaceReclaimed": reply.space_reclaimed})
 

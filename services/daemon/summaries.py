@@ -2,8 +2,8 @@
 
 Sending the records themselves cost more than the rest of the call together: betterproto encodes
 and decodes a container record field by field in Python (about 1 ms a record each way), so a list of
-50 took 60+ ms. The shapes come from the apiserver's model modules, which are pure functions over
-the daemon's messages (stdlib and generated code only, no HTTP), so both sides render them alike.
+50 took 60+ ms. The shapes come from services.dockermodel, pure functions over the daemon's
+messages (stdlib and generated code only, no HTTP), so the apiserver and the daemon render them alike.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from services.apiserver.models import container_summary, summary_fixed
+from services.dockermodel.render import container_summary, summary_fixed
 from services.gen.skiff.daemon.v1 import Container
 
 # Per record object: the summary fields fixed at create (image, command, labels, mounts...). Each

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.apiserver import models, netmodels
 from services.common.errors import InvalidArgument
+from services.dockermodel import networks, request
 from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig
 
 
@@ -24,16 +24,16 @@ from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig
 )
 def test_wrong_types_in_network_fields(body: dict[str, Any], host_body: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument):
-        netmodels.apply_request(body, host_body, ContainerConfig(host=HostConfig()))
+        networks.apply_request(body, host_body, ContainerConfig(host=HostConfig()))
 
 
 def test_good_port_bindings_still_parse() -> None:
     config = ContainerConfig(host=HostConfig())
-    netmodels.apply_request({}, {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}}, config)
+    networks.apply_request({}, {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}}, config)
     assert [(b.container_port, b.host_ip, b.host_port) for b in config.host.port_bindings] == [
         ("80/tcp", "127.0.0.1", "8080")]
 
 
 def test_body_must_be_an_object() -> None:
     with pytest.raises(InvalidArgument):
-        models.container_config_from_request([1, 2])
+        request.container_config_from_request([1, 2])

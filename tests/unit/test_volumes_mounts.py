@@ -1,4 +1,4 @@
-"""Area D without a stack: Binds parsing, container path resolution inside the root, safe extraction."""
+"""Volumes and mounts without a stack: Binds parsing, container path resolution inside the root, safe extraction."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from services.apiserver.mounts import mount_specs, parse_bind
 from services.common.errors import InvalidArgument
 from services.daemon.archive import extract_tar, go_mode, resolve
 from services.daemon.mounts import oci_mounts
 from services.daemon.volumes import VolumeStore
+from services.dockermodel.mounts import mount_specs, parse_bind
 from services.gen.skiff.daemon.v1 import MountPoint
 
 

@@ -1,4 +1,4 @@
-"""HostConfig.Binds / Mounts / Tmpfs and Config.Volumes of a create request, as MountSpecs for the daemon;
+"""Mounts: HostConfig.Binds / Mounts / Tmpfs and Config.Volumes of a create request as MountSpecs for the daemon;
 and inspect's ``Mounts`` from the daemon's MountPoints."""
 
 from __future__ import annotations
@@ -7,12 +7,11 @@ import posixpath
 from typing import Any
 
 from services.common.errors import InvalidArgument
-from services.gen.skiff.daemon.v1 import Container, MountPoint, MountSpec
-
-SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+from services.gen.skiff.daemon.v1 import Container, ContainerConfig, MountPoint, MountSpec
 
 
-def _target(path: str) -> str:
+def mount_target(path: str) -> str:
+    """A mount's destination in the container: absolute, normalised, not ``/`` itself."""
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidArgument(f"invalid mount config: mount path must be absolute: {path!r}")
     clean = posixpath.normpath(path)
@@ -25,7 +24,7 @@ def parse_bind(text: str) -> MountSpec:
     """``/host:/path[:ro]``, ``name:/path[:ro]`` or ``/path`` (an anonymous volume)."""
     parts = text.split(":")
     if len(parts) == 1:
-        return MountSpec(type="volume", target=_target(parts[0]))
+        return MountSpec(type="volume", target=mount_target(parts[0]))
     if len(parts) > 3 or not parts[0] or not parts[1]:
         raise InvalidArgument(f"invalid volume specification: '{text}'")
     mode = parts[2] if len(parts) == 3 else ""
@@ -35,17 +34,8 @@ def parse_bind(text: str) -> MountSpec:
         raise InvalidArgument(f"invalid mode: {mode}")
     kind = "bind" if parts[0].startswith("/") else "volume"
     source = posixpath.normpath(parts[0]) if kind == "bind" else parts[0]
-    return MountSpec(type=kind, source=source, target=_target(parts[1]), read_only="ro" in flags,
+    return MountSpec(type=kind, source=source, target=mount_target(parts[1]), read_only="ro" in flags,
                      no_copy="nocopy" in flags, mode=mode, create_source=kind == "bind")
-
-
-def parse_size(text: str) -> int:
-    value = text.strip().lower().removesuffix("b")
-    unit = value[-1:] if value[-1:] in SIZE_UNITS else ""
-    number = value[: -1] if unit else value
-    if not number.isdigit():
-        raise InvalidArgument(f"invalid tmpfs size: {text}")
-    return int(number) * SIZE_UNITS[unit]
 
 
 def parse_tmpfs(target: str, options: str) -> MountSpec:
@@ -55,7 +45,7 @@ def parse_tmpfs(target: str, options: str) -> MountSpec:
         if key not in ("size", "mode", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "ro", "rw", "uid", "gid",
                        "nr_inodes", "nr_blocks", "mpol"):
             raise InvalidArgument(f"invalid tmpfs option {opt!r}")
-    return MountSpec(type="tmpfs", target=_target(target), options=opts, read_only="ro" in opts)
+    return MountSpec(type="tmpfs", target=mount_target(target), options=opts, read_only="ro" in opts)
 
 
 def _mount(item: Any) -> MountSpec:
@@ -69,7 +59,7 @@ def _mount(item: Any) -> MountSpec:
         raise InvalidArgument(f"mount type unknown: {kind!r}")
     if not isinstance(source, str):
         raise InvalidArgument("invalid mount config: Source must be a string")
-    spec = MountSpec(type=kind, source=source, target=_target(target), read_only=bool(item.get("ReadOnly")))
+    spec = MountSpec(type=kind, source=source, target=mount_target(target), read_only=bool(item.get("ReadOnly")))
     volume_options = item.get("VolumeOptions") or {}
     tmpfs_options = item.get("TmpfsOptions") or {}
     if not isinstance(volume_options, dict) or not isinstance(tmpfs_options, dict):
@@ -112,7 +102,7 @@ def mount_specs(body: dict[str, Any], host: dict[str, Any]) -> tuple[list[MountS
         if spec.target in seen:
             raise InvalidArgument(f"Duplicate mount point: {spec.target}")
         seen.add(spec.target)
-    return specs, [_target(str(v)) for v in volumes]
+    return specs, [mount_target(str(v)) for v in volumes]
 
 
 def inspect_mounts(c: Container) -> list[dict[str, Any]]:
@@ -137,8 +127,8 @@ def binds(c: Container) -> list[str] | None:
     return found or None
 
 
-def apply_request(body: dict[str, Any], host: dict[str, Any], config: Any) -> None:
-    """The create request's mounts into ``config`` (a ContainerConfig): the hook models.py calls."""
+def apply_request(body: dict[str, Any], host: dict[str, Any], config: ContainerConfig) -> None:
+    """The create request's mounts into ``config``."""
     config.host.mounts, config.volumes = mount_specs(body, host)
 
 

@@ -1,0 +1,264 @@
+"""The daemon's messages as Docker's objects: a container's list entry and inspect, an image's list
+entry and inspect, a volume, a stats sample, an event."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from services.dockermodel import mounts, networks
+from services.dockermodel.times import ZERO_TIME, human_duration, parse_time
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import Container, DockerEvent, HostConfig, State, StatsSample, Volume
+
+hl = highlevel.v1
+
+STATUS_NAMES = {
+    State.CREATED: "created", State.RUNNING: "running", State.PAUSED: "paused", State.RESTARTING: "restarting",
+    State.REMOVING: "removing", State.EXITED: "exited", State.DEAD: "dead",
+}
+
+
+def _network_mode(host: HostConfig) -> str:
+    return host.network_mode if host.network_mode in ("host", "none") else "none"
+
+
+def _status_text(c: Container) -> str:
+    state = c.state
+    if state.status == State.RUNNING:
+        return f"Up {human_duration(time.time() - parse_time(state.started_at))}"
+    if state.status == State.EXITED:
+        return f"Exited ({state.exit_code}) {human_duration(time.time() - parse_time(state.finished_at))} ago"
+    return STATUS_NAMES.get(state.status, "created").capitalize()
+
+
+def container_summary(c: Container, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One entry of GET /containers/json; ``fixed`` is :func:`summary_fixed` of ``c`` if the caller keeps it."""
+    return {**(fixed if fixed is not None else summary_fixed(c)), **summary_changing(c)}
+
+
+def summary_fixed(c: Container) -> dict[str, Any]:
+    """The fields of a list entry that never change after create (a caller may keep them)."""
+    return {
+        "Id": c.id,
+        "Image": c.image_ref,
+        "ImageID": c.image_id,
+        "Command": " ".join(_inspect_path_args(c)),
+        "Created": int(parse_time(c.created)),
+        "Labels": dict(c.config.labels),
+        "HostConfig": {"NetworkMode": networks.network_mode(c)},
+        "Mounts": mounts.summary_mounts(c),
+    }
+
+
+def summary_changing(c: Container) -> dict[str, Any]:
+    """The fields of a list entry that a rename, a start, an exit or a network change move."""
+    return {
+        "Names": [f"/{c.name}"],
+        "Ports": networks.summary_ports(c),
+        "State": STATUS_NAMES.get(c.state.status, "created"),
+        "Status": _status_text(c),
+        "NetworkSettings": {"Networks": networks.summary_networks(c)},
+    }
+
+
+def _inspect_path_args(c: Container) -> list[str]:
+    """The command as the client knows it: without the init that --init put in front of it."""
+    args = list(c.path_args)
+    if c.config.host.init and args[:2] == ["/sbin/docker-init", "--"]:
+        return args[2:]
+    return args
+
+
+def _resources_security_inspect(host: HostConfig) -> dict[str, Any]:
+    return {
+        "NanoCpus": host.nano_cpus,
+        "CpuShares": host.cpu_shares,
+        "CpuQuota": host.cpu_quota,
+        "CpuPeriod": host.cpu_period,
+        "CpusetCpus": host.cpuset_cpus,
+        "CpusetMems": host.cpuset_mems,
+        "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in host.ulimits] or None,
+        **({"Sysctls": dict(host.sysctls)} if host.sysctls else {}),
+        "SecurityOpt": list(host.security_opt) or None,
+        **({"Init": True} if host.init else {}),
+    }
+
+
+def container_inspect(c: Container) -> dict[str, Any]:
+    """GET /containers/{id}/json."""
+    cfg, host, state = c.config, c.config.host, c.state
+    status = state.status
+    path_args = _inspect_path_args(c)
+    return {
+        "Id": c.id,
+        "Created": c.created,
+        "Path": path_args[0] if path_args else "",
+        "Args": path_args[1:],
+        "State": {
+            "Status": STATUS_NAMES.get(status, "created"),
+            "Running": status in (State.RUNNING, State.PAUSED, State.RESTARTING),
+            "Paused": status == State.PAUSED,
+            "Restarting": status == State.RESTARTING,
+            "OOMKilled": state.oom_killed,
+            "Dead": status == State.DEAD,
+            "Pid": state.pid,
+            "ExitCode": state.exit_code,
+            "Error": state.error,
+            "StartedAt": state.started_at or ZERO_TIME,
+            "FinishedAt": state.finished_at or ZERO_TIME,
+        },
+        "Image": c.image_id,
+        "ResolvConfPath": c.network_settings.resolv_conf_path,
+        "HostnamePath": c.network_settings.hostname_path,
+        "HostsPath": c.network_settings.hosts_path,
+        "LogPath": c.log_path,
+        "Name": f"/{c.name}",
+        "RestartCount": c.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": None,
+        "HostConfig": {
+            "AutoRemove": host.auto_remove,
+            "Memory": host.memory,
+            "PidsLimit": host.pids_limit or None,
+            "CapAdd": list(host.cap_add) or None,
+            "CapDrop": list(host.cap_drop) or None,
+            "Privileged": host.privileged,
+            "ReadonlyRootfs": host.readonly_rootfs,
+            "NetworkMode": _network_mode(host),
+            "RestartPolicy": {"Name": host.restart_policy or "no", "MaximumRetryCount": host.restart_max_retries},
+            "LogConfig": {"Type": "json-file", "Config": {
+                **({"max-size": str(host.log_max_size)} if host.log_max_size else {}),
+                **({"max-file": str(host.log_max_file)} if host.log_max_file > 1 else {})}},
+            "Binds": mounts.binds(c),
+            "PortBindings": {},
+            **_resources_security_inspect(host),
+            **networks.host_config_fields(c),
+        },
+        "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": c.rootfs}},
+        "Mounts": mounts.inspect_mounts(c),
+        "Config": {
+            "Hostname": cfg.hostname or c.id[:12],
+            "Domainname": "",
+            "User": cfg.user,
+            "AttachStdin": False,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": cfg.tty,
+            "OpenStdin": cfg.open_stdin,
+            "StdinOnce": cfg.stdin_once,
+            "Env": list(cfg.env),
+            "Cmd": list(cfg.cmd) or None,
+            "Image": c.image_ref,
+            "Volumes": {v: {} for v in cfg.volumes} or None,
+            "WorkingDir": cfg.working_dir,
+            "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint_set else None,
+            "OnBuild": None,
+            "Labels": dict(cfg.labels),
+            "ExposedPorts": {p: {} for p in cfg.exposed_ports} or None,
+            **({"StopSignal": cfg.stop_signal} if cfg.stop_signal else {}),
+            **({"StopTimeout": cfg.stop_timeout} if cfg.stop_timeout >= 0 else {}),
+        },
+        "NetworkSettings": networks.network_settings(c),
+    }
+
+
+def _image_config(image: hl.ImageSummary) -> dict[str, Any]:
+    try:
+        return json.loads(image.config or b"{}")
+    except ValueError:
+        return {}
+
+
+def image_summary(image: hl.ImageSummary) -> dict[str, Any]:
+    """One entry of GET /images/json."""
+    config = _image_config(image)
+    return {
+        "Id": image.id,
+        "ParentId": "",
+        "RepoTags": list(image.repo_tags),
+        "RepoDigests": list(image.repo_digests),
+        "Created": int(parse_time(image.created)),
+        "Size": image.size,
+        "SharedSize": -1,
+        "Labels": (config.get("config") or {}).get("Labels") or {},
+        "Containers": -1,
+    }
+
+
+def image_inspect(image: hl.ImageSummary) -> dict[str, Any]:
+    """GET /images/{name}/json."""
+    config = _image_config(image)
+    return {
+        "Id": image.id,
+        "RepoTags": list(image.repo_tags),
+        "RepoDigests": list(image.repo_digests),
+        "Parent": "",
+        "Comment": "",
+        "Created": image.created,
+        "DockerVersion": "",
+        "Author": config.get("author", ""),
+        "Config": config.get("config") or {},
+        "Architecture": config.get("architecture", ""),
+        "Os": config.get("os", ""),
+        "Size": image.size,
+        "GraphDriver": {"Name": "overlay2", "Data": None},
+        "RootFS": {"Type": "layers", "Layers": list(image.diff_ids)},
+        "Metadata": {"LastTagTime": ZERO_TIME},
+    }
+
+
+def volume_json(v: Volume) -> dict[str, Any]:
+    """Docker's Volume object."""
+    body: dict[str, Any] = {
+        "Name": v.name, "Driver": v.driver, "Mountpoint": v.mountpoint, "Labels": dict(v.labels) or None,
+        "Scope": v.scope, "Options": dict(v.options) or None, "CreatedAt": v.created_at,
+    }
+    if v.size >= 0 or v.ref_count >= 0:
+        body["UsageData"] = {"Size": v.size, "RefCount": v.ref_count}
+    return body
+
+
+def stats_json(sample: StatsSample, previous: StatsSample | None) -> dict[str, Any]:
+    """Docker's stats shape from the runtime's numbers; precpu is the previous sample (zeros at first)."""
+    raw = json.loads(sample.raw or b"{}")
+    memory_stats: dict[str, Any] = {}
+    if sample.raw:
+        stats = (raw.get("memory") or {}).get("raw") or {}
+        memory_stats = {"usage": sample.memory_usage, "limit": sample.memory_limit, "stats": stats}
+        if "max_usage" in ((raw.get("memory") or {}).get("usage") or {}):
+            memory_stats["max_usage"] = raw["memory"]["usage"]["max_usage"]
+
+    def cpu(s: StatsSample | None) -> dict[str, Any]:
+        if s is None or not s.raw:
+            return {"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+                    "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}}
+        usage = (json.loads(s.raw).get("cpu") or {}).get("usage") or {}
+        return {"cpu_usage": {"total_usage": s.cpu_usage_ns, "usage_in_kernelmode": usage.get("kernel", 0),
+                              "usage_in_usermode": usage.get("user", 0)},
+                "system_cpu_usage": s.system_cpu_ns, "online_cpus": s.online_cpus,
+                "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}}
+
+    return {
+        "id": sample.id, "name": sample.name, "read": sample.read,
+        "preread": previous.read if previous else ZERO_TIME,
+        "pids_stats": {"current": sample.pids_current} if sample.raw else {},
+        "blkio_stats": {"io_service_bytes_recursive": None, "io_serviced_recursive": None},
+        "num_procs": 0, "storage_stats": {},
+        "cpu_stats": cpu(sample), "precpu_stats": cpu(previous), "memory_stats": memory_stats,
+        "networks": {},
+    }
+
+
+def event_json(e: DockerEvent) -> dict[str, Any]:
+    """One line of GET /events; container events carry the old top-level fields too."""
+    body = {"Type": e.type, "Action": e.action, "Actor": {"ID": e.id, "Attributes": dict(e.attributes)},
+            "scope": e.scope, "time": e.time_nano // 1_000_000_000, "timeNano": e.time_nano}
+    if e.type == "container":
+        body |= {"status": e.action, "id": e.id, "from": e.attributes.get("image", "")}
+    return body
