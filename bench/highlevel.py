@@ -71,7 +71,7 @@ class CrunHighlevel(Highlevel):
 
 
 async def one_run(hl: Highlevel, bundle: Path, id_: str) -> float:
-    async with hl.client() as (tasks, _):
+    async with hl.client() as tasks:
         began = time.perf_counter()
         await tasks.create(CreateTaskRequest(id=id_, bundle=str(bundle)))
         waits = tasks.wait(WaitRequest(id=id_), timeout=60)
@@ -89,7 +89,7 @@ async def one_run(hl: Highlevel, bundle: Path, id_: str) -> float:
 async def concurrent(hl: Highlevel, bundles: Bundles, count: int) -> tuple[float, list[int]]:
     ids = [f"bh{uuid.uuid4().hex[:8]}-{n}" for n in range(count)]
     paths = {i: bundles.make(i, ["sleep", "1000"]) for i in ids}
-    async with hl.client() as (tasks, _):
+    async with hl.client() as tasks:
         async def launch(id_: str) -> int:
             await tasks.create(CreateTaskRequest(id=id_, bundle=str(paths[id_])), timeout=120)
             await tasks.start(StartRequest(id=id_), timeout=60)

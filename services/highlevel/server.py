@@ -12,7 +12,6 @@ from grpclib.server import Server
 
 from services.common.config import Config
 from services.common.service import Serving, grpc_probe, listen_unix, run_service
-from services.highlevel.containers import ContainersService, ContainerStore
 from services.highlevel.events import EventBus
 from services.highlevel.tasks import TaskManager
 from services.highlevel.tasks_service import TasksService
@@ -61,10 +60,9 @@ async def start(config: Config) -> Serving:
     for folder in (paths.run, paths.highlevel_run, paths.highlevel_lib):
         folder.mkdir(parents=True, exist_ok=True)
     events = EventBus()
-    containers = ContainerStore(paths.highlevel_lib / "containers")
-    manager = TaskManager(paths, config.runtime, containers, events)
+    manager = TaskManager(paths, config.runtime, events)
     await manager.recover()
-    server = Server([TasksService(manager, events), ContainersService(containers), *plugin_services(config)])
+    server = Server([TasksService(manager, events), *plugin_services(config)])
     listener = listen_unix(paths.highlevel_socket)
     await server.start(sock=listener.sock)
     log.info("started", runtime=config.runtime, tasks=len(manager.tasks))

@@ -40,7 +40,7 @@ from services.common.paths import Paths
 from services.common.shimproto import FrameKind, Op, rfc3339_nano
 from services.gen.skiff.highlevel.v1 import EventType, ExitStatus
 from services.highlevel import cgroup_warm
-from services.highlevel.containers import ContainerStore, check_id
+from services.highlevel.bundles import check_id
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimClient, ShimGone, shim_error
 from services.highlevel.shim_launcher import ShimLauncher, read_int
@@ -153,10 +153,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 class TaskManager:
-    def __init__(self, paths: Paths, default_runtime: str, containers: ContainerStore, events: EventBus) -> None:
+    def __init__(self, paths: Paths, default_runtime: str, events: EventBus) -> None:
         self.paths = paths
         self.default_runtime = default_runtime
-        self.containers = containers
         self.events = events
         self.tasks: dict[str, Task] = {}
         self.task_dirs = paths.highlevel_run / "t"
@@ -210,8 +209,7 @@ class TaskManager:
         bundle = Path(opts.bundle)
         if not bundle.is_absolute() or not (bundle / "config.json").is_file():
             raise InvalidArgument(f"bundle `{opts.bundle}`: no config.json there (an absolute path is needed)")
-        record = self.containers.find(opts.id)
-        runtime = opts.runtime or (record.runtime if record else "") or self.default_runtime
+        runtime = opts.runtime or self.default_runtime
         try:
             runtime_argv = resolve_runtime(runtime)
         except FileNotFoundError as exc:

@@ -20,7 +20,7 @@ from grpclib.client import Channel
 
 from services.common.config import resolve_runtime
 from services.common.paths import Paths, resolve_paths
-from services.gen.skiff.highlevel.v1 import ContainersStub, TasksStub
+from services.gen.skiff.highlevel.v1 import TasksStub
 from tests.support.busybox import build_rootfs, default_spec
 
 RUNTIME_SWITCH_ENV = "SKIFF_TEST_RUNTIME"
@@ -181,10 +181,10 @@ class Highlevel:
         return left
 
     @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[tuple[TasksStub, ContainersStub]]:
+    async def client(self) -> AsyncIterator[TasksStub]:
         channel = Channel(path=self.socket)
         try:
-            yield TasksStub(channel), ContainersStub(channel)
+            yield TasksStub(channel)
         finally:
             channel.close()
 

@@ -32,7 +32,7 @@ def test_create_from_spec_writes_the_bundle_and_delete_takes_it(highlevel: Highl
     folder = highlevel.paths.highlevel_run / "t" / new_id
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             await call(tasks.create(CreateTaskRequest(id=new_id, spec=spec, log=LogConfig(path=str(log_path)))))
             assert (folder / "config.json").read_bytes() == spec  # written as sent, once
             state = await call(tasks.state(StateRequest(id=new_id)))
@@ -59,7 +59,7 @@ def test_bad_specs_leave_no_bundle(highlevel: Highlevel, bundles: Bundles, new_i
     bad_args = (bundles.make("bad", ["/no/such/binary"]) / "config.json").read_bytes()
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="../x", spec=b"{}")))
             await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="nj1", spec=b"not json")))
             await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="brk1", spec=b"{not json")))

@@ -10,16 +10,12 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.grpc import call
 from services.gen.skiff.highlevel.v1 import (
     AttachRequest,
-    Container,
-    CreateContainerRequest,
     CreateTaskRequest,
     DeleteTaskRequest,
     EventsRequest,
     EventType,
     ExecRequest,
-    GetContainerRequest,
     KillRequest,
-    ListContainersRequest,
     LogConfig,
     ResizePtyRequest,
     StartRequest,
@@ -62,7 +58,7 @@ def test_run_echo_logs_and_events(highlevel: Highlevel, bundles: Bundles, new_id
     log_path = highlevel.prefix / "logs" / f"{new_id}-json.log"
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, containers):
+        async with highlevel.client() as tasks:
             events: list = []
             subscribed = asyncio.Event()
 
@@ -77,15 +73,7 @@ def test_run_echo_logs_and_events(highlevel: Highlevel, bundles: Bundles, new_id
             listener = asyncio.create_task(listen())
             await asyncio.wait_for(subscribed.wait(), 5)
             await asyncio.sleep(0)  # let the Events call go out first on the shared connection
-            await containers.create(CreateContainerRequest(container=Container(
-                id=new_id, image="busybox", spec=(bundle / "config.json").read_bytes(), labels={"t": "1"},
-                runtime=highlevel.runtime, bundle=str(bundle))))
-            got = await containers.get(GetContainerRequest(id=new_id))
-            assert got.container.labels == {"t": "1"} and json.loads(got.container.spec)["process"]["args"][0] == "sh"
-            listed = await containers.list(ListContainersRequest(labels={"t": "1"}))
-            assert [c.id for c in listed.containers] == [new_id]
-
-            created = await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle),
+            created = await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle), runtime=highlevel.runtime,
                                                            log=LogConfig(path=str(log_path))))
             assert created.pid > 0
             state = await tasks.state(StateRequest(id=new_id))
@@ -118,7 +106,7 @@ def test_exec_attach_pty_resize(highlevel: Highlevel, bundles: Bundles, new_id: 
     bundle = bundles.make(new_id, ["sleep", "1000"])
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle)))
             await tasks.start(StartRequest(id=new_id))
             # A plain exec: attached before it starts, so no output is missed.
@@ -157,7 +145,7 @@ def test_kill_pause_resume_stats_pids(highlevel: Highlevel, bundles: Bundles, ne
     bundle = bundles.make(new_id, ["sleep", "1000"])
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             created = await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle)))
             await tasks.start(StartRequest(id=new_id))
             assert (await tasks.state(StateRequest(id=new_id))).status == TaskStatus.RUNNING
@@ -198,12 +186,11 @@ def test_bad_input_is_typed_and_leaves_nothing(highlevel: Highlevel, bundles: Bu
     (broken / "config.json").write_text("{not json")
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, containers):
+        async with highlevel.client() as tasks:
             await expect(NotFound, tasks.state(StateRequest(id="nope")))
             await expect(NotFound, tasks.start(StartRequest(id="nope")))
             await expect(NotFound, tasks.delete(DeleteTaskRequest(id="nope")))
             await expect(NotFound, tasks.kill(KillRequest(id="nope", signal=9)))
-            await expect(NotFound, containers.get(GetContainerRequest(id="nope")))
             await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="../x", bundle=str(good))))
             await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="x1", bundle="/no/such/bundle")))
             message = await expect(InvalidArgument, tasks.create(CreateTaskRequest(id="bad1", bundle=str(bad))))

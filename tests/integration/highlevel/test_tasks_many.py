@@ -23,7 +23,7 @@ def test_fifty_concurrent(highlevel: Highlevel, bundles: Bundles, new_id: str) -
     bundle_of = {i: bundles.make(i, ["sleep", "1000"]) for i in ids}
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             async def launch(id_: str) -> None:
                 await tasks.create(CreateTaskRequest(id=id_, bundle=str(bundle_of[id_])), timeout=120)
                 await tasks.start(StartRequest(id=id_), timeout=60)

@@ -101,7 +101,7 @@ def test_oom_event_while_running(highlevel: Highlevel, bundles: Bundles, new_id:
     log_path = highlevel.prefix / "logs" / f"{new_id}.log"
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _), EventLog(tasks) as events:
+        async with highlevel.client() as tasks, EventLog(tasks) as events:
             await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle), log=LogConfig(path=str(log_path))))
             try:
                 await tasks.start(StartRequest(id=new_id))
@@ -128,7 +128,7 @@ def test_init_oom_killed_exit(highlevel: Highlevel, bundles: Bundles, new_id: st
     bundle = bundles.make(new_id, DD.split(), edit=limit_memory)
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _), EventLog(tasks) as events:
+        async with highlevel.client() as tasks, EventLog(tasks) as events:
             await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle)))
             try:
                 waiter = asyncio.create_task(wait_exit(tasks, new_id))

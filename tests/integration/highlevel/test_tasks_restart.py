@@ -41,7 +41,7 @@ def test_restart_keeps_running_and_reports_exits(highlevel: Highlevel, bundles: 
     talker_log = highlevel.prefix / "logs" / f"{talker}.log"
 
     async def before() -> dict[str, int]:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             await tasks.create(CreateTaskRequest(id=talker, bundle=str(talker_bundle),
                                                  log=LogConfig(path=str(talker_log))))
             await tasks.create(CreateTaskRequest(id=quitter, bundle=str(quitter_bundle), stdin=True))
@@ -64,7 +64,7 @@ def test_restart_keeps_running_and_reports_exits(highlevel: Highlevel, bundles: 
     highlevel.start()
 
     async def after() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             state = await tasks.state(StateRequest(id=talker))
             assert state.status == TaskStatus.RUNNING and state.pid == pids[talker]
             assert state.shim_pid == pids[f"{talker}-shim"]
@@ -88,7 +88,7 @@ def test_shim_killed_is_noticed(highlevel: Highlevel, bundles: Bundles, new_id: 
     bundle = bundles.make(new_id, ["sleep", "1000"])
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle)))
             await tasks.start(StartRequest(id=new_id))
             state = await tasks.state(StateRequest(id=new_id))
@@ -109,7 +109,7 @@ def test_shim_killed_while_highlevel_down(highlevel: Highlevel, bundles: Bundles
     bundle = bundles.make(new_id, ["sleep", "1000"])
 
     async def start() -> tuple[int, int]:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle)))
             await tasks.start(StartRequest(id=new_id))
             state = await tasks.state(StateRequest(id=new_id))
@@ -122,7 +122,7 @@ def test_shim_killed_while_highlevel_down(highlevel: Highlevel, bundles: Bundles
     highlevel.start()
 
     async def after() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             state = await tasks.state(StateRequest(id=new_id))
             assert state.status == TaskStatus.STOPPED and state.exit.exit_code == 137
             assert (await wait_exit(tasks, new_id)).exit_code == 137
@@ -140,7 +140,7 @@ def test_execs_survive_a_highlevel_restart(highlevel: Highlevel, bundles: Bundle
         return json.dumps({"args": list(args), "cwd": "/", "env": ["PATH=/bin"]}).encode()
 
     async def before() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             await tasks.create(CreateTaskRequest(id=new_id, bundle=str(bundle)))
             await tasks.start(StartRequest(id=new_id))
             await tasks.exec(ExecRequest(id=new_id, exec_id="done", process=process("sh", "-c", "exit 3")))
@@ -154,7 +154,7 @@ def test_execs_survive_a_highlevel_restart(highlevel: Highlevel, bundles: Bundle
     highlevel.start()
 
     async def after() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             done = await tasks.state(StateRequest(id=new_id, exec_id="done"))
             assert done.status == TaskStatus.STOPPED and done.exit.exit_code == 3
             long = await tasks.state(StateRequest(id=new_id, exec_id="long"))

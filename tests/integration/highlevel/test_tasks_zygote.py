@@ -37,7 +37,7 @@ def test_shims_outlive_a_killed_zygote(highlevel: Highlevel, bundles: Bundles, n
         await tasks.delete(DeleteTaskRequest(id=id_))
 
     async def body() -> None:
-        async with highlevel.client() as (tasks, _):
+        async with highlevel.client() as tasks:
             created: list[str] = []
             try:
                 await tasks.create(CreateTaskRequest(id=ids[0], bundle=str(bundles.make(ids[0], ["sleep", "1000"]))))
