@@ -2,7 +2,10 @@
 
 Paths are resolved inside the container's view: a volume or bind mounted at the path is used in
 place of the rootfs, and symlinks are followed as the container would, never out of its root.
-Tar work (blocking) runs in threads; data goes through a temporary file in ``<run>/daemon/tmp``.
+An archive put into a container (running or not) is written by services.common.untar, the one
+safe extraction into a root: fd-relative, no ``..``, never through a symlink out of the root, even
+one the container plants while it runs. Tar work (blocking) runs in threads; data goes through a
+temporary file in ``<run>/daemon/tmp``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from services.common.errors import InvalidArgument, NotFound
 from services.common.grpc import call, grpc_errors
 from services.common.livetar import add_tree_live
+from services.common.untar import ExtractOptions, WhiteoutMode, extract_archive
 from services.daemon.containers import ContainerManager
 from services.daemon.volumes import VolumesService, VolumeStore, tree_size
 from services.gen.skiff import highlevel
@@ -80,6 +84,19 @@ def _base(rootfs: str, points: list[MountPoint], container_path: str) -> tuple[s
 
 def resolve(rootfs: str, points: list[MountPoint], path: str, follow_last: bool) -> str:
     """The host path of ``path`` as the container sees it; links resolved inside the root (blocking)."""
+    base, rest = _base(rootfs, points, container_path(rootfs, points, path, follow_last))
+    return os.path.join(base, rest.lstrip("/")) if rest != "/" else base
+
+
+def extraction_root(rootfs: str, points: list[MountPoint], path: str) -> tuple[str, list[str]]:
+    """Where an archive put at ``path`` goes: the host folder of the root that holds it (the rootfs,
+    or the volume or bind mounted over it) and the components of ``path`` inside that root."""
+    base, rest = _base(rootfs, points, container_path(rootfs, points, path, True))
+    return base, [c for c in rest.split("/") if c]
+
+
+def container_path(rootfs: str, points: list[MountPoint], path: str, follow_last: bool) -> str:
+    """``path`` with its symlinks resolved as the container would (blocking)."""
     if not path:
         raise InvalidArgument("path is required")
     if not path.startswith("/"):
@@ -107,8 +124,7 @@ def resolve(rootfs: str, points: list[MountPoint], path: str, follow_last: bool)
             current = "/" if target.startswith("/") else current
             continue
         current = candidate
-    base, rest = _base(rootfs, points, current)
-    return os.path.join(base, rest.lstrip("/")) if rest != "/" else base
+    return current
 
 
 def path_stat(host: str, name: str) -> PathStat:
@@ -128,30 +144,13 @@ def write_tar(host: str, arcname: str, out: str) -> None:
         add_tree_live(tar, host, arcname)
 
 
-def _check_overwrite(tar: tarfile.TarFile, dest: str) -> None:
-    """Docker's noOverwriteDirNonDir: a folder never replaces a file, nor a file a folder."""
-    for member in tar.getmembers():
-        existing = os.path.join(dest, member.name)
-        if not os.path.lexists(existing):
-            continue
-        is_dir = os.path.isdir(existing) and not os.path.islink(existing)
-        if member.isdir() and not is_dir:
-            raise InvalidArgument(f"cannot overwrite non-directory \"{member.name}\" with directory")
-        if not member.isdir() and is_dir:
-            raise InvalidArgument(f"cannot overwrite directory \"{member.name}\" with non-directory")
-
-
-def extract_tar(archive: str, dest: str, no_overwrite_dir_non_dir: bool = False) -> None:
-    """The stdlib's "data" filter: no absolute or escaping names or links, no devices (blocking)."""
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            if no_overwrite_dir_non_dir:
-                _check_overwrite(tar, dest)
-            tar.extractall(dest, filter="data")
-    except tarfile.FilterError as exc:
-        raise InvalidArgument(f"unsafe archive: {exc}") from None
-    except tarfile.TarError as exc:
-        raise InvalidArgument(f"invalid archive: {exc}") from None
+def extract_tar(archive: str, root: str, no_overwrite_dir_non_dir: bool = False, into: list[str] | None = None,
+                ) -> None:
+    """docker cp's untar into ``root``/``into`` (blocking): numeric owners and modes kept as Docker
+    keeps them, devices skipped, nothing written outside ``root``."""
+    options = ExtractOptions(whiteouts=WhiteoutMode.NONE, allow_setuid=True,
+                             no_overwrite_dir_non_dir=no_overwrite_dir_non_dir)
+    extract_archive(archive, root, options, into or ())
 
 
 async def stream_file(path: str) -> AsyncIterator[bytes]:
@@ -214,12 +213,13 @@ class ArchiveService(ArchiveBase):
             if first is None:
                 raise InvalidArgument("empty request")
             rootfs, points = self._where(first.id)
-            dest = await asyncio.to_thread(resolve, rootfs, points, first.path, True)
+            root, into = await asyncio.to_thread(extraction_root, rootfs, points, first.path)
+            dest = os.path.join(root, *into)
             if not os.path.exists(dest):
                 raise NotFound(f"Could not find the file {first.path} in container {first.id}")
             if not os.path.isdir(dest):
                 raise InvalidArgument(f"extraction point is not a directory: {first.path}")
-            await asyncio.to_thread(extract_tar, out, dest, first.no_overwrite_dir_non_dir)
+            await asyncio.to_thread(extract_tar, out, root, first.no_overwrite_dir_non_dir, into)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from services.common.untar import WhiteoutMode
 from services.highlevel.content.store import ContentStore, DigestMismatch
 from services.highlevel.snapshots.unpack import (
     CorruptLayer,
     UnpackLimits,
     UnsafeLayer,
-    WhiteoutMode,
     unpack_layer,
 )
 from tests.support.oci_image import Entry, sha, tar_of_entries
@@ -85,7 +85,7 @@ def test_hardlink_to_etc_shadow_is_refused(tmp_path: Path, box: tuple[Path, Path
     root, canary = box
     for target in (str(canary / "shadow"), "/etc/shadow"):
         layer = tar_of_entries([Entry("stolen", tarfile.LNKTYPE, linkname=target)])
-        with pytest.raises(UnsafeLayer, match="not in this layer"):
+        with pytest.raises(UnsafeLayer, match="not in this archive"):
             _unpack(tmp_path, layer, root)
     layer = tar_of_entries([Entry("stolen", tarfile.LNKTYPE, linkname="../../../etc/shadow")])
     with pytest.raises(UnsafeLayer, match="climbs out"):

@@ -26,16 +26,9 @@ from pathlib import Path
 from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, SyscallError
 from services.common.livetar import add_live
+from services.common.untar import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX, WhiteoutMode
 from services.highlevel.snapshots import mount as mnt
-from services.highlevel.snapshots.unpack import (
-    OPAQUE_MARKER,
-    OVERLAY_OPAQUE_XATTR,
-    WHITEOUT_PREFIX,
-    UnpackLimits,
-    UnpackResult,
-    WhiteoutMode,
-    unpack_layer,
-)
+from services.highlevel.snapshots.unpack import UnpackLimits, UnpackResult, unpack_layer
 
 
 class Driver(enum.Enum):

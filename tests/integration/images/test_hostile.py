@@ -153,7 +153,7 @@ def _bomb_layer() -> bytes:
 HOSTILE = {
     "dotdot": (tar_of_entries([Entry("../../etc/x", data=b"pwned")]), "climbs out"),
     "hardlink-shadow": (tar_of_entries([Entry("stolen", tarfile.LNKTYPE, linkname="/etc/shadow")]),
-                        "not in this layer"),
+                        "not in this archive"),
     "hardlink-dotdot": (tar_of_entries([Entry("s", tarfile.LNKTYPE, linkname="../../../../etc/shadow")]),
                         "climbs out"),
     "gzip-bomb": (_bomb_layer(), "bomb"),
