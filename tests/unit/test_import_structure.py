@@ -7,6 +7,8 @@
 - No import circles among the modules of one package (a service or a shared package, its
   subpackages included).
 - No hand-written module over 600 lines (services/gen is generated).
+- services.dockermodel is pure: the standard library, services.common and the generated messages
+  only (no aiohttp, no grpclib), so a daemon can render Docker's JSON without an HTTP stack.
 
 Imports are found wherever they are written: at module level, inside functions, under
 ``if TYPE_CHECKING:``, and ``importlib.import_module``/``__import__`` calls whose argument is a
@@ -23,6 +25,7 @@ it, so a reader sees at once whether it is a module-level circle or one that laz
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +265,22 @@ def test_no_hand_written_module_over_the_limit() -> None:
         f"{p.relative_to(SERVICES_DIR.parent)}: {n} lines" for p in source_files()
         if package_of(module_name(p)) not in GENERATED and (n := len(p.read_text().splitlines())) > MAX_LINES)
     assert not too_long, f"modules over {MAX_LINES} lines:\n" + "\n".join(too_long)
+
+
+def test_the_docker_model_is_pure() -> None:
+    impure = []
+    for path in source_files():
+        name = module_name(path)
+        if package_of(name) != "dockermodel":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        finder = _Finder(name, path.name == "__init__.py", tree)
+        finder.visit(tree)
+        for target, line, _ in finder.found:
+            top = target.split(".")[0]
+            if not (package_of(target) in SHARED if top == "services" else top in sys.stdlib_module_names):
+                impure.append(f"{name}:{line} imports {target}")
+    assert not impure, "services.dockermodel imports beyond stdlib, common and gen:\n" + "\n".join(impure)
 
 
 def test_the_scanner_sees_dynamic_imports() -> None:
