@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 
 PROG = "skiff-lowlevel"
+HELP_FLAGS = ("-h", "--help")
+VERSION_FLAGS = ("-v", "--version")
 
 # flag name -> (destination, takes a value, repeatable)
 FlagSpec = dict[str, tuple[str, bool, bool]]
-_GLOBAL: FlagSpec = {
+GLOBAL_FLAGS: FlagSpec = {
     "--root": ("root", True, False),
     "--log": ("log", True, False),
     "--log-format": ("log_format", True, False),
@@ -37,7 +39,7 @@ _CREATE: FlagSpec = {
     "--no-new-keyring": ("no_new_keyring", False, False),
     "--preserve-fds": ("preserve_fds", True, False),
 }
-_COMMANDS: dict[str, tuple[FlagSpec, str]] = {
+COMMANDS: dict[str, tuple[FlagSpec, str]] = {
     "create": (_CREATE, "ID"),
     "run": (
         {
@@ -109,9 +111,26 @@ _COMMANDS: dict[str, tuple[FlagSpec, str]] = {
         "",
     ),
     "features": ({}, ""),
+    # Only so that their help answers as runc's does: running them is refused (no CRIU here).
+    "checkpoint": ({}, "ID"),
+    "restore": ({}, "ID"),
 }
 # Commands whose arguments after the ID belong to the container, not to us.
 _PASSTHROUGH = {"exec", "ps"}
+
+
+class UsageError(InvalidArgument):
+    """A command line refused as runc's (urfave/cli's) refuses it.
+
+    ``banner`` goes to stdout before the help of ``command`` (the app's help when it is None),
+    unless it is None; the error itself goes to the log; ``code`` is the exit code.
+    """
+
+    def __init__(self, message: str, *, command: str | None, banner: str | None, code: int = 1) -> None:
+        super().__init__(message)
+        self.command = command
+        self.banner = banner
+        self.code = code
 
 
 class Parsed:
@@ -124,6 +143,18 @@ class Parsed:
         self.globals = globals
 
 
+def _flag_name(arg: str) -> str:
+    """Go's flag package takes -name and --name alike: the tables hold --name for long flags."""
+    name = arg.partition("=")[0]
+    if len(name) > 2 and not name.startswith("--"):
+        return "-" + name
+    return name
+
+
+class _FlagError(Exception):
+    pass
+
+
 def _parse_flags(
     argv: list[str],
     spec: FlagSpec,
@@ -132,6 +163,8 @@ def _parse_flags(
     stop_at_positional: bool,
     passthrough_after_first: bool = False,
 ) -> list[str]:
+    """Flags into ``into``, anywhere before the positional arguments end (runc reorders them so),
+    the positional arguments returned; -h/--help sets ``help``. Raises _FlagError in Go's words."""
     positional: list[str] = []
     i = 0
     while i < len(argv):
@@ -143,18 +176,20 @@ def _parse_flags(
             positional.extend(argv[i + 1 :])
             break
         if arg.startswith("-") and arg != "-":
-            name, eq, value = arg.partition("=")
+            name = _flag_name(arg)
+            _, eq, value = arg.partition("=")
+            if name in HELP_FLAGS:
+                into["help"] = True
+                i += 1
+                continue
             if name not in spec:
-                if stop_at_positional:
-                    positional.extend(argv[i:])
-                    break
-                raise InvalidArgument(f"flag provided but not defined: {name}")
+                raise _FlagError(f"flag provided but not defined: -{name.lstrip('-')}")
             dest, takes_value, repeatable = spec[name]
             if takes_value:
                 if not eq:
                     i += 1
                     if i >= len(argv):
-                        raise InvalidArgument(f"flag needs an argument: {name}")
+                        raise _FlagError(f"flag needs an argument: -{name.lstrip('-')}")
                     value = argv[i]
                 if repeatable:
                     into.setdefault(dest, []).append(value)
@@ -172,27 +207,74 @@ def _parse_flags(
 
 
 def parse(argv: list[str]) -> Parsed:
+    """The command line as runc reads it. ``help`` (with its topic) and ``version`` come back as
+    commands of their own; an unknown command is runc's "No help topic" (exit code 3)."""
     globals_: dict[str, Any] = {}
-    rest = _parse_flags(argv, _GLOBAL, globals_, stop_at_positional=True)
-    if not rest:
-        raise InvalidArgument(
-            f"usage: {PROG} [global options] COMMAND [options] [ARGS]; commands: " + ", ".join(_COMMANDS)
-        )
+    try:
+        rest = _parse_flags(argv, {**GLOBAL_FLAGS, **_VERSION_SPEC}, globals_, stop_at_positional=True)
+    except _FlagError as e:
+        raise UsageError(str(e), command=None, banner=f"Incorrect Usage. {e}") from None
+    if globals_.pop("version", False):
+        return Parsed("version", {}, [], globals_)
+    if globals_.pop("help", False) or not rest:
+        return Parsed("help", {}, rest[:1], globals_)
     command, cmd_argv = rest[0], rest[1:]
-    if command not in _COMMANDS:
-        raise InvalidArgument(f"no such command: {command}")
-    spec, _ = _COMMANDS[command]
+    if command in ("help", "h"):
+        return Parsed("help", {}, cmd_argv[:1], globals_)
+    if command not in COMMANDS:
+        raise UsageError(f"No help topic for '{command}'", command=None, banner=None, code=3)
+    spec, _ = COMMANDS[command]
     flags: dict[str, Any] = {}
-    args = _parse_flags(
-        cmd_argv, spec, flags, stop_at_positional=False, passthrough_after_first=command in _PASSTHROUGH
-    )
+    try:
+        args = _parse_flags(
+            cmd_argv, spec, flags, stop_at_positional=False, passthrough_after_first=command in _PASSTHROUGH
+        )
+    except _FlagError as e:
+        raise UsageError(str(e), command=command, banner=f"Incorrect Usage: {e}") from None
+    if flags.pop("help", False):
+        return Parsed("help", {}, [command], globals_)
     return Parsed(command=command, flags=flags, args=args, globals=globals_)
 
 
-def need_id(p: Parsed, max_args: int = 1) -> str:
-    usage = _COMMANDS[p.command][1]
-    if not p.args:
-        raise InvalidArgument(f'"{p.command}" requires a container id; usage: {PROG} {p.command} {usage}')
-    if len(p.args) > max_args:
-        raise InvalidArgument(f'"{p.command}" takes {usage}, got {len(p.args)} arguments')
+_VERSION_SPEC: FlagSpec = {"--version": ("version", False, False), "-v": ("version", False, False)}
+
+
+def invoked_as() -> str:
+    """The program as it was started (Go's os.Args[0], which runc's usage errors quote)."""
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if argv0.endswith(".py") or argv0 in ("", "-c", "-m"):
+        # python -I -S .../__main__.py: the name a wrapper gave with exec -a, else ours
+        orig = getattr(sys, "orig_argv", None) or [""]
+        name = orig[0].rpartition("/")[2]
+        return orig[0] if name and not name.startswith("python") else PROG
+    return argv0
+
+
+def program_name() -> str:
+    """The name help and version speak of: the file name it was started as (a link named runc
+    makes it "runc", as runc's own tests expect), else skiff-lowlevel."""
+    return invoked_as().rpartition("/")[2] or PROG
+
+
+def need_id(p: Parsed, max_args: int | None = 1) -> str:
+    """The container id, first argument, checked as runc's checkArgs: exactly one argument, or
+    (``max_args`` other than 1) at least one and at most ``max_args`` (None: no limit)."""
+    count = len(p.args)
+    if max_args == 1 and count != 1:
+        _incorrect(p, "requires exactly 1 argument(s)")
+    if count < 1:
+        _incorrect(p, "requires a minimum of 1 argument(s)")
+    if max_args is not None and count > max_args:
+        _incorrect(p, f"requires a maximum of {max_args} argument(s)")
     return p.args[0]
+
+
+def no_args(p: Parsed) -> None:
+    if p.args:
+        _incorrect(p, "requires exactly 0 argument(s)")
+
+
+def _incorrect(p: Parsed, what: str) -> None:
+    raise UsageError(f'{invoked_as()}: "{p.command}" {what}', command=p.command, banner="Incorrect Usage.")

@@ -9,7 +9,7 @@ from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.lowlevel import fastos as os
 from services.lowlevel import state
-from services.lowlevel.args import Parsed, need_id
+from services.lowlevel.args import Parsed, need_id, no_args
 from services.lowlevel.output import go_json, go_json_indent, table
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
@@ -159,7 +159,7 @@ def cmd_delete(p: Parsed, root: str) -> int:
 def cmd_exec(p: Parsed, root: str) -> int:
     from services.lowlevel import exec as exec_
 
-    container_id = p.args[0] if p.args else need_id(p)
+    container_id = need_id(p, None)
     state.load(root, container_id)  # an unknown id is "does not exist", not a missing file
     if p.flags.get("process"):
         process = exec_.load_process_file(p.flags["process"])
@@ -227,7 +227,7 @@ def _kill_and_reap(pid: int) -> None:
 def cmd_ps(p: Parsed, root: str) -> int:
     from services.lowlevel.lifecycle import cgroup_of
 
-    container_id = p.args[0] if p.args else need_id(p)
+    container_id = need_id(p, None)
     st = state.load(root, container_id)
     if state.current_status(root, st) == state.Status.STOPPED:
         pids: list[int] = []
@@ -261,6 +261,7 @@ def cmd_ps(p: Parsed, root: str) -> int:
 
 
 def cmd_list(p: Parsed, root: str) -> int:
+    no_args(p)
     entries: list[dict[str, Any]] = []
     try:
         names = sorted(os.listdir(root))
@@ -459,6 +460,7 @@ def _oom_notifier(cgroup: Any) -> tuple[int, int] | None:
 
 
 def cmd_spec(p: Parsed, root: str) -> int:
+    no_args(p)
     from services.lowlevel.spec import default_spec
 
     bundle = p.flags.get("bundle") or "."
@@ -478,10 +480,39 @@ def cmd_spec(p: Parsed, root: str) -> int:
 
 
 def cmd_features(p: Parsed, root: str) -> int:
+    no_args(p)
     from services.lowlevel.features import features
 
     print(go_json_indent(features(), "    "))
     return 0
+
+
+def cmd_help(p: Parsed, root: str) -> int:
+    """The app's help, or one command's; an unknown topic is runc's error (exit code 3)."""
+    from services.lowlevel import usage
+    from services.lowlevel.args import COMMANDS, UsageError
+
+    if not p.args:
+        sys.stdout.write(usage.app_help())
+    elif p.args[0] in COMMANDS:
+        sys.stdout.write(usage.command_help(p.args[0]))
+    elif p.args[0] in ("help", "h"):
+        sys.stdout.write(usage.app_help())
+    else:
+        raise UsageError(f"No help topic for '{p.args[0]}'", command=None, banner=None, code=3)
+    return 0
+
+
+def cmd_version(p: Parsed, root: str) -> int:
+    from services.lowlevel.usage import version_text
+
+    print(version_text())
+    return 0
+
+
+def cmd_checkpoint(p: Parsed, root: str) -> int:
+    need_id(p)
+    raise FailedPrecondition(f"{p.command} is not supported: it needs CRIU, which skiff-lowlevel does not use")
 
 
 _HANDLERS: dict[str, Callable[[Parsed, str], int]] = {
@@ -500,4 +531,8 @@ _HANDLERS: dict[str, Callable[[Parsed, str], int]] = {
     "events": cmd_events,
     "spec": cmd_spec,
     "features": cmd_features,
+    "help": cmd_help,
+    "version": cmd_version,
+    "checkpoint": cmd_checkpoint,
+    "restore": cmd_checkpoint,
 }

@@ -21,7 +21,7 @@ import _thread
 from services.common import jsonio as json
 from services.common.errors import ERROR_BY_KIND, ErrorKind, Internal, InvalidArgument, SkiffError
 from services.lowlevel import fastos as os
-from services.lowlevel import hooks, mounts, prime, state
+from services.lowlevel import hooks, log, mounts, prime, state
 from services.lowlevel import syscalls as sc
 from services.lowlevel.process import (
     exec_process,
@@ -413,6 +413,8 @@ def _intermediate(
     console: socket.socket | None,
     new_user: bool,
 ) -> None:
+    # The debug records name the steps as runc's do (its tests look for them).
+    log.debug("nsexec container setup")
     linux = spec.get("linux") or {}
     namespaces = linux.get("namespaces") or []
     _join_namespaces(namespaces)
@@ -492,6 +494,7 @@ def _direct_init(
 ) -> None:
     """The init forked by the parent (see _init_forked_directly): the parent made the pid
     namespace, and the network namespace too when ``net_fd`` is one (see _NetnsMaker)."""
+    log.debug("nsexec container setup")
     namespaces = (spec.get("linux") or {}).get("namespaces") or []
     _join_namespaces(namespaces)
     flags = _new_namespace_flags(namespaces) & ~sc.CLONE_NEWPID
@@ -553,6 +556,7 @@ def _init(
     in_userns: bool,
 ) -> None:
     """PID 1 of the container: filesystem, identity, then wait on the exec fifo and execve."""
+    log.debug("child process in init()")
     linux = spec.get("linux") or {}
     process = spec.get("process") or {}
     os.setsid()
@@ -601,6 +605,7 @@ def _init(
     mark_fds_cloexec(3 + opts.preserve_fds)
     seccomp = linux.get("seccomp")
     path, env = prepare_identity(process, seccomp)
+    log.debug("init: closing the pipe to signal completion")
     _send(sock, Sync.READY)
     sock.close()
     # Blocks until ``start`` opens the other end.

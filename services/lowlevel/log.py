@@ -46,6 +46,10 @@ def setup(path: str | None, fmt: str | None, debug: bool) -> None:
     if path:
         _fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_SYNC | os.O_CLOEXEC, 0o644)
         _to_stderr = False
+    elif debug:
+        # The container's init writes debug records too, after it may have put its terminal on
+        # fd 2: a copy of ours (close-on-exec, gone at execve) keeps them on the caller's stderr.
+        _fd = os.dup(2)
 
 
 def to_stderr() -> bool:
