@@ -205,3 +205,32 @@ def test_units_verify(tmp_path: Path) -> None:
         assert "KillMode=process" in text[name]
     assert "ListenStream=/run/skiff/skiff.sock" in text["skiff.socket"]
     assert "SocketMode=0660" in text["skiff.socket"] and "SocketGroup=skiff" in text["skiff.socket"]
+
+
+def test_skiff_up_starts_each_on_ready_and_stops_them(prefix: Path) -> None:
+    """``skiff up`` waits for each service's READY=1 on a NOTIFY_SOCKET of its own before the next."""
+    needs_root()
+    stack = Stack(prefix, os.environ.get("SKIFF_TEST_RUNTIME") or "skiff-lowlevel")
+    log_path = prefix / "up.log"
+    env = dict(os.environ, SKIFF_LOG_FORMAT="json", SKIFF_CGROUP_PARENT=cgroup_parent(prefix), **network_env(prefix))
+    env.pop("NOTIFY_SOCKET", None)
+    with open(log_path, "wb") as log:
+        up = subprocess.Popen([sys.executable, "-m", "services.up", "up", "--root", str(prefix), "--runtime",
+                               stack.runtime], stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while b"skiff: ready" not in log_path.read_bytes():
+            assert up.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        _answers_now(stack, "services.apiserver")  # ready means the last of the three answers
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0, log_path.read_text()[-3000:]
+        for module in SERVICES:
+            assert not stack.socket_of(module).exists()
+        assert stack.leftovers([]) == []
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+        stack.force_cleanup()
