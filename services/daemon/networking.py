@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ipaddress
 import os
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ import structlog
 from services.common.atomic import atomic_write
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.common.paths import Paths
-from services.daemon.network import bridge, dns, firewall, netns, reconcile
-from services.daemon.network.ipam import Ipam, choose_subnet
+from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile
+from services.daemon.network.ipam import Ipam
 from services.daemon.network.portproxy import PortMapping, ProxyRegistry
 from services.daemon.spec import NetworkAttachment
 from services.gen.skiff.daemon.v1 import (
@@ -50,7 +49,6 @@ BRIDGE_NAME_ENV = "SKIFF_BRIDGE_NAME"
 DEFAULT_SUBNET_ENV = "SKIFF_DEFAULT_SUBNET"
 MTU = 1500
 BUILTIN = ("bridge", "host", "none")
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 
 def _now() -> str:
@@ -134,11 +132,12 @@ class Networking:
                     "com.docker.network.bridge.name": self.bridge_name,
                 },
             )
-            await self._make_bridge(net, self.default_subnet, "")
+            want = ipamconfig.parse(CreateNetworkRequest(subnet=self.default_subnet))
+            await self._make_bridge(net, want, adopt_device=not self.default_subnet)
             await self._save(net)
         for net in self.networks.values():
             if net.driver == "bridge":
-                await self._make_bridge(net, net.subnet, net.gateway)  # idempotent: after a reboot too
+                await self._make_bridge(net, ipamconfig.of_record(net))  # idempotent: after a reboot too
 
     async def restore(self) -> None:
         """After the containers are loaded: proxies again for the running ones, the rest reconciled away."""
@@ -164,24 +163,19 @@ class Networking:
         await asyncio.to_thread(self.records.save, net)
         self.networks[net.id] = net
 
-    async def _make_bridge(self, net: Network, subnet_text: str, gateway_text: str) -> None:
+    async def _make_bridge(self, net: Network, want: ipamconfig.IpamRequest, adopt_device: bool = False) -> None:
         def make() -> None:
             pools = {p.network_id: p for p in self.ipam.pools()}
             pool = pools.get(net.id)
             new = pool is None
             if pool is None:
-                subnet = (
-                    ipaddress.IPv4Network(subnet_text)
-                    if subnet_text
-                    else choose_subnet(taken=[p.subnet for p in pools.values()])
-                )
-                gateway = ipaddress.IPv4Address(gateway_text) if gateway_text else None
-                pool = self.ipam.create_pool(net.id, subnet, gateway)
-            net.subnet, net.gateway = str(pool.subnet), str(pool.gateway)
+                pool = ipamconfig.make_pool(self.ipam, net, want, list(pools.values()), adopt_device)
+            ipamconfig.describe(net, want, pool)
             try:
                 bridge.ensure_bridge(
                     bridge.BridgeSpec(
-                        net.bridge, net.id, ipaddress.IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"), MTU
+                        net.bridge, net.id, ipaddress.IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"), MTU,
+                        ipaddress.IPv6Interface(f"{pool.v6.gateway}/{pool.v6.subnet.prefixlen}") if pool.v6 else None,
                     )
                 )
                 firewall.add_network(net.bridge, pool.subnet, masquerade=not net.internal)
@@ -223,8 +217,9 @@ class Networking:
     # ---- networks API ----
 
     async def create(self, r: CreateNetworkRequest) -> Network:
-        if not NAME_RE.match(r.name):
-            raise InvalidArgument(f'invalid network name: "{r.name}"')
+        if not r.name.strip():
+            raise InvalidArgument("invalid name: name is empty")  # any other name is fine (dockerd)
+        want = ipamconfig.parse(r, r.ipam_driver)
         if r.driver not in ("", "bridge"):
             raise InvalidArgument(f"network driver {r.driver} is not supported (bridge only)")
         async with self.lock:
@@ -244,7 +239,7 @@ class Networking:
                 labels=dict(r.labels),
                 options=dict(r.options),
             )
-            await self._make_bridge(net, r.subnet, r.gateway)
+            await self._make_bridge(net, want)
             try:
                 await self._save(net)
             except BaseException:
@@ -309,7 +304,7 @@ class Networking:
         mode = self._mode(record.config)
         if mode in ("host", "none") or mode.startswith("container:"):
             return []
-        names = [mode]
+        names = [] if record.config.host.left_mode_network else [mode]  # disconnected from it: dockerd keeps the mode
         names += [n for n in record.config.host.endpoints if n not in names]
         return names
 
@@ -343,9 +338,10 @@ class Networking:
             net = self.networks.get(ep.network_id)
             if net is None or net.name == "bridge":
                 continue  # Docker: no name resolution on the default bridge
+            links = dns.link_aliases(ep.config.links if ep.config else ())  # Links: this container's own names
             for other, oep in self.members(ep.network_id):
-                if other.record.id != record.id and other.running:
-                    names = (other.record.name, *oep.aliases, other.record.id[:12])
+                if other.record.id != record.id:  # a member has its endpoint: it is running or starting now
+                    names = (other.record.name, *oep.aliases, other.record.id[:12], *links.get(other.record.name, ()))
                     peers.append(dns.HostEntry(oep.ip_address, tuple(dict.fromkeys(names))))
         own = () if first is None else tuple(a for a in first.aliases if a)
         return dns.ContainerDns(
@@ -407,14 +403,12 @@ class Networking:
     async def _attach(self, record: Container, net: Network, cfg: EndpointConfig, index: int) -> EndpointSettings:
         if net.driver != "bridge":
             raise InvalidArgument(f"container cannot be connected to network {net.name} ({net.driver})")
+        want = ipamconfig.endpoint_request(cfg, net)
+        addr = await asyncio.to_thread(self.ipam.allocate, net.id, record.id, want.ipv4)
+        addr6 = None
         try:
-            wanted_ip = ipaddress.IPv4Address(cfg.ipv4_address) if cfg.ipv4_address else None
-        except ValueError:
-            raise InvalidArgument(f"invalid IPv4 address: {cfg.ipv4_address}") from None
-        if wanted_ip is not None and net.name == "bridge":
-            raise InvalidArgument("user specified IP address is supported on user defined networks only")
-        addr = await asyncio.to_thread(self.ipam.allocate, net.id, record.id, wanted_ip)
-        try:
+            if net.subnet6:
+                addr6 = await asyncio.to_thread(self.ipam.allocate, net.id, record.id, want.ipv6, version=6)
             ep = await asyncio.to_thread(
                 bridge.attach,
                 container_id=record.id,
@@ -426,6 +420,10 @@ class Networking:
                 ifname=f"eth{index}",
                 default_route=(index == 0),
                 mtu=MTU,
+                address6=addr6,
+                gateway6=ipaddress.IPv6Address(net.gateway6) if addr6 else None,
+                mac=want.mac,
+                link_local=want.link_local,
             )
         except BaseException:
             await asyncio.to_thread(self.ipam.release, net.id, record.id)
@@ -444,6 +442,10 @@ class Networking:
             aliases=aliases,
             host_ifname=ep.host_ifname,
             ifname=ep.ifname,
+            global_ipv6_address=str(addr6.ip) if addr6 else "",
+            global_ipv6_prefix_len=addr6.network.prefixlen if addr6 else 0,
+            ipv6_gateway=net.gateway6 if addr6 else "",
+            config=cfg,
         )
         record.network_settings.endpoints.append(settings)
         return settings
@@ -543,8 +545,9 @@ class Networking:
             if entry.running:
                 index = max((int(ep.ifname[3:]) for ep in record.network_settings.endpoints), default=-1) + 1
                 await self._attach(record, net, cfg, index)
-            if net.name not in self._wanted(record):
-                record.config.host.endpoints[net.name] = cfg
+            if net.name == mode:
+                record.config.host.left_mode_network = False
+            record.config.host.endpoints[net.name] = cfg  # kept for inspect (IPAMConfig, MacAddress, Links...)
             await self.manager.save(record)
         if entry.running:
             await self._refresh_network(net.id)
@@ -566,9 +569,7 @@ class Networking:
             ]
             record.config.host.endpoints.pop(net.name, None)
             if self._mode(record.config) == net.name:
-                record.config.host.network_mode = (
-                    "none" if not record.config.host.endpoints else next(iter(record.config.host.endpoints))
-                )
+                record.config.host.left_mode_network = True
             await self.manager.save(record)
         await self._refresh_network(net.id)
 

@@ -17,7 +17,8 @@ def network_env(prefix: Path) -> dict[str, str]:
     marker = prefix / ".netenv"
     if marker.exists():
         name, subnet = marker.read_text().split()
-        return {"SKIFF_BRIDGE_NAME": name, "SKIFF_DEFAULT_SUBNET": subnet}
+        # "auto": no default subnet given, the engine chooses (or adopts its bridge device's address)
+        return {"SKIFF_BRIDGE_NAME": name} | ({"SKIFF_DEFAULT_SUBNET": subnet} if subnet != "auto" else {})
     name = "skt" + hashlib.sha256(str(prefix).encode()).hexdigest()[:10]
     busy = host_networks()
     for _ in range(200):

@@ -51,6 +51,15 @@ class ContainerDns:
     host_resolv_conf: Path = field(default=HOST_RESOLV_CONF)
 
 
+def link_aliases(links: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """``Links`` of an endpoint (``container:alias``, or a bare name) as container name -> its aliases."""
+    found: dict[str, tuple[str, ...]] = {}
+    for link in links:
+        name, _, alias = link.lstrip("/").partition(":")
+        found[name] = (*found.get(name, ()), alias.lstrip("/") or name)
+    return found
+
+
 def parse_add_host(value: str) -> HostEntry:
     """``--add-host name:ip`` (the address may be IPv6, so split on the first colon)."""
     name, sep, address = value.partition(":")
