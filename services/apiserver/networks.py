@@ -7,24 +7,17 @@ from typing import Any
 
 from aiohttp import web
 
-from services.apiserver import netmodels
-from services.apiserver.server import Routes
+from services.apiserver.app import Routes, backend
 from services.common.errors import InvalidArgument
 from services.common.grpc import call
+from services.dockermodel.networks import create_request, endpoint_config, network_json
 from services.gen.skiff.daemon.v1 import (
     ConnectRequest,
     DisconnectRequest,
     ListNetworksRequest,
     NetworkRef,
-    NetworksStub,
     PruneNetworksRequest,
 )
-
-STUB = web.AppKey("networks", NetworksStub)
-
-
-def stub(request: web.Request) -> NetworksStub:
-    return request.app[STUB]
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -53,13 +46,13 @@ def _filters(request: web.Request) -> dict[str, list[str]]:
 
 async def create(request: web.Request) -> web.Response:
     body = await _body(request)
-    net = await call(stub(request).create(netmodels.create_request(body)))
+    net = await call(backend(request).networks.create(create_request(body)))
     return web.json_response({"Id": net.id, "Warning": ""}, status=201)
 
 
 async def list_(request: web.Request) -> web.Response:
     filters = _filters(request)
-    nets = (await call(stub(request).list(ListNetworksRequest()))).networks
+    nets = (await call(backend(request).networks.list(ListNetworksRequest()))).networks
     out = []
     for n in nets:
         if "name" in filters and not any(f in n.name for f in filters["name"]):
@@ -71,37 +64,37 @@ async def list_(request: web.Request) -> web.Response:
         if "type" in filters and not any((f == "builtin") == (n.name in ("bridge", "host", "none"))
                                          for f in filters["type"]):
             continue
-        out.append(netmodels.network_json(n))
+        out.append(network_json(n))
     return web.json_response(out)
 
 
 async def inspect(request: web.Request) -> web.Response:
-    found = await call(stub(request).inspect(NetworkRef(id=request.match_info["id"])))
-    return web.json_response(netmodels.network_json(found.network, found))
+    found = await call(backend(request).networks.inspect(NetworkRef(id=request.match_info["id"])))
+    return web.json_response(network_json(found.network, found))
 
 
 async def remove(request: web.Request) -> web.Response:
-    await call(stub(request).remove(NetworkRef(id=request.match_info["id"])))
+    await call(backend(request).networks.remove(NetworkRef(id=request.match_info["id"])))
     return web.Response(status=204)
 
 
 async def connect(request: web.Request) -> web.Response:
     body = await _body(request)
-    await call(stub(request).connect(ConnectRequest(
+    await call(backend(request).networks.connect(ConnectRequest(
         network=request.match_info["id"], container=str(body.get("Container") or ""),
-        config=netmodels.endpoint_config(body.get("EndpointConfig")))))
+        config=endpoint_config(body.get("EndpointConfig")))))
     return web.Response(status=200)
 
 
 async def disconnect(request: web.Request) -> web.Response:
     body = await _body(request)
-    await call(stub(request).disconnect(DisconnectRequest(
+    await call(backend(request).networks.disconnect(DisconnectRequest(
         network=request.match_info["id"], container=str(body.get("Container") or ""), force=bool(body.get("Force")))))
     return web.Response(status=200)
 
 
 async def prune(request: web.Request) -> web.Response:
-    deleted = (await call(stub(request).prune(PruneNetworksRequest()))).deleted
+    deleted = (await call(backend(request).networks.prune(PruneNetworksRequest()))).deleted
     return web.json_response({"NetworksDeleted": list(deleted)})
 
 
