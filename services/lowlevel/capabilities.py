@@ -95,17 +95,25 @@ def _libc() -> CDLL:
     return libc()
 
 
+_last_cap: int | None = None
+
+
 def last_cap() -> int:
-    """The highest capability number the running kernel knows."""
+    """The highest capability number the running kernel knows, read once: the init reads it
+    before it enters the rootfs, which may have no /proc (no mount namespace of its own)."""
+    global _last_cap
+    if _last_cap is not None:
+        return _last_cap
     path = "/proc/sys/kernel/cap_last_cap"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return int(os.read(fd, 32))
+            _last_cap = int(os.read(fd, 32))
         finally:
             os.close(fd)
     except OSError as exc:
         raise SyscallError("read", path, exc.errno or errno.EIO) from exc
+    return _last_cap
 
 
 def validate_capabilities(caps: dict) -> None:

@@ -179,6 +179,7 @@ def cmd_exec(p: Parsed, root: str) -> int:
         )
     if p.flags.get("tty"):
         process["terminal"] = True
+    exec_.add_gids(process, p.flags.get("additional_gids") or [])
     detach = bool(p.flags.get("detach"))
     console_socket = _abs(p.flags.get("console_socket"))
     listener = None
@@ -201,6 +202,8 @@ def cmd_exec(p: Parsed, root: str) -> int:
                 pid_file=_abs(p.flags.get("pid_file")),
                 detach=detach or listener is not None,
                 preserve_fds=_int_flag(p, "preserve_fds", 0),
+                sub_cgroups=p.flags.get("cgroup") or [],
+                ignore_paused=bool(p.flags.get("ignore_paused")),
             )
         )
         if listener is None:
@@ -345,6 +348,8 @@ def _update_resources(p: Parsed) -> dict[str, Any]:
     put("cpu", "shares", "cpu_shares")
     put("cpu", "quota", "cpu_quota")
     put("cpu", "period", "cpu_period")
+    put("cpu", "realtimePeriod", "cpu_rt_period")
+    put("cpu", "realtimeRuntime", "cpu_rt_runtime")
     put("cpu", "cpus", "cpuset_cpus", str)
     put("cpu", "mems", "cpuset_mems", str)
     put("pids", "limit", "pids_limit")

@@ -19,9 +19,9 @@ import _socket as socket
 import _thread
 
 from services.common import jsonio as json
-from services.common.errors import ERROR_BY_KIND, ErrorKind, Internal, InvalidArgument, SkiffError
+from services.common.errors import ERROR_BY_KIND, FailedPrecondition, Internal, InvalidArgument, SkiffError
 from services.lowlevel import fastos as os
-from services.lowlevel import hooks, log, mounts, prime, state
+from services.lowlevel import hooks, log, mounts, prime, state, sync
 from services.lowlevel import syscalls as sc
 from services.lowlevel.process import (
     exec_process,
@@ -40,50 +40,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from services.lowlevel.cgroups import Cgroup
-
-
-READY_TIMEOUT = 60.0
-
-
-class Sync:
-    """Messages between parent, intermediate and init (string constants: no enum import cost)."""
-
-    USERNS_CREATED = "userns-created"  # intermediate → parent: write my uid/gid maps
-    USERNS_MAPPED = "userns-mapped"  # parent → intermediate
-    GO = "go"  # parent → exec's intermediate: you are in the cgroup, go on
-    CGROUP_MADE = "cgroup-made"  # parent → init: the cgroup folders exist (their paths)
-    INIT_PID = "init-pid"  # intermediate → parent: the init's host pid
-    CGROUP_JOINED = "cgroup-joined"  # parent → init: you are in the cgroup; speak only after this
-    RUN_HOOKS = "run-hooks"  # init → parent: run the createRuntime hooks now
-    HOOKS_DONE = "hooks-done"  # parent → init
-    READY = "ready"  # init → parent: waiting on the exec fifo
-    ERROR = "error"  # any → parent: {"kind": an ErrorKind value, "message": ...}
-
-
-def _send(sock: socket.socket, kind: str, payload: Any = None) -> None:
-    sock.send(json.dumps([kind, payload]).encode())
-
-
-def _recv(sock: socket.socket, timeout: float = READY_TIMEOUT) -> tuple[str, Any]:
-    sock.settimeout(timeout)
-    try:
-        raw = sock.recv(65536)
-    except TimeoutError:
-        raise Internal("container init did not answer in time") from None
-    if not raw:
-        raise Internal("container init exited before it was ready")
-    kind, payload = json.loads(raw.decode())  # str: no utf-8-sig codec import
-    return kind, payload
-
-
-def _expect(sock: socket.socket, wanted: str) -> Any:
-    kind, payload = _recv(sock)
-    if kind == Sync.ERROR:
-        cls = ERROR_BY_KIND.get(payload.get("kind", ""), Internal)
-        raise cls(payload["message"])
-    if kind != wanted:
-        raise Internal(f"container init sent {kind}, expected {wanted}")
-    return payload
 
 
 class CreateOptions:
@@ -130,8 +86,12 @@ def create_container(opts: CreateOptions) -> Created:
     spec = load_spec_checked(bundle)
     if (spec.get("process") or {}).get("terminal") and not opts.console_socket:
         raise InvalidArgument("cannot allocate tty if runtime is not passed a --console-socket")
-    directory = state.make_container_dir(opts.root, opts.container_id)
     linux = spec.get("linux") or {}
+    from services.lowlevel.cgroups import open_cgroup
+
+    cgroup = open_cgroup(linux.get("cgroupsPath") or None, opts.container_id)
+    check_cgroup_unused(cgroup)
+    directory = state.make_container_dir(opts.root, opts.container_id)
     st = state.ContainerState(
         id=opts.container_id,
         bundle=bundle,
@@ -157,9 +117,6 @@ def create_container(opts: CreateOptions) -> Created:
         # Python work before the fork, system calls after: in a forked process every page first
         # written costs a copy-on-write fault (~4.5 us here), which made the same cgroup lookup
         # 2.5 times slower after the fork than before it.
-        from services.lowlevel.cgroups import open_cgroup
-
-        cgroup = open_cgroup(st.cgroups_path or None, opts.container_id)
         resources = resources_with_default_devices(linux)
         config_text = json.dumps(spec)
 
@@ -188,6 +145,25 @@ def create_container(opts: CreateOptions) -> Created:
     return Created(st, spec, made[0])
 
 
+def check_cgroup_unused(cgroup: Cgroup) -> None:
+    """As runc's factory: a frozen cgroup is refused (the init would hang in it), one that already
+    has tasks is only warned about (runc 1.1 still runs a container there)."""
+    try:
+        frozen = cgroup.frozen()
+    except SkiffError:
+        frozen = False  # no folder yet, or no freezer on this host
+    if frozen:
+        raise FailedPrecondition("container's cgroup unexpectedly frozen")
+    try:
+        pids = cgroup.pids()
+    except SkiffError:
+        pids = []
+    if pids:
+        from services.lowlevel import log
+
+        log.warning(f"container's cgroup is not empty: {len(pids)} process(es) found")
+
+
 # What runc allows on top of the spec's device rules: mknod of anything, the standard character
 # devices, ptys and tun.
 DEFAULT_ALLOWED_DEVICES: tuple[dict[str, Any], ...] = (
@@ -202,19 +178,12 @@ DEFAULT_ALLOWED_DEVICES: tuple[dict[str, Any], ...] = (
 
 
 def resources_with_default_devices(linux: dict[str, Any]) -> dict[str, Any]:
+    """The spec's device rules, then runc's defaults. The nodes of ``linux.devices`` get no rule
+    of their own, as with runc: the rules decide what the container may use (a FIFO, which no
+    device cgroup rule can name, is just made)."""
     resources = dict(linux.get("resources") or {})
     rules = list(resources.get("devices") or [])
     rules += DEFAULT_ALLOWED_DEVICES
-    for d in linux.get("devices") or []:
-        rules.append(
-            {
-                "allow": True,
-                "type": d.get("type", "c"),
-                "major": d.get("major"),
-                "minor": d.get("minor"),
-                "access": "rwm",
-            }
-        )
     resources["devices"] = rules
     return resources
 
@@ -223,6 +192,10 @@ def load_spec_checked(bundle: str) -> dict[str, Any]:
     spec = load_spec(bundle)
     process = spec.get("process") or {}
     validate_process(process)
+    for device in (spec.get("linux") or {}).get("devices") or ():
+        # Checked before anything is made, as runc's spec conversion does.
+        if device.get("type") not in ("c", "u", "b", "p"):
+            raise InvalidArgument(f"invalid device type {json.dumps(device.get('type'))}")
     seccomp = (spec.get("linux") or {}).get("seccomp")
     if seccomp:
         from services.common.oci_seccomp import validate_seccomp
@@ -282,8 +255,8 @@ def _spawn(
     if pid == 0:  # the intermediate, or the init itself
         parent_sock.close()
         if direct:
-            _child_main(child_sock, lambda: _direct_init(child_sock, spec, st, fifo, opts, console, net_fd))
-        _child_main(child_sock, lambda: _intermediate(child_sock, spec, st, fifo, opts, console, new_user))
+            sync.child_main(child_sock, lambda: _direct_init(child_sock, spec, st, fifo, opts, console, net_fd))
+        sync.child_main(child_sock, lambda: _intermediate(child_sock, spec, st, fifo, opts, console, new_user))
     child_sock.close()
     if console is not None:
         console.close()
@@ -291,49 +264,52 @@ def _spawn(
     unblocked = False
     try:
         if new_user:
-            _expect(parent_sock, Sync.USERNS_CREATED)
+            sync.expect(parent_sock, sync.Sync.USERNS_CREATED)
             _write_id_maps(pid, linux)
-            _send(parent_sock, Sync.USERNS_MAPPED)
+            sync.send(parent_sock, sync.Sync.USERNS_MAPPED)
         unblocked = True  # from here on the intermediate needs nothing more from us
         cgroup = make_cgroup()
         # Read by the init only: the intermediate receives nothing after USERNS_MAPPED.
-        _send(parent_sock, Sync.CGROUP_MADE, cgroup.paths())
+        sync.send(parent_sock, sync.Sync.CGROUP_MADE, cgroup.paths())
         meanwhile(cgroup)
         if not direct:
-            init_pid = int(_expect(parent_sock, Sync.INIT_PID))
+            init_pid = int(sync.expect(parent_sock, sync.Sync.INIT_PID))
         # The first move into a v1 cgroup waits for an RCU grace period (10-20 ms here): the
         # init builds its root filesystem meanwhile, and waits for this message before it
         # needs to be inside. The message also orders the socket: the init speaks only after
         # the intermediate's INIT_PID has been read.
         cgroup.add(init_pid)
         prime.done()
-        _send(parent_sock, Sync.CGROUP_JOINED)
+        sync.send(parent_sock, sync.Sync.CGROUP_JOINED)
         if not direct:
             os.waitpid(pid, 0)
         st.pid = init_pid
         st.pid_start = state.proc_start_time(init_pid) or 0
-        kind, payload = _recv(parent_sock)
-        if kind == Sync.RUN_HOOKS:
+        kind, payload = sync.recv(parent_sock)
+        if kind == sync.Sync.RUN_HOOKS:
             hooks.run_hooks(spec, "prestart", state.oci_state(opts.root, st, state.Status.CREATING))
             hooks.run_hooks(spec, "createRuntime", state.oci_state(opts.root, st, state.Status.CREATING))
-            _send(parent_sock, Sync.HOOKS_DONE)
-            _expect(parent_sock, Sync.READY)
-        elif kind == Sync.ERROR:
+            sync.send(parent_sock, sync.Sync.HOOKS_DONE)
+            sync.expect(parent_sock, sync.Sync.READY)
+        elif kind == sync.Sync.ERROR:
             cls = ERROR_BY_KIND.get(payload.get("kind", ""), Internal)
             raise cls(payload["message"])
-        elif kind != Sync.READY:
-            raise Internal(f"container init sent {kind}, expected {Sync.READY}")
+        elif kind != sync.Sync.READY:
+            raise Internal(f"container init sent {kind}, expected {sync.Sync.READY}")
         if "oomScoreAdj" in (spec.get("process") or {}):
             pass  # written by the init itself, while it still had the privilege
         st.status = state.Status.CREATED
         state.save(opts.root, st)
         return init_pid
-    except BaseException:
+    except BaseException as failure:
+        # A child that failed early has said why and gone; what we then hit (a reset socket, a
+        # pid that left) only hides its reason, which is still queued on the socket.
+        told = sync.queued_error(parent_sock) if isinstance(failure, (OSError, SkiffError)) else None
         if init_pid == 0:
             if unblocked:
                 # The parent's share failed while the intermediate forks the init, which it
                 # does without waiting for us: learn the init's pid, so that it goes too.
-                init_pid = _next_init_pid(parent_sock)
+                init_pid = sync.next_init_pid(parent_sock)
             try:
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)
@@ -347,18 +323,11 @@ def _spawn(
             except ProcessLookupError:
                 pass
             state.wait_gone(init_pid, None)
+        if told is not None and told is not failure:
+            raise told from None
         raise
     finally:
         parent_sock.close()
-
-
-def _next_init_pid(sock: socket.socket) -> int:
-    """The intermediate's INIT_PID (bounded wait), or 0 when it failed or died instead."""
-    try:
-        kind, payload = _recv(sock, timeout=5.0)
-        return int(payload) if kind == Sync.INIT_PID else 0
-    except (SkiffError, OSError, ValueError, TypeError):
-        return 0
 
 
 def _write_id_maps(pid: int, linux: dict[str, Any]) -> None:
@@ -374,34 +343,6 @@ def _write_id_maps(pid: int, linux: dict[str, Any]) -> None:
             raise InvalidArgument(f"write {path}: {os.strerror(e.errno or 0)} ({lines.strip()!r})") from None
         finally:
             os.close(fd)
-
-
-def _child_main(sock: socket.socket, body: Any) -> None:
-    """Run ``body`` in a forked child; any failure becomes an ERROR message, never a traceback."""
-    code = 1
-    try:
-        body()
-        code = 0
-    except SkiffError as e:
-        _try_send_error(sock, e.kind, e.message)
-    except OSError as e:
-        _try_send_error(sock, ErrorKind.INTERNAL, f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
-    except BaseException as e:  # noqa: BLE001 - a forked child must never return into the caller
-        _try_send_error(sock, ErrorKind.INTERNAL, f"{type(e).__name__}: {e}")
-    finally:
-        os._exit(code)
-
-
-def _try_send_error(sock: socket.socket, kind: str, message: str) -> None:
-    try:
-        _send(sock, Sync.ERROR, {"kind": kind, "message": message})
-    except OSError:
-        # The parent is gone (the init failed after READY, between ``start`` and execve): the
-        # container's stderr is the only place left where the reason can be seen.
-        try:
-            os.write(2, f"skiff-lowlevel: container init: {message}\n".encode())
-        except OSError:
-            pass
 
 
 def _intermediate(
@@ -420,8 +361,8 @@ def _intermediate(
     _join_namespaces(namespaces)
     if new_user:
         sc.unshare(sc.CLONE_NEWUSER)
-        _send(sock, Sync.USERNS_CREATED)
-        _expect(sock, Sync.USERNS_MAPPED)
+        sync.send(sock, sync.Sync.USERNS_CREATED)
+        sync.expect(sock, sync.Sync.USERNS_MAPPED)
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
     flags = _new_namespace_flags(namespaces)
@@ -429,9 +370,9 @@ def _intermediate(
         sc.unshare(flags)
     pid = os.fork()
     if pid != 0:
-        _send(sock, Sync.INIT_PID, pid)
+        sync.send(sock, sync.Sync.INIT_PID, pid)
         return
-    _child_main(sock, lambda: _init(sock, spec, st, fifo, opts, console, new_user))
+    sync.child_main(sock, lambda: _init(sock, spec, st, fifo, opts, console, new_user))
 
 
 def _join_namespaces(namespaces: list[dict[str, Any]]) -> None:
@@ -561,7 +502,9 @@ def _init(
     process = spec.get("process") or {}
     os.setsid()
     ns_types = {ns["type"] for ns in linux.get("namespaces") or []}
-    fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+    # The exec fifo's folder, kept open: the fifo is opened through it once the init waits,
+    # after pivot_root or chroot, with or without a /proc in the container.
+    fifo_dir_fd = os.open(os.path.dirname(fifo), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     preload_modules(process, linux.get("seccomp"), spec.get("hooks"))
     cgroup_paths = _CgroupPaths(sock)
     if "mount" in ns_types:
@@ -574,9 +517,14 @@ def _init(
     early_hooks = any(spec_hooks.get(k) for k in ("prestart", "createRuntime", "createContainer"))
     if early_hooks:
         _join_cgroup(sock, linux)
-        _send(sock, Sync.RUN_HOOKS)
-        _expect(sock, Sync.HOOKS_DONE)
+        sync.send(sock, sync.Sync.RUN_HOOKS)
+        sync.expect(sock, sync.Sync.HOOKS_DONE)
+        if spec_hooks.get("createContainer"):
+            # runc runs them from the root filesystem, before pivot_root: "./lib" is the rootfs's.
+            os.chdir(st.rootfs)
         hooks.run_hooks(spec, "createContainer", state.oci_state(opts.root, st, state.Status.CREATING))
+    # While /proc/self/fd can still be read: the rootfs may have no /proc.
+    mark_fds_cloexec(3 + opts.preserve_fds)
     if "mount" in ns_types:
         mounts.enter_rootfs(st.rootfs, no_pivot=opts.no_pivot)
     else:
@@ -597,22 +545,23 @@ def _init(
     if "mount" in ns_types:
         mounts.mask_paths(linux.get("maskedPaths") or [])
         mounts.readonly_paths(linux.get("readonlyPaths") or [])
-    if (spec.get("root") or {}).get("readonly"):
+    if (spec.get("root") or {}).get("readonly") and "mount" in ns_types:
+        # As runc: without a mount namespace of its own the root is left as it is (a remount
+        # would be the caller's, and the rootfs folder is no mount point to remount anyway).
         mounts.readonly_root()
     set_oom_score_adj(process.get("oomScoreAdj"))
     if not early_hooks:
         _join_cgroup(sock, linux)  # before the capabilities go: a cgroup namespace needs them
-    mark_fds_cloexec(3 + opts.preserve_fds)
     seccomp = linux.get("seccomp")
     path, env = prepare_identity(process, seccomp)
     log.debug("init: closing the pipe to signal completion")
-    _send(sock, Sync.READY)
+    sync.send(sock, sync.Sync.READY)
     sock.close()
     # Blocks until ``start`` opens the other end.
-    wfd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    wfd = os.open(state.EXEC_FIFO, os.O_WRONLY | os.O_CLOEXEC, dir_fd=fifo_dir_fd)
     os.write(wfd, b"0")
     os.close(wfd)
-    os.close(fifo_fd)
+    os.close(fifo_dir_fd)
     hooks.run_hooks(spec, "startContainer", state.oci_state(opts.root, st, state.Status.CREATED))
     exec_process(process, path, env, seccomp)
 
@@ -626,12 +575,12 @@ class _CgroupPaths:
 
     def __call__(self) -> dict[str, str]:
         if self.paths is None:
-            self.paths = _expect(self.sock, Sync.CGROUP_MADE)
+            self.paths = sync.expect(self.sock, sync.Sync.CGROUP_MADE)
         return self.paths
 
 
 def _join_cgroup(sock: socket.socket, linux: dict[str, Any]) -> None:
     """Wait until the parent has moved us into the cgroup; then the cgroup namespace, rooted there."""
-    _expect(sock, Sync.CGROUP_JOINED)
+    sync.expect(sock, sync.Sync.CGROUP_JOINED)
     if any(ns["type"] == "cgroup" and not ns.get("path") for ns in linux.get("namespaces") or []):
         sc.unshare(sc.CLONE_NEWCGROUP)

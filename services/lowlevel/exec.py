@@ -9,7 +9,6 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.lowlevel import fastos as os
 from services.lowlevel import prime, state
 from services.lowlevel import syscalls as sc
-from services.lowlevel.create import Sync, _child_main, _expect, _send
 from services.lowlevel.lifecycle import cgroup_of, load_spec_of
 from services.lowlevel.process import (
     exec_process,
@@ -18,6 +17,7 @@ from services.lowlevel.process import (
     prepare_identity,
     validate_process,
 )
+from services.lowlevel.sync import Sync, child_main, expect, send
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False
@@ -30,7 +30,17 @@ _JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"
 
 
 class ExecOptions:
-    __slots__ = ("root", "container_id", "process", "console_socket", "pid_file", "detach", "preserve_fds")
+    __slots__ = (
+        "root",
+        "container_id",
+        "process",
+        "console_socket",
+        "pid_file",
+        "detach",
+        "preserve_fds",
+        "sub_cgroups",
+        "ignore_paused",
+    )
 
     def __init__(
         self,
@@ -41,6 +51,8 @@ class ExecOptions:
         pid_file: str | None = None,
         detach: bool = False,
         preserve_fds: int = 0,
+        sub_cgroups: list[str] | None = None,
+        ignore_paused: bool = False,
     ) -> None:
         self.root = root
         self.container_id = container_id
@@ -49,6 +61,81 @@ class ExecOptions:
         self.pid_file = pid_file
         self.detach = detach
         self.preserve_fds = preserve_fds
+        self.sub_cgroups = sub_cgroups or []  # exec --cgroup values: "path" or "ctrl[,ctrl]:path"
+        self.ignore_paused = ignore_paused
+
+
+def add_gids(process: dict[str, Any], gids: list[str]) -> None:
+    """``exec --additional-gids``: groups on top of the process's own, as runc's -g."""
+    if not gids:
+        return
+    user = dict(process.get("user") or {})
+    extra = list(user.get("additionalGids") or [])
+    for g in gids:
+        try:
+            extra.append(int(g))
+        except ValueError:
+            raise InvalidArgument(f'invalid additional-gids value "{g}"') from None
+    user["additionalGids"] = extra
+    process["user"] = user
+
+
+# runc's words before an exec's own failures, which scripts match on.
+_NEW_PARENT = "unable to create new parent process: "
+
+
+def sub_cgroup_paths(paths: dict[str, str], args: list[str]) -> dict[str, str]:
+    """The folders an exec joins with ``--cgroup``, checked and worded as runc's exec does.
+
+    One bare path applies to every hierarchy; "ctrl[,ctrl]:path" to the named ones only. Each
+    must lie inside the container's own folder.
+    """
+    if not args:
+        return paths
+    wanted: dict[str, str] = {}
+    for arg in args:
+        parts = arg.split(":")
+        if len(parts) > 2:
+            raise InvalidArgument(f"invalid --cgroup argument: {arg}")
+        if len(parts) == 1:
+            if len(args) != 1:
+                raise InvalidArgument(f"invalid --cgroup argument: {arg} (missing <controller>: prefix)")
+            wanted[""] = arg
+        else:
+            for ctrl in parts[0].split(","):
+                wanted[ctrl] = parts[1]
+    if "" in wanted:  # a bare path (the only argument): every hierarchy
+        targets = {name: wanted[""] for name in paths}
+    else:
+        targets = {}
+        for ctrl, add in wanted.items():
+            if ctrl not in paths:
+                raise InvalidArgument(f"{_NEW_PARENT}unknown controller {ctrl} in SubCgroupPaths")
+            targets[ctrl] = add
+    out = dict(paths)
+    for name, add in targets.items():
+        base = paths[name]
+        sub = os.path.normpath(base + "/" + add)
+        if sub != base and not sub.startswith(base + "/"):
+            raise InvalidArgument(f"{_NEW_PARENT}{add} is not a sub cgroup path")
+        out[name] = sub
+    return out
+
+
+def join_cgroups(paths: dict[str, str], pid: int) -> None:
+    """Write ``pid`` into every folder's cgroup.procs, failing as runc words it."""
+    from services.common.errors import SyscallError
+    from services.lowlevel.cgroups import add_pid
+
+    for folder in dict.fromkeys(paths.values()):
+        try:
+            add_pid(folder, pid)
+        except SyscallError as e:
+            reason = os.strerror(e.errno).lower()
+            raise FailedPrecondition(
+                f"unable to start container process: error adding pid {pid} to cgroups: "
+                f"failed to write {pid}: open {folder}/cgroup.procs: {reason}"
+            ) from None
 
 
 def process_from_args(
@@ -104,8 +191,14 @@ def exec_in_container(opts: ExecOptions) -> int:
     """Start the process; returns its pid (detached) or waits and returns its exit code."""
     st = state.load(opts.root, opts.container_id)
     status = state.current_status(opts.root, st)
-    if status not in (state.Status.RUNNING, state.Status.CREATED):
+    allowed = (state.Status.RUNNING, state.Status.CREATED, state.Status.PAUSED) if opts.ignore_paused else (
+        state.Status.RUNNING,
+        state.Status.CREATED,
+    )
+    if status not in allowed:
         raise FailedPrecondition(f"cannot exec in a {status} container")
+    cgroup = cgroup_of(st)
+    cgroup_paths = sub_cgroup_paths(cgroup.paths(), opts.sub_cgroups)
     spec = load_spec_of(opts.root, opts.container_id)
     process = opts.process
     validate_process(process)
@@ -125,7 +218,7 @@ def exec_in_container(opts: ExecOptions) -> int:
     pid = os.fork()
     if pid == 0:
         parent_sock.close()
-        _child_main(
+        child_main(
             child_sock, lambda: _exec_intermediate(child_sock, ns_fds, process, seccomp, console, opts.preserve_fds)
         )
     child_sock.close()
@@ -134,14 +227,16 @@ def exec_in_container(opts: ExecOptions) -> int:
     if console is not None:
         console.close()
     try:
-        cgroup_of(st).add(pid)
+        # A paused container's cgroup freezes the intermediate here (exec --ignore-paused):
+        # it goes on once the container is resumed.
+        join_cgroups(cgroup_paths, pid)
         prime.done()
-        _send(parent_sock, Sync.GO)
-        exec_pid = int(_expect(parent_sock, Sync.INIT_PID))
+        send(parent_sock, Sync.GO)
+        exec_pid = int(expect(parent_sock, Sync.INIT_PID))
         # The process speaks only after this: its READY can never overtake INIT_PID.
-        _send(parent_sock, Sync.CGROUP_JOINED)
+        send(parent_sock, Sync.CGROUP_JOINED)
         os.waitpid(pid, 0)
-        _expect(parent_sock, Sync.READY)
+        expect(parent_sock, Sync.READY)
     except BaseException:
         try:
             os.kill(pid, 9)
@@ -184,16 +279,16 @@ def _exec_intermediate(
     console: socket.socket | None,
     preserve_fds: int,
 ) -> None:
-    _expect(sock, Sync.GO)
+    expect(sock, Sync.GO)
     for fd, flag, path in ns_fds:
         sc.setns(fd, flag, path)
     pid = os.fork()
     if pid != 0:
-        _send(sock, Sync.INIT_PID, pid)
+        send(sock, Sync.INIT_PID, pid)
         return
 
     def body() -> None:
-        _expect(sock, Sync.CGROUP_JOINED)
+        expect(sock, Sync.CGROUP_JOINED)
         os.setsid()
         if console is not None:
             from services.lowlevel.console import setup_console
@@ -201,8 +296,8 @@ def _exec_intermediate(
             setup_console(console, process.get("consoleSize"))
         mark_fds_cloexec(3 + preserve_fds)
         path, env = prepare_identity(process, seccomp)
-        _send(sock, Sync.READY)
+        send(sock, Sync.READY)
         sock.close()
         exec_process(process, path, env, seccomp)
 
-    _child_main(sock, body)
+    child_main(sock, body)

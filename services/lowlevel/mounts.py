@@ -186,6 +186,8 @@ def mount_one(rootfs: str, m: dict[str, Any], cgroup_paths: CgroupPaths, bundle:
     options = m.get("options") or []
     flags, propagation, data = parse_options(options)
     source = m.get("source")
+    if kind in ("proc", "sysfs"):
+        _refuse_non_directory(rootfs, m["destination"], kind)
     dest = secure_join(rootfs, m["destination"])
     is_bind = bool(flags & sc.MS_BIND) or kind == "bind"
     if is_bind and source and not source.startswith("/"):
@@ -222,17 +224,31 @@ def mount_one(rootfs: str, m: dict[str, Any], cgroup_paths: CgroupPaths, bundle:
         sc.mount(None, dest, None, propagation)
 
 
+def _refuse_non_directory(rootfs: str, destination: str, kind: str) -> None:
+    """procfs and sysfs go on a plain folder of the rootfs or nowhere, as runc insists: through a
+    symlink the image chose, they could land on a host path (how procfs escapes were built)."""
+    dest = os.path.normpath(rootfs + "/" + destination)
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidArgument(f'filesystem "{kind}" must be mounted on ordinary directory')
+
+
 def _mount_cgroup(dest: str, flags: int, cgroup_paths: dict[str, str]) -> None:
     """The container's own cgroup folders, bound where it expects /sys/fs/cgroup."""
     os.makedirs(dest, mode=0o755, exist_ok=True)
     ro = flags & sc.MS_RDONLY
     base = flags & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    if "" in cgroup_paths:  # cgroup v2: one unified folder
+    if len(cgroup_paths) == 1 and "" in cgroup_paths:  # cgroup v2: one unified folder
         sc.mount(cgroup_paths[""], dest, None, sc.MS_BIND | sc.MS_REC)
         sc.mount(None, dest, None, sc.MS_BIND | sc.MS_REMOUNT | base | ro)
         return
     sc.mount("tmpfs", dest, "tmpfs", base, "mode=755")
     for name, host_path in sorted(cgroup_paths.items()):
+        if not name:
+            continue  # a hybrid host's cgroup2 folder: joined, but not shown, as runc does
         sub = os.path.join(dest, name.removeprefix("name="))
         os.makedirs(sub, exist_ok=True)
         sc.mount(host_path, sub, None, sc.MS_BIND | sc.MS_REC)
@@ -308,10 +324,11 @@ def setup_rootfs(spec: dict[str, Any], rootfs: str, bundle: str, cgroup_paths: C
     propagation = PROPAGATION_OPTIONS.get(linux.get("rootfsPropagation") or "rslave", sc.MS_SLAVE | sc.MS_REC)
     sc.mount(None, "/", None, propagation)
     if propagation & sc.MS_SHARED:
-        # pivot_root refuses a shared parent mount; runc makes it private for the same reason.
+        # pivot_root refuses a shared parent mount: as runc, the mount holding the rootfs's
+        # parent folder (not the folder itself, seldom a mount point) turns private.
         parent = os.path.dirname(rootfs.rstrip("/")) or "/"
         try:
-            sc.mount(None, parent, None, sc.MS_PRIVATE)
+            sc.mount(None, mount_point_of(parent), None, sc.MS_PRIVATE)
         except SyscallError:
             pass
     sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
@@ -325,6 +342,18 @@ def setup_rootfs(spec: dict[str, Any], rootfs: str, bundle: str, cgroup_paths: C
         create_dev_symlinks(rootfs, ptmx=devpts)
     elif linux.get("devices"):
         create_devices(rootfs, linux["devices"], bind=in_userns, defaults=False)
+
+
+def mount_point_of(path: str) -> str:
+    """The mount point of the mount ``path`` lies on (the longest one that is a prefix of it)."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        lines = f.read().decode().splitlines()
+    best = "/"
+    for line in lines:
+        point = line.split(" ", 5)[4].replace("\\040", " ")
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best = point
+    return best
 
 
 def enter_rootfs(rootfs: str, *, no_pivot: bool) -> None:

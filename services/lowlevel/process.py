@@ -7,6 +7,7 @@ folder; the executable is looked up before the parent is told all went well.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from services.common.errors import InvalidArgument, NotFound, SyscallError
@@ -42,7 +43,11 @@ _RLIMITS = {
 
 
 def preload_modules(process: dict[str, Any], seccomp: dict[str, Any] | None, spec_hooks: dict[str, Any] | None) -> None:
-    """Import now what the last steps need: after pivot_root or setns the stdlib is out of sight."""
+    """Import now what the last steps need: after pivot_root or setns the stdlib is out of sight.
+
+    The kernel's last capability number is read now too: the rootfs may have no /proc."""
+    if process.get("capabilities") is not None:
+        capabilities.last_cap()
     if seccomp:
         from services.lowlevel.seccomp import preload
 
@@ -149,6 +154,11 @@ def lookup_executable(name: str, env: dict[str, str]) -> str:
 
 def prepare_identity(process: dict[str, Any], seccomp: dict[str, Any] | None) -> tuple[str, dict[str, str]]:
     """Everything that needs privilege: returns the executable path and the environment."""
+    cwd = process.get("cwd") or "/"
+    # As runc: the working folder is entered while still privileged, so a cwd that root can
+    # reach but the user cannot works; a permission error is tried again as the user, for a
+    # folder only the user may enter (root squashed on a network filesystem).
+    cwd_pending = not _chdir(cwd, retry_as_user=True)
     set_rlimits(process)
     nnp = bool(process.get("noNewPrivileges"))
     if nnp:
@@ -164,18 +174,26 @@ def prepare_identity(process: dict[str, Any], seccomp: dict[str, Any] | None) ->
     user = process.get("user") or {}
     uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     capabilities.switch_user(uid, gid, [int(g) for g in user.get("additionalGids") or []])
+    if cwd_pending:
+        _chdir(cwd, retry_as_user=False)
     if caps is not None:
         capabilities.set_capabilities(caps)
     os.umask(int(user["umask"]) if user.get("umask") is not None else 0o022)
-    cwd = process.get("cwd") or "/"
-    try:
-        os.chdir(cwd)
-    except OSError as e:
-        raise SyscallError("chdir to cwd", cwd, e.errno or 0) from None
     env = env_dict(process)
     if "HOME" not in env:
         env["HOME"] = home_of(uid)
     return lookup_executable(process["args"][0], env), env
+
+
+def _chdir(cwd: str, *, retry_as_user: bool) -> bool:
+    """chdir to ``cwd``; False when refused for permission and a later try is allowed."""
+    try:
+        os.chdir(cwd)
+        return True
+    except OSError as e:
+        if retry_as_user and e.errno in (errno.EACCES, errno.EPERM):
+            return False
+        raise SyscallError("chdir to cwd", cwd, e.errno or 0) from None
 
 
 def exec_process(process: dict[str, Any], path: str, env: dict[str, str], seccomp: dict[str, Any] | None) -> None:

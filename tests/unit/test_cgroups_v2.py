@@ -206,8 +206,9 @@ def test_device_rule_text() -> None:
     assert device_rule({"type": "b", "major": 8, "minor": -1}) == "b 8:* rwm"
     with pytest.raises(InvalidArgument):
         device_rule({"type": "x"})
-    with pytest.raises(InvalidArgument):
-        device_rule({"type": "c", "access": "rwx"})
+    # As runc: only r, w and m reach the kernel ("rwa" is "rw"); a rule with none of them is dropped.
+    assert device_rule({"type": "c", "major": 1, "minor": 11, "access": "rwa"}) == "c 1:11 rw"
+    assert device_rule({"type": "c", "access": "x"}) is None
 
 
 def test_parse_id_list() -> None:
@@ -230,4 +231,5 @@ def test_v1_mounts_from_mountinfo(tmp_path: Path) -> None:
         "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
         "memory": "/sys/fs/cgroup/memory",
         "name=systemd": "/sys/fs/cgroup/systemd",
+        "": "/sys/fs/cgroup/unified",  # a hybrid host's cgroup2 hierarchy, joined as runc does
     }

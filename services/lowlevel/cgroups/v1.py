@@ -5,8 +5,11 @@ and hugetlb, net_cls, net_prio, perf_event, rdma and name=systemd when they are 
 set runc's fs driver joins. name=systemd is joined like runc does so that the container's tasks
 are accounted under its own folder there too (and a systemd inside the container can find its
 cgroup); it costs one mkdir and one write. The cgroup2 mount of a hybrid host
-(/sys/fs/cgroup/unified) holds no controllers and is not joined. Co-mounted controllers
-("cpu,cpuacct") share one folder, which is made, joined and removed once.
+(/sys/fs/cgroup/unified) holds no controllers but is joined too, under the key "" as runc's fs
+driver does: a process's cgroup v2 path (the "0::" line of /proc/<pid>/cgroup) is then the
+container's, for its init and every exec alike. It is not mounted inside the container, as
+runc mounts only the v1 hierarchies there. Co-mounted controllers ("cpu,cpuacct") share one
+folder, which is made, joined and removed once.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ JOINED = frozenset(
     )
 )
 
+# The key of a hybrid host's cgroup2 hierarchy, as in runc's cgroup_paths.
+UNIFIED = ""
+HYBRID_UNIFIED_MOUNT = "/sys/fs/cgroup/unified"
+
 # The hierarchy whose cgroup.procs answers "which tasks" (any joined one would do; these are the
 # ones every container has).
 _PIDS_FROM = ("freezer", "pids", "memory", "devices", "cpu")
@@ -63,7 +70,15 @@ def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
     mounts: dict[str, str] = {}
     for line in read_file(mountinfo).splitlines():
         head, sep, tail = line.partition(" - ")
-        if not sep or not tail.startswith("cgroup "):
+        if not sep:
+            continue
+        if tail.startswith("cgroup2 "):
+            # A hybrid host's unified hierarchy, where runc looks for it (a cgroup2 mounted
+            # elsewhere is someone else's business).
+            if head.split(" ")[4] == HYBRID_UNIFIED_MOUNT:
+                mounts[UNIFIED] = HYBRID_UNIFIED_MOUNT
+            continue
+        if not tail.startswith("cgroup "):
             continue
         fields = head.split(" ")
         # Mount points escape spaces as \040; cgroup mount points never have them in practice.
@@ -203,7 +218,7 @@ class V1Cgroup:
         if network := resources.get("network"):
             self._set_network(network)
         if resources.get("unified"):
-            raise InvalidArgument("linux.resources.unified needs cgroup v2; this host runs cgroup v1")
+            raise InvalidArgument("invalid configuration: cannot use unified on cgroup v1")
         # hugepageLimits and rdma are accepted and ignored: no caller of ours sets them.
 
     def _set_memory(self, memory: dict[str, Any]) -> None:
@@ -307,6 +322,8 @@ class V1Cgroup:
         write_file(folder + "/devices.deny", "a")
         for rule in rules:
             text = device_rule(rule)
+            if text is None:
+                continue
             write_file(folder + ("/devices.allow" if rule.get("allow") else "/devices.deny"), text)
 
     def _set_network(self, network: dict[str, Any]) -> None:
