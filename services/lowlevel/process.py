@@ -173,6 +173,7 @@ def prepare_identity(process: dict[str, Any], seccomp: dict[str, Any] | None) ->
         capabilities.drop_bounding(caps)
     user = process.get("user") or {}
     uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    give_stdio_to(uid)
     capabilities.switch_user(uid, gid, [int(g) for g in user.get("additionalGids") or []])
     if cwd_pending:
         _chdir(cwd, retry_as_user=False)
@@ -183,6 +184,32 @@ def prepare_identity(process: dict[str, Any], seccomp: dict[str, Any] | None) ->
     if "HOME" not in env:
         env["HOME"] = home_of(uid)
     return lookup_executable(process["args"][0], env), env
+
+
+def give_stdio_to(uid: int) -> None:
+    """As runc's fixStdioPermissions: stdio made outside the container (its pty above all) becomes
+    the process user's, so that it can use its own terminal; the group stays (devpts' gid=5).
+    /dev/null is left alone, and so is a descriptor the user namespace cannot chown."""
+    null_rdev = -1
+    for fd in (0, 1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if st.st_uid == uid:
+            continue
+        if null_rdev == -1:
+            try:
+                null_rdev = os.stat("/dev/null").st_rdev
+            except OSError:
+                null_rdev = -2  # no /dev/null in this root: nothing is it
+        if st.st_rdev == null_rdev:
+            continue
+        try:
+            os.fchown(fd, uid, st.st_gid)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM, errno.EROFS):
+                raise SyscallError("fchown stdio", f"/proc/self/fd/{fd}", e.errno or 0) from None
 
 
 def _chdir(cwd: str, *, retry_as_user: bool) -> bool:

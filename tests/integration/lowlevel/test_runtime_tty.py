@@ -129,3 +129,23 @@ def test_detached_run_with_a_terminal_still_needs_a_console_socket(rt: Runtime) 
     assert r.returncode != 0, r
     assert "console socket" in r.stderr or "console-socket" in r.stderr, r
     rt.assert_nothing_left(cid, bundle)
+
+
+def as_user_1000(spec: dict[str, Any]) -> None:
+    spec["process"]["terminal"] = True
+    spec["process"]["user"] = {"uid": 1000, "gid": 100}
+
+
+def test_run_terminal_belongs_to_the_process_user(rt: Runtime) -> None:
+    """As runc (fixStdioPermissions): the pty's owner is the process's uid, its group devpts' gid=5."""
+    cid, bundle, _ = rt.bundle(["sh", "-c", "stat -c %u:%g $(tty)"], edit=as_user_1000)
+    code, out = finish(in_terminal(rt, "run", "--bundle", str(bundle), cid))
+    assert code == 0, out
+    assert b"1000:5" in out, out
+
+
+def test_exec_tty_belongs_to_the_process_user(rt: Runtime) -> None:
+    cid, _, _ = rt.start_container(["sleep", "60"], edit=lambda s: s["process"].update(user={"uid": 1000, "gid": 100}))
+    code, out = finish(in_terminal(rt, "exec", "-t", cid, "sh", "-c", "stat -c %u:%g $(tty)"))
+    assert code == 0, out
+    assert b"1000:5" in out, out
