@@ -47,8 +47,9 @@ def cause(entry: dict[str, Any]) -> str:
         kind, status, route = match.groups()
         route = _NORMALISE[1][0].sub("<id>", _NORMALISE[0][0].sub("<name>", route))
         detail = message.split(": ", 2)[-1] if message.count(": ") >= 2 else ""
-        detail = re.sub(r'^(?:Bad Request|Not Found|Conflict|Internal Server Error|Not Implemented)\s*\("?', "",
-                        detail).rstrip('")')
+        detail = re.sub(r'^(?:Bad Request|Not Found|Conflict|Internal Server Error|Not Implemented|Method Not Allowed)'
+                        r'\s*\("?', "", detail)
+        detail = detail[:-2] if detail.endswith('")') else detail
         for pattern, repl in _NORMALISE:
             detail = pattern.sub(repl, detail)
         return f"{kind} {status} {route}: {detail[:160]}"
