@@ -545,6 +545,7 @@ def _init(
     if "mount" in ns_types:
         mounts.mask_paths(linux.get("maskedPaths") or [])
         mounts.readonly_paths(linux.get("readonlyPaths") or [])
+        mounts.remount_read_only_later(spec)
     if (spec.get("root") or {}).get("readonly") and "mount" in ns_types:
         # As runc: without a mount namespace of its own the root is left as it is (a remount
         # would be the caller's, and the rootfs folder is no mount point to remount anyway).

@@ -7,7 +7,7 @@ import _socket as socket
 from services.common import jsonio as json
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.lowlevel import fastos as os
-from services.lowlevel import prime, state
+from services.lowlevel import log, prime, state
 from services.lowlevel import syscalls as sc
 from services.lowlevel.lifecycle import cgroup_of, load_spec_of
 from services.lowlevel.process import (
@@ -125,7 +125,7 @@ def sub_cgroup_paths(paths: dict[str, str], args: list[str]) -> dict[str, str]:
 def join_cgroups(paths: dict[str, str], pid: int) -> None:
     """Write ``pid`` into every folder's cgroup.procs, failing as runc words it."""
     from services.common.errors import SyscallError
-    from services.lowlevel.cgroups import add_pid
+    from services.lowlevel.cgroups.files import add_pid
 
     for folder in dict.fromkeys(paths.values()):
         try:
@@ -280,6 +280,8 @@ def _exec_intermediate(
     preserve_fds: int,
 ) -> None:
     expect(sock, Sync.GO)
+    # The debug records name the steps as runc's do (its tests look for them).
+    log.debug("nsexec container setup")
     for fd, flag, path in ns_fds:
         sc.setns(fd, flag, path)
     pid = os.fork()
@@ -295,7 +297,9 @@ def _exec_intermediate(
 
             setup_console(console, process.get("consoleSize"))
         mark_fds_cloexec(3 + preserve_fds)
+        log.debug("child process in init()")
         path, env = prepare_identity(process, seccomp)
+        log.debug("setns_init: about to exec")
         send(sock, Sync.READY)
         sock.close()
         exec_process(process, path, env, seccomp)

@@ -204,6 +204,8 @@ def mount_one(rootfs: str, m: dict[str, Any], cgroup_paths: CgroupPaths, bundle:
             sc.mount(None, dest, None, sc.MS_BIND | sc.MS_REMOUNT | extra | _statvfs_flags(dest))
     else:
         _make_mountpoint(dest, None, False)
+        if _read_only_later(m, flags):
+            flags &= ~sc.MS_RDONLY  # /dev gets its nodes first: see remount_read_only_later
         try:
             sc.mount(source or kind, dest, kind, flags, data or None)
         except SyscallError as e:
@@ -222,6 +224,23 @@ def mount_one(rootfs: str, m: dict[str, Any], cgroup_paths: CgroupPaths, bundle:
                 raise
     if propagation:
         sc.mount(None, dest, None, propagation)
+
+
+def _read_only_later(m: dict[str, Any], flags: int) -> bool:
+    """A read-only tmpfs, or /dev, is mounted writable and made read-only after pivot_root, as
+    runc does: /dev's nodes and symlinks, and a tmpfs's mode, are set up in between."""
+    return bool(flags & sc.MS_RDONLY) and (m.get("type") == "tmpfs" or os.path.normpath(m["destination"]) == "/dev")
+
+
+def remount_read_only_later(spec: dict[str, Any]) -> None:
+    """The second half of _read_only_later, inside the container (paths are the container's)."""
+    for m in spec.get("mounts") or ():
+        if "ro" not in (m.get("options") or ()) or m.get("type") in ("bind", "cgroup"):
+            continue
+        flags = parse_options(m["options"])[0]
+        if flags & (sc.MS_BIND | sc.MS_REMOUNT) or not _read_only_later(m, flags):
+            continue
+        sc.mount(None, m["destination"], None, flags | sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
 
 
 def _refuse_non_directory(rootfs: str, destination: str, kind: str) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgument, SyscallError
-from services.lowlevel.cgroups import cgroup_relpath, device_rule, parse_id_list
+from services.lowlevel.cgroups import cgroup_relpath
+from services.lowlevel.cgroups.files import device_rule, parse_id_list
 from services.lowlevel.cgroups.v1 import v1_mounts
 from services.lowlevel.cgroups.v2 import V2Cgroup, cpu_max, cpu_weight, io_weight, swap_max
 

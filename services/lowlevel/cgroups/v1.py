@@ -18,7 +18,7 @@ import errno
 
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError, SyscallError
 from services.lowlevel import fastos as os
-from services.lowlevel.cgroups import (
+from services.lowlevel.cgroups.files import (
     add_pid,
     device_rule,
     parse_id_list,

@@ -10,7 +10,7 @@ import errno
 
 from services.common.errors import FailedPrecondition, Internal, InvalidArgument, SkiffError, SyscallError
 from services.lowlevel import fastos as os
-from services.lowlevel.cgroups import (
+from services.lowlevel.cgroups.files import (
     CGROUP_ROOT,
     add_pid,
     parse_id_list,

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from services.common.errors import InvalidArgument, SyscallError
-from services.lowlevel import cgroups
-from services.lowlevel.cgroups import CgroupBusy, cgroup_version, open_cgroup
+from services.lowlevel.cgroups import cgroup_version, open_cgroup
+from services.lowlevel.cgroups import files as cgroups
+from services.lowlevel.cgroups.files import CgroupBusy
 from services.lowlevel.cgroups.v1 import V1Cgroup, v1_mounts
 from services.lowlevel.cgroups.v2 import V2Cgroup
 from tests.conftest import needs_root
