@@ -101,18 +101,24 @@ def cmd_run(p: Parsed, root: str) -> int:
     return code
 
 
-def _terminal_relay(listener: Any) -> Any:
-    """The caller's terminal, ready to relay the container's (tty.py); raw mode is set only now."""
+def _terminal_relay(listener: Any, host: int | None = None) -> Any:
+    """The caller's terminal (``host``, found now if not given), ready to relay the container's
+    (tty.py); raw mode is set only now."""
     from services.lowlevel import tty
 
-    host = tty.host_console()
+    opened = host is None
+    if host is None:
+        host = tty.host_console()
+    master = -1
     try:
         master = tty.receive_master(listener.sock)
+        return tty.Relay(master, host)
     except BaseException:
-        if host > 2:
-            os.close(host)
+        if master >= 0:
+            os.close(master)
+        if opened and host > 2:
+            os.close(host)  # a host given by the caller stays the caller's to close
         raise
-    return tty.Relay(master, host)
 
 
 def _wait_foreground(pid: int, relay: Any) -> int:
@@ -183,12 +189,16 @@ def cmd_exec(p: Parsed, root: str) -> int:
     detach = bool(p.flags.get("detach"))
     console_socket = _abs(p.flags.get("console_socket"))
     listener = None
+    host = None
     if process.get("terminal") and not detach and console_socket is None:
         from services.lowlevel import syscalls as sc
+        from services.lowlevel import tty
         from services.lowlevel.run import ConsoleListener
 
         # In the foreground the terminal is relayed on ours (as runc): exec starts the process
-        # detached, adopted by us (subreaper), and we wait for it around the relay.
+        # detached, adopted by us (subreaper), and we wait for it around the relay. Without a
+        # terminal of ours, nothing is started.
+        host = tty.host_console()
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         listener = ConsoleListener()
         console_socket = listener.path
@@ -209,13 +219,16 @@ def cmd_exec(p: Parsed, root: str) -> int:
         if listener is None:
             return 0 if detach else result
         try:
-            relay = _terminal_relay(listener)
+            relay = _terminal_relay(listener, host)
+            host = None  # the relay's now
         except BaseException:
             _kill_and_reap(result)
             raise
     finally:
         if listener is not None:
             listener.close()
+        if host is not None and host > 2:
+            os.close(host)
     return _wait_foreground(result, relay)
 
 

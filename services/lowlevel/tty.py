@@ -151,7 +151,9 @@ class Relay:
                     stdin_open = False
 
     def _copy(self, src: int, dst: int) -> bool:
-        """One read and its write; False at the end of ``src`` (EOF, or EIO of a master without a slave)."""
+        """One read and its write; False once this direction is over: the end of ``src`` (EOF, or
+        EIO of a master whose slave is closed) or a ``dst`` gone (EPIPE). As runc's io.Copy, that
+        ends the copying, never the wait for the process."""
         try:
             data = os.read(src, 65536)
         except BlockingIOError:
@@ -166,6 +168,8 @@ class Relay:
                 view = view[os.write(dst, view) :]
             except BlockingIOError:
                 select.select([], [dst], [])
+            except OSError:
+                return False
         return True
 
     def _drain(self) -> None:

@@ -149,3 +149,15 @@ def test_exec_tty_belongs_to_the_process_user(rt: Runtime) -> None:
     code, out = finish(in_terminal(rt, "exec", "-t", cid, "sh", "-c", "stat -c %u:%g $(tty)"))
     assert code == 0, out
     assert b"1000:5" in out, out
+
+
+def test_exec_tty_without_a_terminal_around_starts_nothing(rt: Runtime) -> None:
+    cid, _, _ = rt.start_container(["sleep", "60"])
+    before = rt.cmd("ps", "--format", "json", cid).ok().stdout
+    argv = [*rt.argv, "--root", str(rt.root), "exec", "-t", cid, "sh", "-c", "sleep 30"]
+    done = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT, start_new_session=True, check=False
+    )
+    assert done.returncode == 255, done
+    assert b"/dev/tty" in done.stderr, done
+    assert rt.cmd("ps", "--format", "json", cid).ok().stdout == before
