@@ -4,7 +4,8 @@ and the OCI runtime-tools validation suite check, passing with skiff-lowlevel an
 procfs or sysfs onto a symlink of the rootfs is refused; createContainer hooks run from the root
 filesystem; the working folder is entered while still privileged (and again as the user when
 only the user may enter it); a FIFO among linux.devices, a config with no namespaces, and a
-root.path of "." with shared root propagation all run.
+root.path of "." with shared root propagation all run; a read-only /dev is filled before it turns
+read-only; ``--debug exec`` names its steps as runc's records do.
 """
 
 from __future__ import annotations
@@ -146,3 +147,29 @@ def test_rootfs_dot_with_shared_root_propagation(rt: Runtime) -> None:
     r = _in_own_mount_namespace(rt, "run", "--bundle", str(bundle), cid, cwd=bundle)
     assert r.returncode == 0, r
     assert r.stdout.strip() == "ok", r
+
+
+def test_read_only_dev_gets_its_nodes_first(rt: Runtime) -> None:
+    """mounts.bats 'ro /dev mount': /dev is filled while writable, then turned read-only."""
+
+    def edit(spec: dict[str, Any]) -> None:
+        for m in spec["mounts"]:
+            if m["destination"] == "/dev":
+                m["options"] = [*m["options"], "ro"]
+
+    cid, bundle, _ = rt.bundle(["sh", "-c", "grep '^tmpfs /dev ' /proc/mounts; echo x > /dev/null && echo null=ok"],
+                               edit=edit)
+    r = rt.cmd("run", "--bundle", str(bundle), cid)
+    assert r.returncode == 0, r
+    line, result = r.stdout.splitlines()
+    assert line.split()[3].startswith("ro,"), line
+    assert result == "null=ok", r
+
+
+def test_debug_exec_names_the_steps_as_runc(rt: Runtime) -> None:
+    """exec.bats's check_exec_debug: the setns process's steps, in level=debug records."""
+    cid, bundle, _ = rt.start_container(["sleep", "60"])
+    r = rt.cmd("exec", cid, "true", global_args=("--debug",)).ok()
+    for step in ("nsexec container setup", "child process in init()", "setns_init: about to exec"):
+        assert step in r.stderr, r
+    assert "level=debug" in r.stderr, r
