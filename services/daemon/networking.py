@@ -23,7 +23,7 @@ import structlog
 from services.common.atomic import atomic_write
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.common.paths import Paths
-from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile
+from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile, resolver
 from services.daemon.network.ipam import Ipam
 from services.daemon.network.portproxy import PortMapping, ProxyRegistry
 from services.daemon.spec import NetworkAttachment
@@ -103,6 +103,7 @@ class Networking:
         self.ipam = Ipam(self.folder / "ipam")
         self.records = NetworkRecords(self.folder / "records")
         self.proxies = ProxyRegistry()
+        self.resolvers = resolver.Resolvers(lambda cid, name: resolver.lookup_in(self, cid, name))  # 127.0.0.11
         self.networks: dict[str, Network] = {}
         self.bridge_name = os.environ.get(BRIDGE_NAME_ENV) or bridge.DEFAULT_BRIDGE
         self.default_subnet = os.environ.get(DEFAULT_SUBNET_ENV) or ""
@@ -158,6 +159,8 @@ class Networking:
                     await self.proxies.publish(cid, wanted)
                 except SkiffError as exc:
                     log.warning("ports not published again", id=cid, error=exc.message)
+            if (found := self._dns_of(record)).embedded:
+                await self.resolvers.start(cid, Path(record.network_settings.sandbox_key), dns.external_servers(found))
 
     async def _save(self, net: Network) -> None:
         await asyncio.to_thread(self.records.save, net)
@@ -354,6 +357,7 @@ class Networking:
             dns=tuple(host.dns),
             dns_search=tuple(host.dns_search),
             dns_options=tuple(host.dns_options),
+            embedded=any(self.networks[ep.network_id].name != "bridge" for ep in eps if ep.network_id in self.networks),
         )
 
     async def setup(self, record: Container) -> NetworkAttachment:
@@ -381,7 +385,10 @@ class Networking:
                     cfg = record.config.host.endpoints.get(name) or EndpointConfig()
                     await self._attach(record, self.get(name), cfg, i)
             if not mode.startswith("container:"):
-                files = await asyncio.to_thread(dns.write_files, self._container_dir(record), self._dns_of(record))
+                found = self._dns_of(record)
+                files = await asyncio.to_thread(dns.write_files, self._container_dir(record), found)
+                if found.embedded:
+                    await self.resolvers.start(record.id, Path(path), dns.external_servers(found))
                 settings.hosts_path = str(files["/etc/hosts"])
                 settings.hostname_path = str(files["/etc/hostname"])
                 settings.resolv_conf_path = str(files["/etc/resolv.conf"])
@@ -494,6 +501,7 @@ class Networking:
         """Release the container's proxies, endpoints, addresses and namespace; idempotent."""
         settings = record.network_settings
         await self.proxies.unpublish(record.id)
+        await self.resolvers.stop(record.id)
         left = [ep.network_id for ep in settings.endpoints]
 
         def release() -> None:
@@ -582,3 +590,4 @@ class Networking:
         # Stopping the daemon never stops a container: proxies go with this process, restore() rebinds them.
         for cid in list(self.proxies.proxies):
             await self.proxies.unpublish(cid)
+        await self.resolvers.close()

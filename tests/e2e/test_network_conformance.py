@@ -223,6 +223,8 @@ def test_endpoint_fields_before_and_after_start(client: docker.DockerClient, net
     other_ip = client.api.inspect_container(other)["NetworkSettings"]["Networks"][name]["IPAddress"]
     hosts = in_container(client, box["Id"], "cat", "/etc/hosts")
     assert any(line.split()[0] == other_ip and "up" in line.split()[1:] for line in hosts.splitlines() if line), hosts
+    # the embedded DNS server (127.0.0.11) answers the link's alias too: docker-py's nslookup bar
+    assert other_ip in in_container(client, box["Id"], "nslookup", "up")
 
 
 def test_mac_address_at_create(stack: Stack, client: docker.DockerClient) -> None:
@@ -300,6 +302,42 @@ def test_created_with_a_user_network_then_connected(client: docker.DockerClient,
     assert "web" in nets[front]["Aliases"] and "api" in nets[back]["Aliases"]
     links = in_container(client, box["Id"], "ls", "/sys/class/net").split()
     assert {"eth0", "eth1"} <= set(links)
+
+
+# ---- the embedded DNS server -------------------------------------------------------------------------
+
+
+def test_embedded_dns_server(client: docker.DockerClient, networks: list[str], tmp_path: Path) -> None:
+    """On a user network resolv.conf names 127.0.0.11: peers' names and aliases are answered there, other
+    names are forwarded to the container's --dns servers, and the container's own port 53 stays free."""
+    from tests.e2e.netstack import DNSD_IMAGE, dnsd_archive
+
+    with open(dnsd_archive(tmp_path, {"svc.skiff.test": "10.1.2.3"}), "rb") as archive:
+        client.images.load(archive.read())
+    tag = secrets.token_hex(3)
+    name = f"dns-{tag}"
+    networks.append(client.api.create_network(name)["Id"])
+    server = client.api.create_container(DNSD_IMAGE, name=f"dnsd-{tag}",
+                                         host_config=client.api.create_host_config(network_mode=name))
+    client.api.start(server)  # binds 0.0.0.0:53 in its own namespace, beside its embedded resolver
+    server_ip = client.api.inspect_container(server)["NetworkSettings"]["Networks"][name]["IPAddress"]
+    asker = client.api.create_container(
+        "busybox", "sleep 300", name=f"asker-{tag}", host_config=client.api.create_host_config(
+            network_mode=name, dns=[server_ip]),
+        networking_config=client.api.create_networking_config({name: client.api.create_endpoint_config(
+            aliases=["questions"])}))
+    client.api.start(asker)
+    resolv = in_container(client, asker["Id"], "cat", "/etc/resolv.conf")
+    assert "nameserver 127.0.0.11" in resolv and server_ip in resolv, resolv
+    assert server_ip in in_container(client, asker["Id"], "nslookup", f"dnsd-{tag}")
+    asker_ip = client.api.inspect_container(asker)["NetworkSettings"]["Networks"][name]["IPAddress"]
+    assert asker_ip in in_container(client, asker["Id"], "nslookup", "questions")
+    assert "10.1.2.3" in in_container(client, asker["Id"], "nslookup", "svc.skiff.test")
+    # the default bridge has no embedded server (dockerd's rule)
+    plain = client.api.create_container("busybox", "cat /etc/resolv.conf")
+    client.api.start(plain)
+    client.api.wait(plain)
+    assert b"127.0.0.11" not in client.api.logs(plain)
 
 
 # ---- the default bridge adopts its device's address ------------------------------------------------

@@ -49,6 +49,7 @@ class ContainerDns:
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
     host_resolv_conf: Path = field(default=HOST_RESOLV_CONF)
+    embedded: bool = False  # on a user network: nameserver 127.0.0.11 (the daemon's resolver, resolver.py)
 
 
 def link_aliases(links: Iterable[str]) -> dict[str, tuple[str, ...]]:
@@ -96,8 +97,8 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def render_resolv_conf(c: ContainerDns) -> str:
-    """``--dns`` servers, or the host's file minus loopback nameservers (unreachable from the netns)."""
+def _resolv_parts(c: ContainerDns, keep_loopback: bool) -> tuple[list[str], list[str], list[str]]:
+    """(nameservers, search, options): ``--dns`` and friends, else the host's file's."""
     try:
         host_lines = c.host_resolv_conf.read_text().splitlines()
     except FileNotFoundError:
@@ -110,7 +111,7 @@ def render_resolv_conf(c: ContainerDns) -> str:
         if not words or words[0].startswith(("#", ";")):
             continue
         if words[0] == "nameserver" and len(words) > 1 and not c.dns:
-            if not _is_loopback(words[1]):
+            if keep_loopback or not _is_loopback(words[1]):
                 nameservers.append(words[1])
         elif words[0] in ("search", "domain") and not c.dns_search:
             search.extend(words[1:])
@@ -118,7 +119,25 @@ def render_resolv_conf(c: ContainerDns) -> str:
             options.extend(words[1:])
     if not nameservers:
         nameservers = list(FALLBACK_NAMESERVERS)
-    out = [f"nameserver {ns}" for ns in nameservers]
+    return nameservers, search, options
+
+
+def external_servers(c: ContainerDns) -> tuple[str, ...]:
+    """Where the embedded resolver sends the questions it cannot answer (from the host's namespace, so a
+    host's loopback resolver counts too)."""
+    return tuple(_resolv_parts(c, keep_loopback=True)[0])
+
+
+def render_resolv_conf(c: ContainerDns) -> str:
+    """``--dns`` servers, or the host's file minus loopback nameservers (unreachable from the netns); on a
+    user network the embedded resolver, with the servers it forwards to in a comment (as dockerd writes)."""
+    nameservers, search, options = _resolv_parts(c, keep_loopback=False)
+    out = []
+    if c.embedded:
+        out.append(f"# ExtServers: [{' '.join(external_servers(c))}]")
+        nameservers = ["127.0.0.11"]
+        options = [o for o in options if not o.startswith("ndots:")] + ["ndots:0"]
+    out += [f"nameserver {ns}" for ns in nameservers]
     if search:
         out.append(f"search {' '.join(search)}")
     if options:
