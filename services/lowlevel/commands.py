@@ -9,7 +9,7 @@ from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.lowlevel import fastos as os
 from services.lowlevel import state
-from services.lowlevel.args import Parsed, need_id, no_args
+from services.lowlevel.args import Parsed, UsageError, need_id, no_args
 from services.lowlevel.output import go_json, go_json_indent, table
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
@@ -400,81 +400,17 @@ def cmd_update(p: Parsed, root: str) -> int:
     return 0
 
 
-def _interval(text: str | None) -> float:
-    if not text:
-        return 5.0
-    t = text.strip()
-    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
-        if t.endswith(suffix):
-            return float(t[: -len(suffix)]) * scale
-    return float(t)
-
-
 def cmd_events(p: Parsed, root: str) -> int:
-    import time
+    from services.lowlevel import events
 
-    from services.lowlevel.lifecycle import cgroup_of
-
+    text = p.flags.get("interval") or "5s"
+    interval = events.parse_duration(text)
+    if interval is None:
+        # Go's flag package refuses it while parsing: a usage error, before any argument check.
+        message = f'invalid value "{text}" for flag -interval: parse error'
+        raise UsageError(message, command="events", banner=f"Incorrect Usage: {message}")
     container_id = need_id(p)
-    st = state.load(root, container_id)
-    if state.current_status(root, st) == state.Status.STOPPED:
-        raise FailedPrecondition("container not running")
-    cgroup = cgroup_of(st)
-    if p.flags.get("stats"):
-        print(go_json({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
-        return 0
-    interval = _interval(p.flags.get("interval"))
-    notify = _oom_notifier(cgroup)
-    ooms = cgroup.oom_kills()
-    next_stats = time.monotonic() + interval
-    try:
-        # Bounded by the container's life: the loop ends when the init is gone.
-        while state.init_alive(st):
-            now_ooms = cgroup.oom_kills()
-            if now_ooms > ooms:
-                ooms = now_ooms
-                print(go_json({"type": "oom", "id": container_id}), flush=True)
-            if time.monotonic() >= next_stats:
-                print(go_json({"type": "stats", "id": container_id, "data": cgroup.stats()}), flush=True)
-                next_stats = time.monotonic() + interval
-            if notify is None:
-                time.sleep(0.05)
-            else:
-                # Woken at once by an OOM (the kernel's v1 notification), else a periodic check.
-                import select
-
-                if select.select([notify[0]], [], [], 0.05)[0]:
-                    os.read(notify[0], 8)
-        if cgroup.oom_kills() > ooms:
-            print(go_json({"type": "oom", "id": container_id}), flush=True)
-    finally:
-        if notify is not None:
-            for fd in notify:
-                os.close(fd)
-    return 0
-
-
-def _oom_notifier(cgroup: Any) -> tuple[int, int] | None:
-    """cgroup v1's OOM notification (as runc): an eventfd registered on memory.oom_control.
-
-    Returns (eventfd, oom_control fd), or None where it is not available (cgroup v2: polled).
-    """
-    memory = (cgroup.paths() if hasattr(cgroup, "paths") else {}).get("memory")
-    if not memory or not os.path.exists(os.path.join(memory, "cgroup.event_control")):
-        return None
-    try:
-        control = os.open(os.path.join(memory, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    efd = os.eventfd(0, os.EFD_CLOEXEC)
-    try:
-        with open(os.path.join(memory, "cgroup.event_control"), "w") as f:
-            f.write(f"{efd} {control}")
-    except OSError:
-        os.close(efd)
-        os.close(control)
-        return None
-    return efd, control
+    return events.follow(root, container_id, interval=interval, stats_once=bool(p.flags.get("stats")))
 
 
 def cmd_spec(p: Parsed, root: str) -> int:
@@ -508,7 +444,7 @@ def cmd_features(p: Parsed, root: str) -> int:
 def cmd_help(p: Parsed, root: str) -> int:
     """The app's help, or one command's; an unknown topic is runc's error (exit code 3)."""
     from services.lowlevel import usage
-    from services.lowlevel.args import COMMANDS, UsageError
+    from services.lowlevel.args import COMMANDS
 
     if not p.args:
         sys.stdout.write(usage.app_help())

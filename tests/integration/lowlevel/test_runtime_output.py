@@ -88,3 +88,41 @@ def test_spec_is_written_with_tabs_and_no_final_newline(rt: Runtime, tmp_path: P
     assert text.endswith("\n}"), repr(text[-10:])
     spec = json.loads(text)
     assert text == json.dumps(spec, indent="\t"), "not Go's MarshalIndent with a tab"
+
+
+def test_events_follow_at_the_interval_in_compact_json(rt: Runtime) -> None:
+    import select
+    import subprocess
+    import time
+
+    cid, _, _ = rt.start_container(["sleep", "60"])
+    proc = subprocess.Popen(
+        [*rt.argv, "--root", str(rt.root), "events", "--interval", "100ms", cid],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    rt.procs.append(proc)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 15
+    while len(lines) < 2 and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            line = proc.stdout.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert len(lines) == 2, lines
+    for line in lines:
+        record = assert_compact(line.strip())
+        assert record["type"] == "stats" and record["id"] == cid
+
+
+def test_events_refuses_a_bad_interval(rt: Runtime) -> None:
+    cid, _, _ = rt.start_container(["sleep", "60"])
+    r = rt.cmd("events", "--interval", "5x", cid)
+    assert r.returncode == 1, r
+    assert 'invalid value "5x" for flag -interval' in r.stderr.replace('\\"', '"'), r
+    assert r.stdout.startswith("Incorrect Usage: invalid value"), r
