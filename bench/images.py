@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.common.paths import Paths  # noqa: E402
+from services.highlevel.images import transfer  # noqa: E402
 from services.highlevel.images.manager import ImageManager  # noqa: E402
 from services.highlevel.images.registry import RegistryOptions  # noqa: E402
 from services.highlevel.snapshots.snapshotter import Driver, SnapshotKind  # noqa: E402
@@ -74,13 +75,13 @@ def main() -> int:
             name = f"{reg.host}:{reg.port}/bench/img:1"
             src = ImageManager(Paths(work / "src"), registry_options=RegistryOptions(plain_http=True))
             store_image(src, name, image)
-            asyncio.run(src.push(name))
+            asyncio.run(transfer.push(src, name))
             for run in range(args.runs):
                 m = ImageManager(Paths(work / f"run{run}"), registry_options=RegistryOptions(plain_http=True),
                                  driver=driver)
                 try:
                     t0 = time.perf_counter()
-                    asyncio.run(m.pull(name))
+                    asyncio.run(transfer.pull(m, name))
                     figures.setdefault("skiff pull (download+unpack)", []).append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     asyncio.run(m.prepare(name, "ctr"))

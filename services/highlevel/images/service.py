@@ -1,4 +1,5 @@
-"""The Images gRPC servicer: a thin translation between proto messages and ImageManager."""
+"""The Images gRPC servicer: a thin translation between proto messages and the image modules
+(manager.py's catalogue, transfer.py, archive.py, commit.py)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from services.gen.skiff.highlevel.v1 import (
 from services.gen.skiff.highlevel.v1 import (
     Descriptor as PbDescriptor,
 )
+from services.highlevel.images import archive, commit, transfer
 from services.highlevel.images.manager import ImageInfo, ImageManager
 from services.highlevel.images.manifest import chain_ids
 from services.highlevel.images.progress import ProgressEvent, ProgressFn
@@ -121,7 +123,8 @@ class ImagesService(ImagesBase):
         opts = _options(self.manager.registry_options, request.registry)
 
         async def run(progress: ProgressFn) -> ImageProgress:
-            info = await self.manager.pull(request.reference, credentials=creds, progress=progress, options=opts)
+            info = await transfer.pull(self.manager, request.reference, credentials=creds, progress=progress,
+                                       options=opts)
             return ImageProgress(status="Done", image=summary(info))
 
         async for item in _stream(run):
@@ -142,7 +145,8 @@ class ImagesService(ImagesBase):
         opts = _options(self.manager.registry_options, request.registry)
 
         async def run(progress: ProgressFn) -> ImageProgress:
-            digest = await self.manager.push(request.reference, credentials=creds, progress=progress, options=opts)
+            digest = await transfer.push(self.manager, request.reference, credentials=creds, progress=progress,
+                                         options=opts)
             return ImageProgress(status="Done", digest=digest)
 
         async for item in _stream(run):
@@ -171,25 +175,25 @@ class ImagesService(ImagesBase):
     async def save(self, request: SaveImagesRequest) -> SaveImagesResponse:
         if not request.path:
             raise InvalidArgument("save: an output path is required")
-        await self.manager.save(list(request.references), Path(request.path))
+        await archive.save(self.manager, list(request.references), Path(request.path))
         return SaveImagesResponse()
 
     @grpc_errors
     async def load(self, request: LoadImagesRequest) -> LoadImagesResponse:
-        return LoadImagesResponse(messages=await self.manager.load(Path(request.path)))
+        return LoadImagesResponse(messages=await archive.load(self.manager, Path(request.path)))
 
     @grpc_errors
     async def import_(self, request: ImportImageRequest) -> ImportImageResponse:
         overrides = json.loads(request.config) if request.config else None
-        image_id = await self.manager.import_rootfs(Path(request.path), request.reference or None,
-                                                    message=request.message, config_overrides=overrides)
+        image_id = await commit.import_rootfs(self.manager, Path(request.path), request.reference or None,
+                                              message=request.message, config_overrides=overrides)
         return ImportImageResponse(id=image_id)
 
     @grpc_errors
     async def commit(self, request: CommitImageRequest) -> CommitImageResponse:
         overrides = json.loads(request.config) if request.config else None
-        image_id = await self.manager.commit(
-            request.snapshot_key, request.parent_image or None, request.reference or None,
+        image_id = await commit.commit(
+            self.manager, request.snapshot_key, request.parent_image or None, request.reference or None,
             comment=request.comment, author=request.author, config_overrides=overrides)
         return CommitImageResponse(id=image_id)
 

@@ -13,6 +13,7 @@ import pytest
 
 from services.common.errors import InvalidArgument
 from services.common.paths import Paths
+from services.highlevel.images import archive, commit
 from services.highlevel.images.manifest import OCI_INDEX
 from tests.conftest import needs_root
 from tests.integration.images.conftest import cleanup_manager, make_manager
@@ -30,7 +31,7 @@ def test_save_load_round_trip(prefix: Path, busybox_image: BuiltImage, multi_ima
     with make_manager(prefix / "a") as m:
         store_image(m, "busybox:latest", busybox_image)
         store_image(m, "example.com/multi:2", multi_image)
-        asyncio.run(m.save(["busybox", "example.com/multi:2"], out))
+        asyncio.run(archive.save(m, ["busybox", "example.com/multi:2"], out))
     files = _members(out)
     # The OCI image layout: oci-layout, index.json, blobs named by their own digests.
     assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
@@ -51,7 +52,7 @@ def test_save_load_round_trip(prefix: Path, busybox_image: BuiltImage, multi_ima
     assert "busybox" in json.loads(files["repositories"])
 
     with make_manager(prefix / "b") as m2:
-        loaded = asyncio.run(m2.load(out))
+        loaded = asyncio.run(archive.load(m2, out))
         assert sorted(loaded) == ["Loaded image: busybox:latest", "Loaded image: example.com/multi:2"]
         info = m2.inspect("busybox")
         assert info.id == busybox_image.config_digest and info.manifest_digest == busybox_image.manifest_digest
@@ -60,7 +61,7 @@ def test_save_load_round_trip(prefix: Path, busybox_image: BuiltImage, multi_ima
         assert (rootfs / "bin" / "busybox").is_file() and not (rootfs / "data" / "gone").exists()
         # Saving again from the loaded copy gives the same blobs (byte-compatible round trip).
         out2 = prefix / "again.tar"
-        asyncio.run(m2.save(["busybox"], out2))
+        asyncio.run(archive.save(m2, ["busybox"], out2))
         again = _members(out2)
         assert again[f"blobs/sha256/{busybox_image.manifest_digest[7:]}"] == busybox_image.manifest
 
@@ -87,7 +88,7 @@ def test_load_legacy_layout(prefix: Path, multi_image: BuiltImage) -> None:
     src = prefix / "legacy.tar"
     _legacy_archive(src, multi_image)
     with make_manager(prefix) as m:
-        assert asyncio.run(m.load(src)) == ["Loaded image: legacy:1"]
+        assert asyncio.run(archive.load(m, src)) == ["Loaded image: legacy:1"]
         info = m.inspect("legacy:1")
         assert info.id == multi_image.config_digest
         rootfs = asyncio.run(m.prepare("legacy:1", "c"))
@@ -101,7 +102,7 @@ def test_load_with_hostile_layer_leaves_nothing(prefix: Path) -> None:
     _legacy_archive(src, bad)
     with make_manager(prefix / "lib") as m:
         with pytest.raises(InvalidArgument, match="climbs out"):
-            asyncio.run(m.load(src))
+            asyncio.run(archive.load(m, src))
         assert m.store.list() == [] and m.content.list() == [] and m.snapshots.list() == []
     assert not (prefix / "x").exists()
 
@@ -111,8 +112,8 @@ def test_import_rootfs(prefix: Path, bb_layer: Layer) -> None:
     src = prefix / "rootfs.tar"
     src.write_bytes(bb_layer.tar)
     with make_manager(prefix / "lib") as m:
-        image_id = asyncio.run(m.import_rootfs(src, "imported:1", message="from test",
-                                               config_overrides={"Cmd": ["sh"]}))
+        image_id = asyncio.run(commit.import_rootfs(m, src, "imported:1", message="from test",
+                                                    config_overrides={"Cmd": ["sh"]}))
         info = m.inspect("imported:1")
         assert info.id == image_id and info.diff_ids == [bb_layer.diff_id]
         assert info.history[0]["comment"] == "from test" and info.config["config"]["Cmd"] == ["sh"]

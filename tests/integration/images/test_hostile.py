@@ -14,6 +14,7 @@ import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.highlevel.content.store import DigestMismatch
+from services.highlevel.images import transfer
 from services.highlevel.images.manager import ImageManager
 from services.highlevel.images.manifest import DOCKER_LIST, host_platform
 from services.highlevel.images.progress import ProgressEvent, ProgressStatus
@@ -56,7 +57,7 @@ def canary(prefix: Path) -> Path:
 
 async def _pull(m: ImageManager, image: BuiltImage, beh: FakeBehaviour | None = None, **kw: object) -> object:
     async with fake_registry(beh) as reg:
-        return await m.pull(serve(reg, image, **kw), options=dataclasses.replace(FAST, plain_http=True))  # type: ignore[arg-type]
+        return await transfer.pull(m, serve(reg, image, **kw), options=dataclasses.replace(FAST, plain_http=True))  # type: ignore[arg-type]
 
 
 def test_manifest_whose_digest_lies(prefix: Path, busybox_image: BuiltImage) -> None:
@@ -76,7 +77,7 @@ def test_pull_by_digest_gets_other_content(prefix: Path, busybox_image: BuiltIma
             serve(reg, busybox_image)
             # The registry answers the digest of one manifest with the bytes of another.
             reg.manifests[busybox_image.manifest_digest] = (other.manifest, other.manifest_type)
-            await m.pull(f"{reg.host}/test/img@{busybox_image.manifest_digest}",
+            await transfer.pull(m, f"{reg.host}/test/img@{busybox_image.manifest_digest}",
                          options=dataclasses.replace(FAST, plain_http=True))
 
     with make_manager(prefix) as m:
@@ -109,7 +110,7 @@ def test_dropped_connection_resumes_with_range(prefix: Path, busybox_image: Buil
 
     async def run() -> None:
         async with fake_registry(beh) as reg:
-            await m.pull(serve(reg, busybox_image), progress=events.append,
+            await transfer.pull(m, serve(reg, busybox_image), progress=events.append,
                          options=dataclasses.replace(FAST, plain_http=True))
 
     with make_manager(prefix) as m:
@@ -134,7 +135,7 @@ def test_registry_that_hangs_times_out(prefix: Path) -> None:
     async def run() -> None:
         async with hanging_server() as host:
             opts = dataclasses.replace(FAST, plain_http=True, read_timeout=0.3, connect_timeout=0.3, retries=1)
-            await m.pull(f"{host}/test/img:v1", options=opts)
+            await transfer.pull(m, f"{host}/test/img:v1", options=opts)
 
     with make_manager(prefix) as m:
         start = time.monotonic()
@@ -206,7 +207,8 @@ def test_manifest_list_resolves_to_this_platform(prefix: Path, busybox_image: Bu
         async with fake_registry() as reg:
             serve(reg, busybox_image)
             reg.manifests["multi"] = (index, DOCKER_LIST)
-            return await m.pull(f"{reg.host}/test/img:multi", options=dataclasses.replace(FAST, plain_http=True))
+            return await transfer.pull(m, f"{reg.host}/test/img:multi",
+                                       options=dataclasses.replace(FAST, plain_http=True))
 
     with make_manager(prefix) as m:
         info = asyncio.run(run())
@@ -217,7 +219,7 @@ def test_manifest_list_resolves_to_this_platform(prefix: Path, busybox_image: Bu
 def test_bad_reference_is_invalid(prefix: Path) -> None:
     needs_root()
     with make_manager(prefix) as m, pytest.raises(InvalidArgument):
-        asyncio.run(m.pull("Not A Reference"))
+        asyncio.run(transfer.pull(m, "Not A Reference"))
 
 
 def test_gc_during_pull_spares_leased_blobs(prefix: Path, multi_image: BuiltImage) -> None:
@@ -232,7 +234,7 @@ def test_gc_during_pull_spares_leased_blobs(prefix: Path, multi_image: BuiltImag
 
     async def run() -> None:
         async with fake_registry() as reg:
-            await m.pull(serve(reg, multi_image), progress=on_progress,
+            await transfer.pull(m, serve(reg, multi_image), progress=on_progress,
                          options=dataclasses.replace(FAST, plain_http=True))
 
     with make_manager(prefix) as m:
@@ -254,7 +256,7 @@ def test_bearer_token_auth(prefix: Path, busybox_image: BuiltImage) -> None:
         async with fake_registry(beh) as reg:
             name = serve(reg, busybox_image)
             host = name.split("/", 1)[0]
-            return await m.pull(name, credentials={host: creds[""]} if creds else None,
+            return await transfer.pull(m, name, credentials={host: creds[""]} if creds else None,
                                 options=dataclasses.replace(FAST, plain_http=True))
 
     with make_manager(prefix) as m:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.highlevel.images import transfer
 from services.highlevel.images.progress import ProgressEvent, ProgressStatus
 from services.highlevel.images.registry import AuthError, Credentials
 from tests.conftest import needs_root
@@ -28,21 +29,21 @@ def test_push_remove_pull_prepare(prefix: Path, multi_image: BuiltImage, auth: b
             store_image(m, name, multi_image)
             if auth:
                 with pytest.raises(AuthError):
-                    asyncio.run(m.push(name))
+                    asyncio.run(transfer.push(m, name))
             pushed: list[ProgressEvent] = []
-            digest = asyncio.run(m.push(name, credentials=creds, progress=pushed.append))
+            digest = asyncio.run(transfer.push(m, name, credentials=creds, progress=pushed.append))
             assert digest == multi_image.manifest_digest
             assert {ProgressStatus.PUSHED} <= {e.status for e in pushed}
             # Pushing again finds every blob there already.
             again: list[ProgressEvent] = []
-            asyncio.run(m.push(name, credentials=creds, progress=again.append))
+            asyncio.run(transfer.push(m, name, credentials=creds, progress=again.append))
             assert ProgressStatus.PUSHED not in {e.status for e in again}
 
             asyncio.run(m.remove(name))
             assert m.content.list() == [] and m.store.list() == [] and m.snapshots.list() == []
 
             events: list[ProgressEvent] = []
-            info = asyncio.run(m.pull(name, credentials=creds, progress=events.append))
+            info = asyncio.run(transfer.pull(m, name, credentials=creds, progress=events.append))
             assert info.id == multi_image.config_digest
             assert info.manifest_digest == multi_image.manifest_digest
             assert info.repo_tags == [name]
@@ -56,7 +57,7 @@ def test_push_remove_pull_prepare(prefix: Path, multi_image: BuiltImage, auth: b
 
             # Pulling again: every layer already there.
             events.clear()
-            asyncio.run(m.pull(name, credentials=creds, progress=events.append))
+            asyncio.run(transfer.pull(m, name, credentials=creds, progress=events.append))
             assert ProgressStatus.DOWNLOADING not in {e.status for e in events}
             assert ProgressStatus.ALREADY_EXISTS in {e.status for e in events}
 
@@ -67,12 +68,12 @@ def test_cross_repository_mount(prefix: Path, busybox_image: BuiltImage) -> None
         a = f"{reg.host}:{reg.port}/team/a:1"
         b = f"{reg.host}:{reg.port}/team/b:1"
         store_image(m, a, busybox_image)
-        asyncio.run(m.push(a))
+        asyncio.run(transfer.push(m, a))
         m.tag(a, b)
         events: list[ProgressEvent] = []
-        asyncio.run(m.push(b, progress=events.append))
+        asyncio.run(transfer.push(m, b, progress=events.append))
         assert ProgressStatus.MOUNTED in {e.status for e in events}
         assert ProgressStatus.PUSHED not in {e.status for e in events}
         asyncio.run(m.remove(a))
         asyncio.run(m.remove(b))
-        assert asyncio.run(m.pull(b)).id == busybox_image.config_digest
+        assert asyncio.run(transfer.pull(m, b)).id == busybox_image.config_digest

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import Conflict
+from services.highlevel.images import commit
 from services.highlevel.snapshots.snapshotter import ChangeKind, Driver
 from tests.conftest import needs_root
 from tests.integration.images.conftest import make_manager, mounts_under
@@ -40,7 +41,7 @@ def test_whiteouts_diff_commit_export(prefix: Path, multi_image: BuiltImage, dri
         assert (ChangeKind.DELETED, "/etc/passwd") in changes
         assert (ChangeKind.MODIFIED, "/etc") in changes
 
-        image_id = asyncio.run(m.commit("c1", "multi:1", "committed:1", comment="test commit"))
+        image_id = asyncio.run(commit.commit(m, "c1", "multi:1", "committed:1", comment="test commit"))
         info = m.inspect("committed:1")
         assert info.id == image_id and len(info.layers) == 4
         assert info.history[-1]["comment"] == "test commit"

@@ -1,0 +1,128 @@
+"""New images from a filesystem: ``docker commit`` and ``docker import``.
+
+Commit turns a container's snapshot changes into one gzip layer over its image's layers, with the
+image's config carried over (and the caller's overrides applied); import makes a one-layer image of a
+root filesystem tar as given (plain, gzip or zstd). Both unpack the new layer as a committed snapshot
+at once, so a container runs from the new image without a second pass, and both hold what they
+write in a content lease until the image is named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services.highlevel.images.manager import ImageManager
+from services.highlevel.images.manifest import (
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_TAR,
+    Descriptor,
+    chain_ids,
+    host_platform,
+)
+from services.highlevel.images.reference import parse_reference
+from services.highlevel.images.store import ImageRecord
+from services.highlevel.snapshots.unpack import Compression, detect_compression, open_decompressed
+
+
+async def import_rootfs(images: ImageManager, src: Path, reference: str | None = None, *, message: str = "",
+                        config_overrides: dict[str, Any] | None = None) -> str:
+    """``docker import``: a root filesystem tar (plain, gzip or zstd) as a one-layer image."""
+    ref = parse_reference(reference) if reference else None
+    with images.content.lease() as lease:
+        try:
+            digest = await asyncio.to_thread(images.content.write_file, src)
+            lease.digests.add(digest)
+            diff_id = await asyncio.to_thread(_diff_id, images.content.blob_path(digest))
+            with open(images.content.blob_path(digest), "rb") as f:
+                kind = detect_compression(f.read(4))
+            mt = DOCKER_LAYER_GZIP if kind is Compression.GZIP else DOCKER_LAYER_TAR
+            os_name, arch = host_platform()
+            now = _now_iso()
+            config: dict[str, Any] = {
+                "architecture": arch, "os": os_name, "created": now,
+                "config": dict(config_overrides or {}),
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                "history": [{"created": now, "created_by": "", "comment": message or "Imported from -"}],
+            }
+            cfg_digest = images.write_config(config, lease)
+            target = images.write_manifest(cfg_digest, [Descriptor(mt, digest, images.content.size(digest))], lease)
+            await asyncio.to_thread(images.snapshots.unpack, diff_id, None, images.content.blob_path(digest), diff_id)
+        except BaseException:
+            await images.discard(lease)
+            raise
+        images.store.put(ImageRecord(str(ref) if ref else target.digest, target))
+    return cfg_digest
+
+
+async def commit(images: ImageManager, key: str, parent_image: str | None, reference: str | None = None, *,
+                 comment: str = "", author: str = "", config_overrides: dict[str, Any] | None = None) -> str:
+    """``docker commit``: the container's changes as a new gzip layer over its image."""
+    # A bad name fails before any work, not after the layer is written.
+    name = str(parse_reference(reference)) if reference else None
+    base_cfg: dict[str, Any] = {}
+    base_layers: list[Descriptor] = []
+    if parent_image:
+        _, recs = images.resolve(parent_image)
+        manifest, config = images.parts(recs[0])
+        base_cfg, base_layers = json.loads(json.dumps(config.raw)), list(manifest.layers)
+    with images.content.lease() as lease, tempfile.TemporaryDirectory(dir=images.tmp) as td:
+        try:
+            tar_path = Path(td) / "layer.tar"
+            await asyncio.to_thread(images.snapshots.write_diff_tar, key, tar_path)
+            diff_id, digest = await asyncio.to_thread(_gzip_into_store, images, tar_path)
+            lease.digests.add(digest)
+            os_name, arch = host_platform()
+            now = _now_iso()
+            cfg = base_cfg or {"architecture": arch, "os": os_name, "config": {}}
+            cfg["created"] = now
+            if author:
+                cfg["author"] = author
+            if config_overrides:
+                cfg["config"] = {**(cfg.get("config") or {}), **config_overrides}
+            rootfs = cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+            rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), diff_id]
+            cfg["history"] = [*cfg.get("history", []),
+                              {"created": now, "author": author, "comment": comment, "created_by": ""}]
+            cfg_digest = images.write_config(cfg, lease)
+            layers = [*base_layers, Descriptor(DOCKER_LAYER_GZIP, digest, images.content.size(digest))]
+            target = images.write_manifest(cfg_digest, layers, lease)
+            chains = chain_ids(rootfs["diff_ids"])
+            await asyncio.to_thread(images.snapshots.unpack, chains[-1], chains[-2] if len(chains) > 1 else None,
+                                    images.content.blob_path(digest), diff_id)
+        except BaseException:
+            await images.discard(lease)
+            raise
+        images.store.put(ImageRecord(name or target.digest, target))
+    return cfg_digest
+
+
+def _gzip_into_store(images: ImageManager, tar_path: Path) -> tuple[str, str]:
+    h = hashlib.sha256()
+    gz_path = tar_path.with_suffix(".tar.gz")
+    with open(tar_path, "rb") as src, open(gz_path, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+        while block := src.read(1 << 20):
+            h.update(block)
+            gz.write(block)
+    return "sha256:" + h.hexdigest(), images.content.write_file(gz_path)
+
+
+
+def _diff_id(blob: Path) -> str:
+    h = hashlib.sha256()
+    with open(blob, "rb") as raw:
+        stream = open_decompressed(raw)
+        while block := stream.read(1 << 20):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
