@@ -48,7 +48,9 @@ def _int_flag(p: Parsed, name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise InvalidArgument(f"invalid value {value!r} for --{name.replace('_', '-')}") from None
+        # Go's flag package refuses it while parsing (an IntFlag): runc's usage error.
+        message = f'invalid value "{value}" for flag -{name.replace("_", "-")}: parse error'
+        raise UsageError(message, command=p.command, banner=f"Incorrect Usage: {message}") from None
 
 
 def cmd_create(p: Parsed, root: str) -> int:

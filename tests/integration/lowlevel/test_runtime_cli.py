@@ -143,6 +143,9 @@ def test_usage_errors_print_the_help_and_exit_1(rt: Runtime) -> None:
     r = rt.cmd("--bogus", "state", "x")
     assert r.returncode == 1, r
     assert r.stdout.startswith("Incorrect Usage. flag provided but not defined: -bogus\n\nNAME:\n"), r
+    r = rt.cmd("run", "--preserve-fds", "x", "c1")
+    assert r.returncode == 1, r
+    assert r.stdout.startswith('Incorrect Usage: invalid value "x" for flag -preserve-fds: parse error'), r
 
 
 def test_exec_exit_codes(rt: Runtime) -> None:
