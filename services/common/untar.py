@@ -2,8 +2,10 @@
 a tree it does not trust, whether an image layer (highlevel's unpack) or ``docker cp`` into a
 container, running or not (the daemon's archive service). Our own walk, never ``extractall``.
 
-Every entry is placed relative to an open directory descriptor of the root. Parent folders are
-resolved one component at a time, following symlinks only *within* the root (an absolute or
+Every entry is placed relative to an open directory descriptor of its folder. Parent folders are
+resolved one component at a time, each looked up below the descriptor of the one before and
+opened with O_NOFOLLOW (a folder swapped for a symlink meanwhile fails the open instead of
+leading out), following symlinks only *within* the root (an absolute or
 ``..``-climbing link target is clamped at the root, as Docker's FollowSymlinkInScope and its
 chrooted untar do), and the entry itself is never followed: an existing entry of another type is
 removed first, so a symlink planted by an earlier entry (or by the running container, between two
@@ -69,6 +71,69 @@ def split_name(name: str, what: str) -> list[str]:
     return parts
 
 
+def _open_child(dir_fd: int, name: str) -> int:
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
+def open_in_root(root_fd: int, parts: list[str], *, create: bool = False) -> tuple[list[str], int]:
+    """The folder ``parts`` names below ``root_fd``, as the container sees it: its real path
+    (components) and an open descriptor of it (the caller closes it).
+
+    Symlinks on the way are followed but clamped inside the root (an absolute target restarts at
+    the root, ``..`` stops there); missing folders are made (0755, as Docker does) with ``create``,
+    else FileNotFoundError. Every step is one name looked up below the descriptor of the folder
+    before it, opened with O_NOFOLLOW: a running container that swaps a folder for a symlink
+    meanwhile makes the open fail (ELOOP), it never sends the walk out of the root.
+    """
+    resolved: list[str] = []
+    pending = list(parts)
+    hops = 0
+    fd = os.dup(root_fd)
+    try:
+        while pending:
+            comp = pending.pop(0)
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if resolved:
+                    resolved.pop()
+                    os.close(fd)
+                    fd = os.dup(root_fd)
+                    for name in resolved:
+                        child = _open_child(fd, name)
+                        os.close(fd)
+                        fd = child
+                continue
+            try:
+                st = os.lstat(comp, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(comp, 0o755, dir_fd=fd)
+                st = os.lstat(comp, dir_fd=fd)
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise UnsafeArchive(f"too many symlinks resolving `{'/'.join(parts)}`")
+                target = os.readlink(comp, dir_fd=fd)
+                if target.startswith("/"):
+                    resolved = []
+                    os.close(fd)
+                    fd = os.dup(root_fd)
+                pending = [p for p in target.split("/") if p] + pending
+            elif stat.S_ISDIR(st.st_mode):
+                child = _open_child(fd, comp)
+                os.close(fd)
+                fd = child
+                resolved.append(comp)
+            else:
+                raise UnsafeArchive(f"`{'/'.join(parts)}`: `{'/'.join([*resolved, comp])}` is not a directory")
+        return resolved, fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class RootExtractor:
     """Writes tar entries under ``root``, below the folder ``into`` (components inside the root,
     resolved as the entries' parents are: symlinks followed within the root only)."""
@@ -92,49 +157,8 @@ class RootExtractor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- resolution ---------------------------------------------------------------------------
-    def resolve(self, parts: list[str], create: bool) -> list[str]:
-        """The real path (components) of a folder, symlinks followed but clamped inside the root."""
-        resolved: list[str] = []
-        pending = list(parts)
-        hops = 0
-        while pending:
-            comp = pending.pop(0)
-            if comp in ("", "."):
-                continue
-            if comp == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            rel = "/".join([*resolved, comp])
-            try:
-                st = os.lstat(rel, dir_fd=self.root_fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                # Docker creates missing parents with 0755, owned by root.
-                os.mkdir(rel, 0o755, dir_fd=self.root_fd)
-                resolved.append(comp)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise UnsafeArchive(f"too many symlinks resolving `{'/'.join(parts)}`")
-                target = os.readlink(rel, dir_fd=self.root_fd)
-                if target.startswith("/"):
-                    resolved = []
-                pending = [p for p in target.split("/") if p] + pending
-            elif stat.S_ISDIR(st.st_mode):
-                resolved.append(comp)
-            else:
-                raise UnsafeArchive(f"`{'/'.join(parts)}`: `{rel}` is not a directory")
-        return resolved
-
-    def open_dir(self, resolved: list[str]) -> int:
-        # Each component was checked to be a real folder just above; O_NOFOLLOW guards the last
-        # (a running container may have swapped one for a symlink since: then this open fails).
-        rel = "/".join(resolved) or "."
-        return os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root_fd)
+    def open_dir(self, parts: list[str], create: bool) -> tuple[list[str], int]:
+        return open_in_root(self.root_fd, parts, create=create)
 
     @staticmethod
     def _remove(name: str, pfd: int, keep_dir: bool) -> bool:
@@ -165,7 +189,7 @@ class RootExtractor:
                 continue
             *dir_parts, base = parts
             try:
-                pfd = self.open_dir(self.resolve([*self.into, *dir_parts], create=False))
+                _, pfd = self.open_dir([*self.into, *dir_parts], create=False)
             except (FileNotFoundError, NotADirectoryError, UnsafeArchive):
                 continue
             try:
@@ -186,7 +210,7 @@ class RootExtractor:
         if not parts:
             # The target folder itself ("./"): only its metadata, never replaced.
             if member.isdir():
-                pfd = self.open_dir(self.resolve(self.into, create=True))
+                _, pfd = self.open_dir(self.into, create=True)
                 try:
                     self._meta(".", pfd, member, is_link=False)
                 finally:
@@ -196,8 +220,7 @@ class RootExtractor:
         if base.startswith(WHITEOUT_PREFIX) and self.options.whiteouts is not WhiteoutMode.NONE:
             self._whiteout([*self.into, *dir_parts], base)
             return
-        resolved = self.resolve([*self.into, *dir_parts], create=True)
-        pfd = self.open_dir(resolved)
+        resolved, pfd = self.open_dir([*self.into, *dir_parts], create=True)
         try:
             self._place(tf, member, resolved, base, pfd)
         finally:
@@ -254,8 +277,7 @@ class RootExtractor:
             raise UnsafeArchive(f"hard link `{m.name}` to the root folder")
         *tdir, tbase = target
         try:
-            tresolved = self.resolve([*self.into, *tdir], create=False)
-            tfd = self.open_dir(tresolved)
+            _, tfd = self.open_dir([*self.into, *tdir], create=False)
         except (FileNotFoundError, NotADirectoryError):
             raise UnsafeArchive(f"hard link `{m.name}` → `{m.linkname}`: target is not in this archive") from None
         try:
@@ -286,10 +308,9 @@ class RootExtractor:
     def _whiteout(self, dir_parts: list[str], base: str) -> None:
         overlay = self.options.whiteouts is WhiteoutMode.OVERLAY
         try:
-            resolved = self.resolve(dir_parts, create=overlay)
+            resolved, pfd = self.open_dir(dir_parts, create=overlay)
         except FileNotFoundError:
             return  # applying a whiteout below a folder that does not exist: nothing to hide
-        pfd = self.open_dir(resolved)
         try:
             if base == OPAQUE_MARKER:
                 if overlay:

@@ -24,7 +24,7 @@ from pathlib import Path
 from services.common.errors import InvalidArgument, NotFound
 from services.common.grpc import call, grpc_errors
 from services.common.livetar import add_tree_live
-from services.common.untar import ExtractOptions, WhiteoutMode, extract_archive
+from services.common.untar import ExtractOptions, WhiteoutMode, extract_archive, open_in_root
 from services.daemon.containers import ContainerManager
 from services.daemon.volumes import VolumesService, VolumeStore, tree_size
 from services.gen.skiff import highlevel
@@ -95,6 +95,13 @@ def extraction_root(rootfs: str, points: list[MountPoint], path: str) -> tuple[s
     return base, [c for c in rest.split("/") if c]
 
 
+def source_root(rootfs: str, points: list[MountPoint], path: str) -> tuple[str, list[str]]:
+    """What docker cp reads for ``path``: the root that holds it and its components there (the
+    last one not followed: a symlink is copied as a link, as Docker does)."""
+    base, rest = _base(rootfs, points, container_path(rootfs, points, path, False))
+    return base, [c for c in rest.split("/") if c]
+
+
 def container_path(rootfs: str, points: list[MountPoint], path: str, follow_last: bool) -> str:
     """``path`` with its symlinks resolved as the container would (blocking)."""
     if not path:
@@ -138,10 +145,24 @@ def path_stat(host: str, name: str) -> PathStat:
                     mtime=mtime, link_target=link)
 
 
-def write_tar(host: str, arcname: str, out: str) -> None:
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        # The container may be running: files may change or vanish while they are read.
-        add_tree_live(tar, host, arcname)
+def write_tar(root: str, parts: list[str], arcname: str, out: str) -> None:
+    """``root``/``parts`` (links already resolved as the container sees them) into a tar (blocking).
+
+    The container may be running: files may change or vanish while they are read, and any folder
+    may be swapped for a symlink, which the host would resolve against its own root. So the folder
+    holding the entry is opened inside ``root`` (open_in_root: no step follows a link out) and the
+    tree below it is read through descriptors (add_tree_live with dir_fd)."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        *folder, name = parts or ["."]
+        _, folder_fd = open_in_root(root_fd, folder)
+    finally:
+        os.close(root_fd)
+    try:
+        with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+            add_tree_live(tar, name, arcname, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
 
 
 def extract_tar(archive: str, root: str, no_overwrite_dir_non_dir: bool = False, into: list[str] | None = None,
@@ -189,9 +210,10 @@ class ArchiveService(ArchiveBase):
         info = await asyncio.to_thread(path_stat, host, r.path)
         # "dir/." copies the folder's content: its entries are named from the folder itself.
         arcname = "." if r.path.endswith("/.") else info.name
+        root, parts = await asyncio.to_thread(source_root, rootfs, points, r.path)
         out = self._temp()
         try:
-            await asyncio.to_thread(write_tar, host, arcname, out)
+            await asyncio.to_thread(write_tar, root, parts, arcname, out)
             yield ArchiveChunk(stat=info)
             async for chunk in stream_file(out):
                 yield ArchiveChunk(data=chunk)

@@ -1,7 +1,8 @@
 """``docker cp`` of hostile archives into a running container writes nothing outside it: ``..``
 names are refused; a symlink the archive plants pointing out (absolute or climbing) and then a
 file written "through" it land inside the container's root, as Docker's chrooted untar places
-them; a symlink the container itself made is followed within its root only."""
+them; a symlink the container itself made is followed within its root only; and a copy out of
+the container carries its links to host paths as links, never the host files they name."""
 
 from __future__ import annotations
 
@@ -46,6 +47,23 @@ def _cli_cp(stack: Stack, archive: bytes, target: str) -> subprocess.CompletedPr
     return subprocess.run(["docker", "cp", "-", target], input=archive, capture_output=True, timeout=60, env=env)
 
 
+def _inside(container: docker.models.containers.Container, path: str) -> tuple[str, bytes]:
+    """("file", its bytes) or ("symlink", its target) of a path in the container, read with docker cp
+    (not exec: what is checked here is the files, not exec's output)."""
+    stream, _ = container.get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.getmembers()[0]
+        if member.issym():
+            return "symlink", member.linkname.encode()
+        data = tar.extractfile(member)
+        assert data is not None, member
+        return "file", data.read()
+
+
+def _run(container: docker.models.containers.Container, *argv: str) -> None:
+    container.exec_run(list(argv))  # its effect is checked with docker cp, not its exit code
+
+
 def _everything_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
@@ -65,8 +83,8 @@ def test_hostile_archives_write_nothing_outside_a_running_container(
         dotdot = _tar(("file", "ok-before", "x"), ("file", f"../../../../../..{canary}/dotdot", "escaped"))
         result = _cli_cp(stack, dotdot, f"{container.id}:/tmp")
         assert result.returncode != 0 and b"climbs out of the root" in result.stderr, result.stderr
-        code, out = container.exec_run(["ls", "/tmp/ok-before"])
-        assert code != 0, out  # checked whole before the first entry is written
+        with pytest.raises(docker.errors.NotFound):  # checked whole before the first entry is written
+            container.get_archive("/tmp/ok-before")
         with pytest.raises(docker.errors.APIError) as refused:
             container.put_archive("/", _tar(("file", "../../../../etc/skiff-escape", "x")))
         assert refused.value.status_code == 400
@@ -85,18 +103,23 @@ def test_hostile_archives_write_nothing_outside_a_running_container(
         assert container.put_archive("/", planted) is True
         assert _everything_under(canary) == before and (canary / "keep").read_text() == "untouched"
         # Inside the container, clamped at its root, as the container itself would see the links.
-        for inside in (f"{canary}/through-abs", f"{canary}/through-up"):
-            code, out = container.exec_run(["cat", inside])
-            assert code == 0, out
-        code, out = container.exec_run(["readlink", "/tmp/abs"])
-        assert out.decode().strip() == str(canary)  # the symlink itself is kept as data
+        assert _inside(container, f"{canary}/through-abs") == ("file", b"absolute")
+        assert _inside(container, f"{canary}/through-up") == ("file", b"climbing")
+        assert _inside(container, "/tmp/abs") == ("symlink", str(canary).encode())  # kept as data
 
         # 3. a symlink the running container made, pointing out of its root: followed within it.
-        code, out = container.exec_run(["ln", "-s", "../../../../../../" + str(canary).lstrip("/"), "/exit"])
-        assert code == 0, out
+        _run(container, "ln", "-s", "../../../../../../" + str(canary).lstrip("/"), "/exit")
+        assert _inside(container, "/exit")[0] == "symlink"
         assert container.put_archive("/exit", _tar(("file", "via-container-link", "x"))) is True
         assert _everything_under(canary) == before
-        code, out = container.exec_run(["cat", f"{canary}/via-container-link"])
-        assert code == 0 and out == b"x", out
+        assert _inside(container, f"{canary}/via-container-link") == ("file", b"x")
+
+        # 4. out of the container: links to host paths are copied as links, never read through.
+        _run(container, "ln", "-s", f"{canary}/keep", "/tmp/leak")
+        assert _inside(container, "/tmp/leak") == ("symlink", f"{canary}/keep".encode())
+        for source in ("/tmp/leak", "/tmp", "/"):
+            stream, _ = container.get_archive(source)
+            data = b"".join(stream)
+            assert b"untouched" not in data, source
     finally:
         container.remove(force=True)
