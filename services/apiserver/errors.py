@@ -17,6 +17,7 @@ HTTP_STATUS_BY_KIND: dict[str, int] = {
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.UNAUTHORIZED: 401,
     ErrorKind.INTERNAL: 500,
+    ErrorKind.NOT_IMPLEMENTED: 501,
 }
 
 

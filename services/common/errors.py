@@ -21,6 +21,7 @@ class ErrorKind:
     UNAVAILABLE = "unavailable"
     UNAUTHORIZED = "unauthorized"  # credentials refused (a registry's login): Docker's errdefs.Unauthorized
     INTERNAL = "internal"
+    NOT_IMPLEMENTED = "not_implemented"  # Docker's errdefs.NotImplemented (501): e.g. logs of a none driver
 
 
 class SkiffError(Exception):
@@ -65,6 +66,10 @@ class Internal(SkiffError):
     kind = ErrorKind.INTERNAL
 
 
+class NotSupported(SkiffError):
+    kind = ErrorKind.NOT_IMPLEMENTED
+
+
 class SyscallError(Internal):
     """A failed system call, told as operation, path and errno."""
 
@@ -85,4 +90,5 @@ ERROR_BY_KIND: dict[str, type[SkiffError]] = {
     ErrorKind.UNAVAILABLE: Unavailable,
     ErrorKind.UNAUTHORIZED: Unauthorized,
     ErrorKind.INTERNAL: Internal,
+    ErrorKind.NOT_IMPLEMENTED: NotSupported,
 }

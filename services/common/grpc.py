@@ -26,6 +26,7 @@ STATUS_BY_KIND: dict[str, Status] = {
     ErrorKind.UNAVAILABLE: Status.UNAVAILABLE,
     ErrorKind.UNAUTHORIZED: Status.UNAUTHENTICATED,
     ErrorKind.INTERNAL: Status.INTERNAL,
+    ErrorKind.NOT_IMPLEMENTED: Status.UNIMPLEMENTED,
 }
 KIND_BY_STATUS: dict[Status, str] = {status: kind for kind, status in STATUS_BY_KIND.items()}
 
