@@ -132,6 +132,9 @@ class CreateOptions:
     log_path: str = ""
     log_max_size: int = 0
     log_max_file: int = 1
+    log_format: str = ""  # "json-file" (""), "local"
+    log_compress: bool = False
+    log_attrs: dict[str, str] | None = None
 
 
 def pid_alive(pid: int) -> bool:
@@ -230,6 +233,7 @@ class TaskManager:
             "stdin": opts.stdin, "stdin_once": opts.stdin_once,
             "log_path": opts.log_path or str(state_dir / "log.json"),
             "log_max_size": opts.log_max_size, "log_max_file": opts.log_max_file or 1,
+            "log_format": opts.log_format, "log_compress": opts.log_compress, "log_attrs": opts.log_attrs or {},
         }
         # The shim's whole truth: never seen half-written (by the shim, or by recover after a crash).
         atomic_write(state_dir / "bootstrap.json", json.dumps(boot).encode(), durable=False)

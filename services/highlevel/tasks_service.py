@@ -77,7 +77,9 @@ class TasksService(TasksBase):
             bundle = r.bundle
         opts = CreateOptions(id=r.id, bundle=bundle, runtime=r.runtime, terminal=r.terminal, stdin=r.stdin,
                              stdin_once=r.stdin_once, log_path=r.log.path if r.log else "",
-                             log_max_size=r.log.max_size if r.log else 0, log_max_file=r.log.max_file if r.log else 1)
+                             log_max_size=r.log.max_size if r.log else 0, log_max_file=r.log.max_file if r.log else 1,
+                             log_format=r.log.format if r.log else "", log_compress=bool(r.log and r.log.compress),
+                             log_attrs=dict(r.log.attrs) if r.log else None)
         try:
             task = await self.manager.create(opts)
         except BaseException:

@@ -26,7 +26,7 @@ from services.common.shimproto import (
     rfc3339_nano,
 )
 from services.shim.clients import Clients, Conn
-from services.shim.logfile import JsonFileLog
+from services.shim.logfile import open_log
 from services.shim.loop import Poller, Reaper
 from services.shim.oom import OomWatch
 from services.shim.runtime import Runtime
@@ -203,9 +203,7 @@ class Shim:
     def create(self) -> int:
         boot = self.boot
         init = Proc("", bool(boot.get("terminal")), bool(boot.get("stdin_once")))
-        if boot.get("log_path"):
-            init.log = JsonFileLog(boot["log_path"], int(boot.get("log_max_size") or 0),
-                                   int(boot.get("log_max_file") or 1))
+        init.log = open_log(boot)
         self.procs[""] = init
         self._launch(init, ["create", "--bundle", boot["bundle"], self.id], bool(boot.get("stdin")))
         self.oom.arm(cgroupfs.memory_cgroup(init.pid))

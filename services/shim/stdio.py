@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from services.shim.locallog import LocalLog
     from services.shim.logfile import JsonFileLog
 
 READ_CHUNK = 65536
@@ -48,7 +49,7 @@ class Proc:
         self.stdin_closing = False
         self.outputs: dict[int, str] = {}  # read fd → stream name
         self.master = -1
-        self.log: JsonFileLog | None = None
+        self.log: JsonFileLog | LocalLog | None = None
         self.attachers: list[Any] = []  # server.Conn
         self.waiters: list[Any] = []
         self.pending: bytearray | None = None if exec_id == "" else bytearray()

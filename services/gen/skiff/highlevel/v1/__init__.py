@@ -338,6 +338,11 @@ class LogConfig(betterproto.Message):
     path: str = betterproto.string_field(1)
     max_size: int = betterproto.int64_field(2)
     max_file: int = betterproto.int32_field(3)
+    format: str = betterproto.string_field(4)
+    compress: bool = betterproto.bool_field(5)
+    attrs: Dict[str, str] = betterproto.map_field(
+        6, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
 
 
 @dataclass(eq=False, repr=False)
