@@ -137,8 +137,9 @@ class Relay:
                 if fd == wake_r:
                     for signum in os.read(wake_r, 64):
                         if signum == signal.SIGWINCH:
+                            # The kernel tells the container's foreground group itself (as runc).
                             self.resize()
-                        if signum != signal.SIGCHLD:
+                        elif signum != signal.SIGCHLD:
                             try:
                                 os.kill(pid, signum)
                             except ProcessLookupError:
