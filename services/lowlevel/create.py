@@ -148,6 +148,10 @@ def create_container(opts: CreateOptions) -> Created:
 def check_cgroup_unused(cgroup: Cgroup) -> None:
     """As runc's factory: a frozen cgroup is refused (the init would hang in it), one that already
     has tasks is only warned about (runc 1.1 still runs a container there)."""
+    paths = cgroup.paths()
+    probe = paths.get("freezer") or next(iter(paths.values()), None)
+    if probe is None or not os.path.isdir(probe):
+        return  # the usual case, a new folder: one stat, no failed reads
     try:
         frozen = cgroup.frozen()
     except SkiffError:
