@@ -410,7 +410,8 @@ class V1Cgroup:
         ):
             text = read_optional(folder + "/cpuset." + key)
             out[key] = int(text) if text and text.strip().lstrip("-").isdigit() else 0
-        return out
+        # runc's order (its CpusetStats struct): cpus, cpu_exclusive, mems, then the rest.
+        return {**{k: out[k] for k in ("cpus", "cpu_exclusive", "mems") if k in out}, **out}
 
     def _memory_stats(self) -> dict[str, Any]:
         folder = self._dirs.get("memory")
@@ -423,7 +424,7 @@ class V1Cgroup:
         for key, infix in _MEMORY_ENTRIES:
             out[key] = _memory_entry(folder + "/memory." + infix)
         if raw:
-            out["raw"] = raw
+            out["raw"] = dict(sorted(raw.items()))  # a Go map: runc prints its keys sorted
         return out
 
     def _pids_stats(self) -> dict[str, int]:

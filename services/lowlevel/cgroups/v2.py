@@ -324,7 +324,7 @@ class V2Cgroup:
         out["kernel"] = {"limit": 0, "failcnt": 0}
         out["kernelTCP"] = {"limit": 0, "failcnt": 0}
         if raw:
-            out["raw"] = raw
+            out["raw"] = dict(sorted(raw.items()))  # a Go map: runc prints its keys sorted
         return out
 
     def _pids_stats(self) -> dict[str, int]:

@@ -126,3 +126,16 @@ def test_events_refuses_a_bad_interval(rt: Runtime) -> None:
     assert r.returncode == 1, r
     assert 'invalid value "5x" for flag -interval' in r.stderr.replace('\\"', '"'), r
     assert r.stdout.startswith("Incorrect Usage: invalid value"), r
+
+
+def test_events_stats_keys_in_runcs_order(rt: Runtime) -> None:
+    """Struct fields in runc's order, maps (memory.raw) with their keys sorted, as Go prints them."""
+    cid, _, _ = rt.start_container(["sleep", "60"])
+    data = json.loads(rt.cmd("events", "--stats", cid).ok().stdout)["data"]
+    assert list(data)[:4] == ["cpu", "cpuset", "memory", "pids"], list(data)
+    cpuset = list(data["cpuset"])
+    assert cpuset[:1] == ["cpus"], cpuset
+    if "cpu_exclusive" in cpuset:  # cgroup v1
+        assert cpuset[:3] == ["cpus", "cpu_exclusive", "mems"], cpuset
+    raw = list(data["memory"].get("raw") or {})
+    assert raw == sorted(raw), raw
