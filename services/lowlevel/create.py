@@ -196,7 +196,14 @@ def load_spec_checked(bundle: str) -> dict[str, Any]:
     spec = load_spec(bundle)
     process = spec.get("process") or {}
     validate_process(process)
-    for device in (spec.get("linux") or {}).get("devices") or ():
+    linux = spec.get("linux") or {}
+    ns_types = {ns.get("type") for ns in linux.get("namespaces") or ()}
+    # runc's config validator: what only a namespace of the container's own can do.
+    if spec.get("hostname") and "uts" not in ns_types:
+        raise InvalidArgument("unable to set hostname without a private UTS namespace")
+    if (linux.get("maskedPaths") or linux.get("readonlyPaths")) and "mount" not in ns_types:
+        raise InvalidArgument("unable to restrict sys entries without a private MNT namespace")
+    for device in linux.get("devices") or ():
         # Checked before anything is made, as runc's spec conversion does.
         if device.get("type") not in ("c", "u", "b", "p"):
             raise InvalidArgument(f"invalid device type {json.dumps(device.get('type'))}")

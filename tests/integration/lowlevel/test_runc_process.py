@@ -173,3 +173,26 @@ def test_debug_exec_names_the_steps_as_runc(rt: Runtime) -> None:
     for step in ("nsexec container setup", "child process in init()", "setns_init: about to exec"):
         assert step in r.stderr, r
     assert "level=debug" in r.stderr, r
+
+
+def test_what_needs_a_namespace_of_its_own_is_refused_without(rt: Runtime) -> None:
+    """runc's config validator: a hostname needs a UTS namespace, masked or read-only paths a
+    mount namespace; refused before anything is made."""
+
+    def no_uts(spec: dict[str, Any]) -> None:
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "uts"]
+        spec["hostname"] = "skiff"
+
+    cid, bundle, _ = rt.bundle(["true"], edit=no_uts)
+    r = rt.create(cid, bundle, out=bundle.parent / "out")
+    assert r.returncode != 0 and "unable to set hostname without a private UTS namespace" in r.stderr, r
+    rt.assert_nothing_left(cid, bundle)
+
+    def no_mount(spec: dict[str, Any]) -> None:
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "mount"]
+
+    cid, bundle, _ = rt.bundle(["true"], edit=no_mount)
+    r = rt.create(cid, bundle, out=bundle.parent / "out")
+    assert r.returncode != 0, r
+    assert "unable to restrict sys entries without a private MNT namespace" in r.stderr, r
+    rt.assert_nothing_left(cid, bundle)
