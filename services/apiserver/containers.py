@@ -16,7 +16,7 @@ from services.apiserver import stdin as stdin_pump
 from services.apiserver.app import Routes, backend
 from services.apiserver.params import flag, int_query, json_body, parse_filters, since_ns
 from services.apiserver.streams import MULTIPLEXED, RAW, frame, hijack
-from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, SkiffError
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotSupported, SkiffError
 from services.common.grpc import call, client_errors
 from services.dockermodel.render import container_inspect, stats_json
 from services.dockermodel.request import container_config_from_request
@@ -233,6 +233,9 @@ async def logs(request: web.Request) -> web.StreamResponse:
     until = since_ns(request.query.get("until"), "until") / 1e9
     containers = backend(request).containers
     record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
+    if record.config.host.log_driver == "none":
+        # Before the headers go: the daemon says the same, but only once the stream has begun.
+        raise NotSupported("configured logging driver does not support reading")
     tty = record.config.tty
     response = web.StreamResponse(status=200)
     response.content_type = RAW if tty else MULTIPLEXED

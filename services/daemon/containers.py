@@ -27,11 +27,13 @@ from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    NotSupported,
     SkiffError,
     Unavailable,
 )
 from services.common.grpc import call, client_errors
 from services.common.paths import Paths
+from services.daemon import logdrivers
 from services.daemon import logs as logfile
 from services.daemon.mounts import ContainerMounts
 from services.daemon.networking import Networking
@@ -56,6 +58,7 @@ log = structlog.get_logger(service="daemon")
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_STOP_TIMEOUT = 10
 KILL_GRACE = 30.0
+KILL_WAIT = 10.0  # dockerd waits this long for the exit a SIGKILL causes
 # How long a refused stop signal waits for the exit that explains it (shim -> highlevel -> daemon).
 EXIT_REPORT_GRACE = 2.0
 IMAGE_CACHE_SIZE = 256
@@ -250,6 +253,8 @@ class ContainerManager:
                 # Docker's answer: the client pulls (the CLI and docker-py do) and creates again.
                 raise NotFound(f"No such image: {config.image}") from None
             image_config = json.loads(image.config or b"{}").get("config") or {}
+            # dockerd's mergeAndVerifyLogConfig: the driver and its option keys (values are read at start).
+            config.host.log_driver = logdrivers.check_create(config.host.log_driver, dict(config.host.log_opts))
             prepared = True
             try:
                 snap = await call(self.snapshots.prepare(hl.PrepareSnapshotRequest(key=container_id, image=image.id)))
@@ -270,7 +275,8 @@ class ContainerManager:
                 id=container_id, name=name, created=now_rfc3339(), config=config,
                 state=ContainerState(status=State.CREATED), image_id=image.id, image_ref=config.image,
                 path_args=spec["process"]["args"], rootfs=str(rootfs), image_config=image_keys(image_config),
-                log_path=str(self.store.folder(container_id) / f"{container_id}-json.log"),
+                log_path=logdrivers.log_path(config.host.log_driver, self.store.folder(container_id), self.paths.run,
+                                             container_id),
                 mount_points=points,
             )
             await self.save(record)
@@ -308,8 +314,7 @@ class ContainerManager:
                 create = hl.CreateTaskRequest(
                     id=record.id, spec=await asyncio.to_thread(render_spec, record, image_config, network),
                     runtime=self.runtime, terminal=cfg.tty, stdin=cfg.open_stdin, stdin_once=cfg.stdin_once,
-                    log=hl.LogConfig(path=record.log_path, max_size=cfg.host.log_max_size,
-                                     max_file=cfg.host.log_max_file))
+                    log=logdrivers.task_log(record))
                 try:
                     await call(self.tasks.create(create))
                 except AlreadyExists:
@@ -404,6 +409,7 @@ class ContainerManager:
         self.emit("kill", entry, {"signal": str(number)})
         if await self._end_restarting(entry):
             return
+        exits = entry.exits
         with contextlib.suppress(NotFound):
             await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=number)))
         if entry.record.state.status == State.PAUSED:
@@ -413,6 +419,9 @@ class ContainerManager:
             if entry.record.state.status == State.PAUSED:
                 entry.record.state.status = State.RUNNING
                 self.emit("unpause", entry)
+        if number == signal.SIGKILL:
+            # dockerd's Kill: a SIGKILL is answered once the container no longer runs (other signals at once).
+            await self._exited_since(entry, exits, KILL_WAIT)
 
     async def _end_restarting(self, entry: Entry) -> bool:
         """Stop or kill during a restart policy's back-off: no task runs; the container stays exited.
@@ -558,6 +567,7 @@ class ContainerManager:
 
     def _remove_files(self, container_id: str) -> None:
         self.store.delete(container_id)
+        logfile.remove_feed(logdrivers.attach_feed(self.paths.run, container_id))
 
     # ---- list ----
 
@@ -583,18 +593,21 @@ class ContainerManager:
 
     async def logs(self, ref: str, *, follow: bool, stdout: bool, stderr: bool, tail: int) -> AsyncIterator[LogEntry]:
         entry = self.get(ref)
+        if not logdrivers.readable(entry.record):
+            raise NotSupported(logfile.NOT_READABLE)
         wanted = {LogStream.STDOUT} if stdout else set()
         if stderr:
             wanted.add(LogStream.STDERR)
         path = entry.record.log_path
-        entries, cursor = await asyncio.to_thread(logfile.read_all, path)
+        codec = logfile.codec_of(entry.record.config.host.log_driver)
+        entries, cursor = await asyncio.to_thread(logfile.read_all, path, codec)
         if tail >= 0:
             entries = entries[-tail:] if tail else []
         for item in entries:
             if item.stream in wanted:
                 yield item
         if follow:
-            async for item in self._follow(entry, path, cursor, wanted, entry.exits, stop_when_stopped=True):
+            async for item in self._follow(entry, path, codec, cursor, wanted, entry.exits, stop_when_stopped=True):
                 yield item
 
     async def attach_output(self, ref: str, stdout: bool, stderr: bool) -> AsyncIterator[LogEntry]:
@@ -604,22 +617,23 @@ class ContainerManager:
             raise Conflict("You cannot attach to a stopped container, start it first")
         wanted = ({LogStream.STDOUT} if stdout else set()) | ({LogStream.STDERR} if stderr else set())
         exits = entry.exits
-        cursor = await asyncio.to_thread(logfile.end_cursor, entry.record.log_path)
+        codec = logfile.codec_of(entry.record.config.host.log_driver)
+        cursor = await asyncio.to_thread(logfile.end_cursor, entry.record.log_path, codec)
         # An empty first entry: armed. The caller lets its client start the container only after it.
         cfg = entry.record.config
         yield LogEntry(attached=AttachInfo(id=entry.record.id, tty=cfg.tty, open_stdin=cfg.open_stdin,
                                            stdin_once=cfg.stdin_once))
-        async for item in self._follow(entry, entry.record.log_path, cursor, wanted, exits,
+        async for item in self._follow(entry, entry.record.log_path, codec, cursor, wanted, exits,
                                        stop_when_stopped=False):
             yield item
 
-    async def _follow(self, entry: Entry, path: str, cursor: logfile.Cursor, wanted: set[LogStream],
-                      exits: int, *, stop_when_stopped: bool) -> AsyncIterator[LogEntry]:
+    async def _follow(self, entry: Entry, path: str, codec: logfile.Codec, cursor: logfile.Cursor,
+                      wanted: set[LogStream], exits: int, *, stop_when_stopped: bool) -> AsyncIterator[LogEntry]:
         """Polls the log (the shim writes it, nothing tells us) until the container's exit is drained."""
         try:
             while True:
                 done = entry.removed or entry.exits > exits or (stop_when_stopped and not entry.running)
-                for item in await asyncio.to_thread(logfile.read_new, path, cursor):
+                for item in await asyncio.to_thread(logfile.read_new, path, cursor, codec):
                     if item.stream in wanted:
                         yield item
                 if done:

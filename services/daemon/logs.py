@@ -1,15 +1,57 @@
-"""Reading the json-file log that the shim writes (rotated as path, path.1, path.2 …)."""
+"""Reading the log the shim writes (rotated as path, path.1, path.2 … or path.N.gz when compressed), in
+json-file's format or the local driver's (a Codec each), whole or followed across rotations."""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.daemon import locallog
 from services.gen.skiff.daemon.v1 import LogEntry, LogStream
 
 STREAMS = {"stdout": LogStream.STDOUT, "stderr": LogStream.STDERR}
+# dockerd's ErrReadLogsNotSupported (a 501): the none driver keeps nothing to read.
+NOT_READABLE = "configured logging driver does not support reading"
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """A log format: ``split`` takes the whole records at the start of some bytes (and how many bytes
+    they are; a record still being written waits), ``parse`` makes them entries."""
+
+    split: Callable[[bytes], tuple[list[bytes], int]]
+    parse: Callable[[list[bytes]], list[LogEntry]]
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], int]:
+    end = data.rfind(b"\n") + 1
+    return data[:end].splitlines(), end
+
+
+def _parse_json(lines: list[bytes]) -> list[LogEntry]:
+    entries: list[LogEntry] = []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash mid-write: Docker skips it too
+        entries.append(LogEntry(stream=STREAMS.get(obj.get("stream", ""), LogStream.STDOUT),
+                                data=obj.get("log", "").encode(), time=obj.get("time", "")))
+    return entries
+
+
+JSON_FILE = Codec(_split_lines, _parse_json)
+LOCAL = Codec(locallog.split, locallog.parse)
+
+
+def codec_of(driver: str) -> Codec:
+    """The format a driver's file is in (none's attach feed is json-file's)."""
+    return LOCAL if driver == "local" else JSON_FILE
 
 
 @dataclass(slots=True)
@@ -29,68 +71,91 @@ class Cursor:
             self.fd = -1
 
 
-def _parse(lines: list[bytes]) -> list[LogEntry]:
-    entries: list[LogEntry] = []
-    for line in lines:
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash mid-write: Docker skips it too
-        entries.append(LogEntry(stream=STREAMS.get(obj.get("stream", ""), LogStream.STDOUT),
-                                data=obj.get("log", "").encode(), time=obj.get("time", "")))
-    return entries
+def _read_rotated(name: str) -> bytes:
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(name, "rb") as f:
+                return f.read()
+        with open(name, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, EOFError, OSError, zlib.error):
+        return b""  # rotated away meanwhile, or a compression the shim left unfinished
 
 
-def _read_from(path: str, offset: int) -> tuple[list[bytes], int]:
-    """Complete lines from offset on; a partial last line waits for the next read."""
+def rotated_files(path: str) -> list[str]:
+    """path.1 … path.N (or their .gz), newest first; path.N and path.N.gz both there is a compression
+    in progress: the plain one is whole."""
+    names: list[str] = []
+    index = 1
+    while len(names) < 1000:
+        plain = f"{path}.{index}"
+        if os.path.exists(plain):
+            names.append(plain)
+        elif os.path.exists(plain + ".gz"):
+            names.append(plain + ".gz")
+        else:
+            break
+        index += 1
+    return names
+
+
+def read_all(path: str, codec: Codec = JSON_FILE) -> tuple[list[LogEntry], Cursor]:
+    """Every entry, oldest first, and the cursor at the end of the live file (blocking)."""
+    records: list[bytes] = []
+    for old in reversed(rotated_files(path)):
+        records += codec.split(_read_rotated(old))[0]
+    cursor = end_cursor(path, codec)
     try:
         with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
+            live, offset = codec.split(f.read())
     except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n") + 1
-    return data[:end].splitlines(), offset + end
-
-
-def read_all(path: str) -> tuple[list[LogEntry], Cursor]:
-    """Every entry, oldest first, and the cursor at the end of the live file (blocking)."""
-    rotated: list[str] = []
-    index = 1
-    while os.path.exists(f"{path}.{index}"):
-        rotated.append(f"{path}.{index}")
-        index += 1
-    lines: list[bytes] = []
-    for old in reversed(rotated):
-        lines += _read_from(old, 0)[0]
-    cursor = end_cursor(path)
-    live, offset = _read_from(path, 0)
+        live, offset = [], 0
     # Only up to where the cursor was taken, so that a follower reads the rest exactly once.
-    cursor.offset = min(offset, cursor.offset) if cursor.inode else offset
-    return _parse(lines + live), cursor
+    if cursor.inode and offset > cursor.offset:
+        live, offset = codec.split(_head(path, cursor.offset))
+    cursor.offset = offset
+    return codec.parse(records + live), cursor
 
 
-def end_cursor(path: str) -> Cursor:
+def _head(path: str, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def end_cursor(path: str, codec: Codec = JSON_FILE) -> Cursor:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return Cursor()
-    return Cursor(st.st_ino, st.st_size - _partial_tail(path, st.st_size))
+    return Cursor(st.st_ino, _complete_end(path, st.st_size, codec))
 
 
-def _partial_tail(path: str, size: int) -> int:
-    """Bytes after the last newline: a line the shim is still writing."""
+def _complete_end(path: str, size: int, codec: Codec) -> int:
+    """Where the last whole record ends: what follows is a record the shim is still writing."""
     if size == 0:
         return 0
     with open(path, "rb") as f:
-        f.seek(max(0, size - 65536))
-        tail = f.read()
-    return len(tail) - (tail.rfind(b"\n") + 1)
+        if codec is JSON_FILE:
+            f.seek(max(0, size - 65536))
+            tail = f.read(size - f.tell())
+            return size - (len(tail) - (tail.rfind(b"\n") + 1))
+        # local: the last frame's trailing size points at its leading one; if they agree it is whole.
+        if size >= 8:
+            f.seek(size - 4)
+            length = int.from_bytes(f.read(4), "big")
+            start = size - 8 - length
+            if start >= 0:
+                f.seek(start)
+                if int.from_bytes(f.read(4), "big") == length:
+                    return size
+        f.seek(0)
+        return codec.split(f.read(size))[1]
 
 
 def _chain(path: str) -> list[tuple[int, int]]:
-    """(inode, fd) of every file, oldest first, opened as one consistent view (retried if a rotation
-    moved the files while they were being opened)."""
+    """(inode, fd) of every uncompressed file, oldest first, opened as one consistent view (retried if a
+    rotation moved the files while they were being opened). Compressed ones are new files: never a
+    follower's."""
     for _ in range(20):
         names = [path]
         while len(names) < 1000 and os.path.exists(f"{path}.{len(names)}"):
@@ -115,7 +180,8 @@ def _chain(path: str) -> list[tuple[int, int]]:
 def _open_after(path: str, cursor: Cursor, current: bool) -> bool:
     """Points the cursor at its own file (current) or at the one written after it; False if none is there.
 
-    A file already gone (rotated past max-file) is older than every file left, so the oldest one follows it.
+    A file already gone (rotated past max-file, or compressed) is older than every plain file left, so
+    the oldest of those follows it.
     """
     chain = _chain(path)
     inodes = [inode for inode, _ in chain]
@@ -137,7 +203,7 @@ def _open_after(path: str, cursor: Cursor, current: bool) -> bool:
     return True
 
 
-def _read_fd(fd: int, offset: int) -> tuple[list[bytes], int]:
+def _read_fd(fd: int, offset: int, codec: Codec) -> tuple[list[bytes], int]:
     if os.fstat(fd).st_size < offset:
         offset = 0  # truncated in place (max-file 1)
     chunks: list[bytes] = []
@@ -148,20 +214,19 @@ def _read_fd(fd: int, offset: int) -> tuple[list[bytes], int]:
             break
         chunks.append(chunk)
         position += len(chunk)
-    data = b"".join(chunks)
-    end = data.rfind(b"\n") + 1
-    return data[:end].splitlines(), offset + end
+    records, used = codec.split(b"".join(chunks))
+    return records, offset + used
 
 
-def read_new(path: str, cursor: Cursor) -> list[LogEntry]:
+def read_new(path: str, cursor: Cursor, codec: Codec = JSON_FILE) -> list[LogEntry]:
     """Entries written since the cursor, which moves on; across rotations, file after file, none skipped
     while the file the cursor holds is open (the shim writes only the live file, never a rotated one)."""
-    lines: list[bytes] = []
+    records: list[bytes] = []
     if cursor.fd < 0 and not _open_after(path, cursor, current=True):
         return []
     for _ in range(1000):
-        read, cursor.offset = _read_fd(cursor.fd, cursor.offset)
-        lines += read
+        read, cursor.offset = _read_fd(cursor.fd, cursor.offset, codec)
+        records += read
         try:
             live = os.stat(path).st_ino
         except FileNotFoundError:
@@ -169,8 +234,15 @@ def read_new(path: str, cursor: Cursor) -> list[LogEntry]:
         if live == cursor.inode:
             break
         # Rotated: the shim closed our file before renaming it, so what is left in it was just read.
-        read, cursor.offset = _read_fd(cursor.fd, cursor.offset)
-        lines += read
+        read, cursor.offset = _read_fd(cursor.fd, cursor.offset, codec)
+        records += read
         if not _open_after(path, cursor, current=False):
             break
-    return _parse(lines)
+    return codec.parse(records)
+
+
+def remove_feed(path: object) -> None:
+    """The none driver's attach feed goes with its container."""
+    for name in (str(path), f"{path}.1"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

@@ -10,11 +10,11 @@ from typing import Any
 
 from services.common.errors import InvalidArgument
 from services.dockermodel import mounts, networks
+from services.dockermodel.health import healthcheck_from_request
 from services.dockermodel.fields import integer, string, string_list
 from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig, Ulimit
 
 RESTART_POLICIES = ("", "no", "on-failure", "always", "unless-stopped")
-SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 CPUSET_RE = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
 # Docker's list of namespaced sysctls (the CLI's ValidateSysctl): what a container may set for itself.
 SYSCTL_NAMES = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
@@ -38,32 +38,18 @@ def _restart_policy(host_body: dict[str, Any]) -> dict[str, Any]:
     return {"restart_policy": name, "restart_max_retries": retries}
 
 
-def _log_config(host_body: dict[str, Any]) -> dict[str, int]:
-    """HostConfig.LogConfig of the json-file driver: max-size ("10k", "1m") and max-file."""
+def _log_config(host_body: dict[str, Any]) -> dict[str, Any]:
+    """HostConfig.LogConfig as given: the driver's name and its options (strings); the daemon checks them."""
     log_config = host_body.get("LogConfig") or {}
     if not isinstance(log_config, dict):
         raise InvalidArgument("invalid LogConfig: expected an object")
-    kind = log_config.get("Type") or "json-file"
-    if kind not in ("json-file", "local"):
-        raise InvalidArgument(f'logger: no log driver named \'{kind}\' is registered')
+    kind = log_config.get("Type") or ""
+    if not isinstance(kind, str):
+        raise InvalidArgument("invalid LogConfig.Type: expected a string")
     options = log_config.get("Config") or {}
-    if not isinstance(options, dict):
-        raise InvalidArgument("invalid LogConfig.Config: expected an object")
-    size_text = str(options.get("max-size") or "").strip().lower()
-    size = 0
-    if size_text and size_text != "-1":
-        number = size_text.rstrip("bkmg")
-        unit = size_text[len(number):]
-        try:
-            size = int(float(number) * SIZE_UNITS[unit])
-        except (ValueError, KeyError, OverflowError):
-            raise InvalidArgument(f"invalid max-size: {options.get('max-size')}") from None
-    files_text = str(options.get("max-file") or "1")
-    if not files_text.isdigit() or int(files_text) < 1:
-        raise InvalidArgument(f"invalid max-file: {options.get('max-file')}")
-    if int(files_text) > 1 and size <= 0:
-        raise InvalidArgument("max-file cannot be set without max-size")
-    return {"log_max_size": size, "log_max_file": min(int(files_text), 1000)}
+    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+        raise InvalidArgument("invalid LogConfig.Config: expected an object of strings")
+    return {"log_driver": kind, "log_opts": {str(k): v for k, v in options.items()}}
 
 
 def _ulimits(value: Any) -> list[Ulimit]:
@@ -202,6 +188,7 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         stop_signal=str(body.get("StopSignal") or ""),
         stop_timeout=-1 if stop_timeout is None else integer(stop_timeout, "StopTimeout", bits=32),
         hostname=str(body.get("Hostname") or ""),
+        healthcheck=healthcheck_from_request(body.get("Healthcheck")),
         host=host,
     )
     networks.apply_request(body, host_body, config)

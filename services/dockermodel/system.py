@@ -48,7 +48,7 @@ def info(data: InfoResponse, hostname: str, mem_total: int) -> dict[str, Any]:
         "LoggingDriver": "json-file", "SecurityOptions": [], "Warnings": [], "Labels": [],
         "ExperimentalBuild": False, "LiveRestoreEnabled": True, "Plugins": {"Volume": ["local"],
                                                                            "Network": ["host", "null"],
-                                                                           "Log": ["json-file"]},
+                                                                           "Log": ["json-file", "local"]},
         "Swarm": {"LocalNodeState": "inactive"}, "IndexServerAddress": "https://index.docker.io/v1/",
         "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"]},
     }

@@ -55,7 +55,7 @@ def test_logs_follow_across_rotation(stack: Stack, client: docker.DockerClient, 
         lines = out.read_text().splitlines()
         assert lines == [f"line-{i}" for i in range(count)], (len(lines), [x for x in lines if "line" not in x])
         attrs = client.containers.get("rot").attrs
-        assert attrs["HostConfig"]["LogConfig"]["Config"] == {"max-size": "10240", "max-file": "3"}
+        assert attrs["HostConfig"]["LogConfig"]["Config"] == {"max-size": "10k", "max-file": "3"}  # as given
         log_path = attrs["LogPath"]
         assert os.path.exists(log_path + ".1") and os.path.exists(log_path + ".2")
         assert not os.path.exists(log_path + ".3")

@@ -474,12 +474,10 @@ class HostConfig(betterproto.Message):
     cpu_quota: int = betterproto.int64_field(22)
     cpu_period: int = betterproto.int64_field(23)
     cpu_shares: int = betterproto.int64_field(24)
-    log_max_size: int = betterproto.int64_field(25)
-    """
-    Area A: json-file log options (LogConfig.Config max-size/max-file); 0: no rotation / 1 file.
-    """
-
-    log_max_file: int = betterproto.int32_field(26)
+    log_driver: str = betterproto.string_field(27)
+    log_opts: Dict[str, str] = betterproto.map_field(
+        28, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
     mounts: List["MountSpec"] = betterproto.message_field(80)
     """
     Area D (volumes.proto): Binds and Tmpfs parsed into mounts, with HostConfig.Mounts.
