@@ -60,6 +60,10 @@ def cmd_create(p: Parsed, root: str) -> int:
     return 0
 
 
+# runc's check: only a detached process with a terminal hands its pty master to a console socket.
+_CONSOLE_SOCKET_UNUSED = "cannot use console socket if runtime will not detach or allocate tty"
+
+
 def cmd_run(p: Parsed, root: str) -> int:
     from services.lowlevel import lifecycle
     from services.lowlevel import syscalls as sc
@@ -68,6 +72,8 @@ def cmd_run(p: Parsed, root: str) -> int:
     container_id = need_id(p)
     detach = bool(p.flags.get("detach"))
     options = _create_options(p, root, container_id)
+    if not detach and options.console_socket is not None:
+        raise InvalidArgument(_CONSOLE_SOCKET_UNUSED)
     listener = None
     if not detach:
         # The init's parent (the intermediate) exits at once: we adopt it to wait for it.
@@ -190,6 +196,8 @@ def cmd_exec(p: Parsed, root: str) -> int:
     exec_.add_gids(process, p.flags.get("additional_gids") or [])
     detach = bool(p.flags.get("detach"))
     console_socket = _abs(p.flags.get("console_socket"))
+    if console_socket is not None and not (detach and process.get("terminal")):
+        raise InvalidArgument(_CONSOLE_SOCKET_UNUSED)
     listener = None
     host = None
     if process.get("terminal") and not detach and console_socket is None:

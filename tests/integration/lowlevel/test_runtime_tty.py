@@ -161,3 +161,16 @@ def test_exec_tty_without_a_terminal_around_starts_nothing(rt: Runtime) -> None:
     assert done.returncode == 255, done
     assert b"/dev/tty" in done.stderr, done
     assert rt.cmd("ps", "--format", "json", cid).ok().stdout == before
+
+
+def test_console_socket_without_detach_or_terminal_is_refused(rt: Runtime) -> None:
+    """runc's check: only a detached process with a terminal hands its pty master to a console socket."""
+    socket_path = str(rt.prefix / "unused.sock")
+    cid, bundle = terminal_bundle(rt, ["true"])
+    r = rt.cmd("run", "--console-socket", socket_path, "--bundle", str(bundle), cid)
+    assert r.returncode == 1 and "cannot use console socket" in r.stderr, r
+    rt.assert_nothing_left(cid, bundle)
+    running, _, _ = rt.start_container(["sleep", "60"])
+    for extra in (["--tty"], ["--detach"]):
+        r = rt.cmd("exec", "--console-socket", socket_path, *extra, running, "true")
+        assert r.returncode == 255 and "cannot use console socket" in r.stderr, r
