@@ -182,6 +182,13 @@ def test_ipv6_with_the_docker_cli(stack: Stack, client: docker.DockerClient, net
                f"six-{tag}")
     assert shown == str(address)
     assert ok(stack, "network", "inspect", "-f", "{{.EnableIPv6}}", name) == "true"
+    # --ipv6 without a subnet: a /64 of the unique local range is chosen, beside the IPv4 one
+    auto = f"auto-six-{tag}"
+    ok(stack, "network", "create", "--ipv6", auto)
+    networks.append(auto)
+    subnets = [ipaddress.ip_network(c["Subnet"]) for c in client.api.inspect_network(auto)["IPAM"]["Config"]]
+    six = [n for n in subnets if n.version == 6]
+    assert len(subnets) == 2 and six[0].prefixlen == 64 and six[0].subnet_of(ipaddress.IPv6Network("fd00::/8"))
 
 
 # ---- endpoint fields of container inspect ----------------------------------------------------------
@@ -338,6 +345,24 @@ def test_embedded_dns_server(client: docker.DockerClient, networks: list[str], t
     client.api.start(plain)
     client.api.wait(plain)
     assert b"127.0.0.11" not in client.api.logs(plain)
+
+
+def test_embedded_dns_after_a_daemon_restart(stack: Stack, client: docker.DockerClient, networks: list[str]) -> None:
+    """The daemon's resolver sockets go with the daemon: a restart serves running containers again."""
+    tag = secrets.token_hex(3)
+    name = f"restart-dns-{tag}"
+    networks.append(client.api.create_network(name)["Id"])
+    boxes = []
+    for who in ("one", "two"):
+        box = client.api.create_container("busybox", "sleep 300", name=f"{who}-{tag}",
+                                          host_config=client.api.create_host_config(network_mode=name))
+        client.api.start(box)
+        boxes.append(box["Id"])
+    one_ip = client.api.inspect_container(boxes[0])["NetworkSettings"]["Networks"][name]["IPAddress"]
+    assert one_ip in in_container(client, boxes[1], "nslookup", f"one-{tag}")
+    stack.stop("services.daemon")
+    stack.start("services.daemon")
+    assert one_ip in in_container(client, boxes[1], "nslookup", f"one-{tag}")
 
 
 # ---- the default bridge adopts its device's address ------------------------------------------------
