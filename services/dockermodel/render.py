@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from services.dockermodel import mounts, networks
-from services.dockermodel.health import health_json, healthcheck_json, status_suffix
 from services.dockermodel.times import ZERO_TIME, human_duration, parse_time
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import Container, DockerEvent, HostConfig, State, StatsSample, Volume
@@ -28,7 +27,7 @@ def _network_mode(host: HostConfig) -> str:
 def _status_text(c: Container) -> str:
     state = c.state
     if state.status == State.RUNNING:
-        return f"Up {human_duration(time.time() - parse_time(state.started_at))}{status_suffix(c)}"
+        return f"Up {human_duration(time.time() - parse_time(state.started_at))}"
     if state.status == State.EXITED:
         return f"Exited ({state.exit_code}) {human_duration(time.time() - parse_time(state.finished_at))} ago"
     return STATUS_NAMES.get(state.status, "created").capitalize()
@@ -109,7 +108,6 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "Error": state.error,
             "StartedAt": state.started_at or ZERO_TIME,
             "FinishedAt": state.finished_at or ZERO_TIME,
-            **({"Health": health} if (health := health_json(state.health)) else {}),
         },
         "Image": c.image_id,
         "ResolvConfPath": c.network_settings.resolv_conf_path,
@@ -164,17 +162,9 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "ExposedPorts": {p: {} for p in cfg.exposed_ports} or None,
             **({"StopSignal": cfg.stop_signal} if cfg.stop_signal else {}),
             **({"StopTimeout": cfg.stop_timeout} if cfg.stop_timeout >= 0 else {}),
-            **({"Healthcheck": check} if (check := healthcheck_json(cfg.healthcheck)) is not None else {}),
         },
         "NetworkSettings": networks.network_settings(c),
     }
-
-
-def _image_comment(config: dict[str, Any]) -> str:
-    """dockerd's inspect: the config's comment, else the last history entry's (a commit's message)."""
-    history = config.get("history") or []
-    last = history[-1] if history and isinstance(history[-1], dict) else {}
-    return str(config.get("comment") or last.get("comment") or "")
 
 
 def _image_config(image: hl.ImageSummary) -> dict[str, Any]:
@@ -189,7 +179,7 @@ def image_summary(image: hl.ImageSummary) -> dict[str, Any]:
     config = _image_config(image)
     return {
         "Id": image.id,
-        "ParentId": str(config.get("parent") or ""),
+        "ParentId": "",
         "RepoTags": list(image.repo_tags),
         "RepoDigests": list(image.repo_digests),
         "Created": int(parse_time(image.created)),
@@ -207,11 +197,10 @@ def image_inspect(image: hl.ImageSummary) -> dict[str, Any]:
         "Id": image.id,
         "RepoTags": list(image.repo_tags),
         "RepoDigests": list(image.repo_digests),
-        # A committed image names the image it came from (dockerd: its store's parent link).
-        "Parent": str(config.get("parent") or ""),
-        "Comment": _image_comment(config),
+        "Parent": "",
+        "Comment": "",
         "Created": image.created,
-        "DockerVersion": str(config.get("docker_version") or ""),
+        "DockerVersion": "",
         "Author": config.get("author", ""),
         "Config": config.get("config") or {},
         "Architecture": config.get("architecture", ""),

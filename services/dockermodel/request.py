@@ -10,7 +10,6 @@ from typing import Any
 
 from services.common.errors import InvalidArgument
 from services.dockermodel import mounts, networks
-from services.dockermodel.health import healthcheck_from_request
 from services.dockermodel.fields import integer, string, string_list
 from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig, Ulimit
 
@@ -188,7 +187,6 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         stop_signal=str(body.get("StopSignal") or ""),
         stop_timeout=-1 if stop_timeout is None else integer(stop_timeout, "StopTimeout", bits=32),
         hostname=str(body.get("Hostname") or ""),
-        healthcheck=healthcheck_from_request(body.get("Healthcheck")),
         host=host,
     )
     networks.apply_request(body, host_body, config)
