@@ -1,4 +1,4 @@
-"""Container records and their life: create, start, stop, kill, wait, remove, over highlevel's tasks.
+"""Containers' life: create, start, stop, kill, wait, remove, logs, over highlevel's tasks.
 
 Each container has its own asyncio lock; nothing serialises two containers. Exits are learnt from
 one highlevel ``Tasks.Wait`` stream per running container: a task that ended while the daemon was
@@ -10,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import secrets
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -35,19 +32,17 @@ from services.common.grpc import call, client_errors
 from services.common.paths import Paths
 from services.daemon import logdrivers
 from services.daemon import logs as logfile
-from services.daemon.mounts import ContainerMounts
-from services.daemon.networking import Networking
-from services.daemon.spec import build_spec, image_keys, merge_env, render_spec
-from services.daemon.store import RecordStore
+from services.daemon.records import ContainerRecords, Entry, now_rfc3339
+from services.daemon.spec import NetworkAttachment, build_spec, image_keys, merge_env, render_spec
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     AttachInfo,
     Container,
     ContainerConfig,
     ContainerState,
-    ListFilters,
     LogEntry,
     LogStream,
+    MountPoint,
     State,
     WaitCondition,
 )
@@ -55,21 +50,13 @@ from services.gen.skiff.daemon.v1 import (
 hl = highlevel.v1
 log = structlog.get_logger(service="daemon")
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_STOP_TIMEOUT = 10
 KILL_GRACE = 30.0
 # How long a refused stop signal waits for the exit that explains it (shim -> highlevel -> daemon).
 EXIT_REPORT_GRACE = 2.0
 IMAGE_CACHE_SIZE = 256
-ZERO_TIME = "0001-01-01T00:00:00Z"
-ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "witty")
-NOUNS = ("babbage", "curie", "darwin", "euler", "hopper", "lovelace", "noether", "pascal", "turing", "wright")
-
-
-def now_rfc3339() -> str:
-    ns = time.time_ns()
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+# (action, entry, attributes): the event bus, restart policies and execs listen to containers' events.
+EventSink = Callable[[str, Entry, dict[str, str]], None]
 
 
 def parse_signal(value: str | int, default: int = signal.SIGKILL) -> int:
@@ -88,58 +75,54 @@ def parse_signal(value: str | int, default: int = signal.SIGKILL) -> int:
         raise InvalidArgument(f"Invalid signal: {value}") from None
 
 
-@dataclass(slots=True)
-class Entry:
-    """A container in memory: its record, its lock, and what waiters watch."""
+class NetworkHooks(Protocol):
+    """What the lifecycle asks of networking (networking.Networking)."""
 
-    record: Container
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    exits: int = 0
-    removed: bool = False
-    watcher: asyncio.Task[None] | None = None
+    async def validate(self, config: ContainerConfig) -> None: ...
 
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+    async def setup(self, record: Container) -> NetworkAttachment: ...
 
-    @property
-    def running(self) -> bool:
-        return self.record.state.status in (State.RUNNING, State.PAUSED, State.RESTARTING)
+    async def teardown(self, record: Container) -> None: ...
+
+
+class MountHooks(Protocol):
+    """What the lifecycle asks of the volumes part (mounts.ContainerMounts)."""
+
+    async def resolve(self, config: ContainerConfig, image_config: dict[str, Any],
+                      rootfs: Path) -> list[MountPoint]: ...
+
+    async def release(self, points: list[MountPoint], remove_anonymous: bool) -> None: ...
 
 
 class ContainerManager:
-    def __init__(self, paths: Paths, channel: object, runtime: str) -> None:
+    """The lifecycle over the shared records; networking and mounts are handed in (server.build_daemon)."""
+
+    def __init__(self, records: ContainerRecords, paths: Paths, channel: object, runtime: str, *,
+                 network: NetworkHooks, mounts: MountHooks) -> None:
+        self.records = records
+        self.entries = records.entries
         self.paths = paths
         self.runtime = runtime
-        self.store = RecordStore(paths.daemon_lib / "containers")
+        self.network = network
+        self.mounts = mounts
         self.tasks = hl.TasksStub(channel)
         self.images = hl.ImagesStub(channel)
         # Bumped around every image change made through the daemon (images.py): keeps _image honest.
         self.images_changed = 0
         self._images: dict[str, tuple[int, hl.ImageSummary]] = {}
         self.snapshots = hl.SnapshotsStub(channel)
-        self.net = Networking(self, paths)
-        self.entries: dict[str, Entry] = {}
-        self.names: dict[str, str] = {}
         self.background: set[asyncio.Task[None]] = set()
-        # Area A: (action, entry, attributes) listeners: the event bus, restart policies, execs.
-        self.sinks: list[Callable[[str, Entry, dict[str, str]], None]] = []
-        self.mounts: ContainerMounts | None = None  # area D: volumes, binds, tmpfs (set by server.serve)
-        # Run by load once the records are in, before any exit is watched (the execs restore theirs).
-        self.restore_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.sinks: list[EventSink] = []
+
+    def subscribe(self, sink: EventSink) -> None:
+        """``sink`` hears every container event from now on, in the order subscribed."""
+        self.sinks.append(sink)
 
     # ---- start-up ----
 
-    async def load(self) -> None:
-        """Reload records, then reconcile them with the tasks highlevel still has."""
-        await self.net.load()
-        for record in await asyncio.to_thread(self.store.load_all):
-            self.entries[record.id] = Entry(record)
-            self.names[record.name] = record.id
+    async def reconcile(self) -> None:
+        """Once the records are loaded: each with the task highlevel still has (or not)."""
         tasks = {t.id: t for t in (await call(self.tasks.list(hl.ListTasksRequest()))).tasks}
-        for hook in self.restore_hooks:
-            await hook()
         for entry in list(self.entries.values()):
             task = tasks.get(entry.record.id)
             if entry.record.state.status == State.REMOVING:
@@ -158,8 +141,6 @@ class ContainerManager:
                 log.warning("removing the task of an unfinished start", id=entry.record.id)
                 with contextlib.suppress(SkiffError):
                     await call(self.tasks.delete(hl.DeleteTaskRequest(id=entry.record.id, force=True)))
-        await self.net.restore()
-        log.info("loaded", containers=len(self.entries))
 
     def emit(self, action: str, entry: Entry, attrs: dict[str, str] | None = None) -> None:
         for sink in self.sinks:
@@ -203,47 +184,20 @@ class ContainerManager:
     # ---- lookup ----
 
     def get(self, ref: str) -> Entry:
-        """Full id, name (with or without "/"), or a unique id prefix; Docker's order."""
-        if not ref:
-            raise NotFound("No such container: ")
-        if ref in self.entries:
-            return self.entries[ref]
-        by_name = self.names.get(ref.lstrip("/"))
-        if by_name:
-            return self.entries[by_name]
-        matches = [e for cid, e in self.entries.items() if cid.startswith(ref)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
-        raise NotFound(f"No such container: {ref}")
+        """Full id, name or unique id prefix (records.ContainerRecords.get)."""
+        return self.records.get(ref)
+
+    async def save(self, record: Container) -> None:
+        await self.records.save(record)
 
     # ---- create ----
-
-    def _reserve_name(self, name: str, container_id: str) -> str:
-        if not name:
-            for _ in range(100):
-                candidate = f"{secrets.choice(ADJECTIVES)}_{secrets.choice(NOUNS)}{secrets.randbelow(1000)}"
-                if candidate not in self.names:
-                    name = candidate
-                    break
-        name = name.lstrip("/")
-        if not NAME_RE.match(name):
-            raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
-        if name in self.names:
-            owner = self.names[name]
-            raise Conflict(f'Conflict. The container name "/{name}" is already in use by container "{owner}". '
-                           "You have to remove (or rename) that container to be able to reuse that name.")
-        # No await between the check and this line: the reservation is atomic on the event loop.
-        self.names[name] = container_id
-        return name
 
     async def create(self, name: str, config: ContainerConfig) -> Container:
         if not config.image:
             raise InvalidArgument("config.Image is required")
-        await self.net.validate(config)
+        await self.network.validate(config)
         container_id = secrets.token_hex(32)
-        name = self._reserve_name(name, container_id)
+        name = self.records.reserve_name(name, container_id)
         prepared = False
         try:
             try:
@@ -269,26 +223,25 @@ class ContainerManager:
             image_labels = image_config.get("Labels") or {}
             if image_labels:
                 config.labels = {**{str(k): str(v) for k, v in image_labels.items()}, **dict(config.labels)}
-            points = await self.mounts.resolve(config, image_config, rootfs) if self.mounts else []
+            points = await self.mounts.resolve(config, image_config, rootfs)
             record = Container(
                 id=container_id, name=name, created=now_rfc3339(), config=config,
                 state=ContainerState(status=State.CREATED), image_id=image.id, image_ref=config.image,
                 path_args=spec["process"]["args"], rootfs=str(rootfs), image_config=image_keys(image_config),
-                log_path=logdrivers.log_path(config.host.log_driver, self.store.folder(container_id), self.paths.run,
+                log_path=logdrivers.log_path(config.host.log_driver, self.records.folder(container_id), self.paths.run,
                                              container_id),
                 mount_points=points,
             )
             await self.save(record)
         except BaseException:
             # No half container left behind: the name, the snapshot and the record's folder go again.
-            self.names.pop(name, None)
+            self.records.names.pop(name, None)
             if prepared:
                 with contextlib.suppress(SkiffError):
                     await call(self.snapshots.remove(hl.SnapshotKeyRequest(key=container_id)))
             await asyncio.to_thread(self._remove_files, container_id)
             raise
-        self.entries[container_id] = Entry(record)
-        self.emit("create", self.entries[container_id])
+        self.emit("create", self.records.add(record))
         log.info("created", id=container_id, name=name, image=config.image)
         return record
 
@@ -308,7 +261,7 @@ class ContainerManager:
             cfg = record.config
             try:
                 image_config = await self.image_config(record)
-                network = await self.net.setup(record)
+                network = await self.network.setup(record)
                 # The spec, rendered once for this start, after networking: highlevel writes the bundle.
                 create = hl.CreateTaskRequest(
                     id=record.id, spec=await asyncio.to_thread(render_spec, record, image_config, network),
@@ -324,7 +277,7 @@ class ContainerManager:
             except SkiffError as exc:
                 with contextlib.suppress(SkiffError):
                     await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
-                await self.net.teardown(record)
+                await self.network.teardown(record)
                 record.state.error = exc.message
                 record.state.exit_code = 127 if "exec" in exc.message or "not found" in exc.message else 126
                 await self.save(record)
@@ -392,7 +345,7 @@ class ContainerManager:
         state.exit_code = status.exit_code
         state.oom_killed = status.oom_killed
         state.finished_at = status.exited_at or now_rfc3339()
-        await self.net.teardown(entry.record)
+        await self.network.teardown(entry.record)
         await self.save(entry.record)
         entry.exits += 1
         entry.notify()
@@ -408,6 +361,7 @@ class ContainerManager:
         self.emit("kill", entry, {"signal": str(number)})
         if await self._end_restarting(entry):
             return
+        entry.record.stopped_by_user = True  # a restart under way meanwhile cleared it as it started
         with contextlib.suppress(NotFound):
             await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=number)))
         if entry.record.state.status == State.PAUSED:
@@ -442,8 +396,10 @@ class ContainerManager:
             self.emit("kill", entry, {"signal": str(signal.SIGKILL)})  # calls off the pending restart
             if await self._end_restarting(entry) or not entry.running:
                 return
+            # The restart was under way: its start, done now, cleared the flag set above.
+            entry.record.stopped_by_user = True
         if entry.record.state.status == State.PAUSED:
-            # A frozen process cannot act on a signal: thaw it first, as dockerd does (area A).
+            # A frozen process cannot act on a signal: thaw it first, as dockerd does.
             with contextlib.suppress(SkiffError):
                 await call(self.tasks.resume(hl.TaskRequest(id=entry.record.id)))
             entry.record.state.status = State.RUNNING
@@ -529,24 +485,21 @@ class ContainerManager:
             outcomes = await asyncio.gather(
                 self._ignore_missing(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True))),
                 self._ignore_missing(self.snapshots.remove(hl.SnapshotKeyRequest(key=record.id))),
-                self.net.teardown(record),
+                self.network.teardown(record),
                 return_exceptions=True,
             )
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
             await asyncio.to_thread(self._remove_files, record.id)
-            self.entries.pop(record.id, None)
-            if self.names.get(record.name) == record.id:
-                del self.names[record.name]
+            self.records.drop(record)
             entry.removed = True
             entry.notify()
             self.emit("destroy", entry)
         if entry.watcher is not None:
             entry.watcher.cancel()
-        if self.mounts is not None:
-            # Docker: --rm and rm -v take the container's anonymous volumes with it.
-            await self.mounts.release(list(record.mount_points), volumes or record.config.host.auto_remove)
+        # Docker: --rm and rm -v take the container's anonymous volumes with it.
+        await self.mounts.release(list(record.mount_points), volumes or record.config.host.auto_remove)
         log.info("removed", id=record.id)
 
     @staticmethod
@@ -554,35 +507,9 @@ class ContainerManager:
         with contextlib.suppress(NotFound):
             await call(request)
 
-    async def save(self, record: Container) -> None:
-        """The record, encoded here on the event loop (nothing can change it half-way through) and
-        written in a thread. Encoding in the thread raced coroutines that kept changing the record."""
-        data = bytes(record)
-        await asyncio.to_thread(self.store.write, record.id, data)
-
     def _remove_files(self, container_id: str) -> None:
-        self.store.delete(container_id)
+        self.records.store.delete(container_id)
         logfile.remove_feed(logdrivers.attach_feed(self.paths.run, container_id))
-
-    # ---- list ----
-
-    def list(self, all_: bool, filters: ListFilters, limit: int = 0) -> list[Container]:
-        chosen: list[Container] = []
-        for entry in self.entries.values():
-            record = entry.record
-            if not all_ and not entry.running and not filters.status:
-                continue
-            if filters.id and not any(record.id.startswith(i) for i in filters.id):
-                continue
-            if filters.name and not any(re.search(n.lstrip("/"), record.name) for n in filters.name):
-                continue
-            if filters.status and status_name(record.state.status) not in filters.status:
-                continue
-            if not all(_label_matches(record.config.labels, f) for f in filters.label):
-                continue
-            chosen.append(record)
-        chosen.sort(key=lambda r: r.created, reverse=True)
-        return chosen[:limit] if limit > 0 else chosen
 
     # ---- logs ----
 
@@ -645,19 +572,3 @@ class ContainerManager:
         for task in list(self.background):
             task.cancel()
 
-
-STATUS_NAMES = {
-    State.CREATED: "created", State.RUNNING: "running", State.PAUSED: "paused", State.RESTARTING: "restarting",
-    State.REMOVING: "removing", State.EXITED: "exited", State.DEAD: "dead",
-}
-
-
-def status_name(state: State) -> str:
-    return STATUS_NAMES.get(state, "created")
-
-
-def _label_matches(labels: dict[str, str], wanted: str) -> bool:
-    key, eq, value = wanted.partition("=")
-    if key not in labels:
-        return False
-    return not eq or labels[key] == value

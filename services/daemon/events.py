@@ -8,8 +8,9 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from services.daemon.containers import Entry
-from services.gen.skiff.daemon.v1 import DockerEvent
+from services.common.grpc import grpc_errors
+from services.daemon.records import Entry
+from services.gen.skiff.daemon.v1 import DockerEvent, EventsBase, EventsSubscribeRequest
 
 HISTORY = 1024          # events kept for `since` (dockerd keeps 256)
 QUEUE_LIMIT = 4096      # a subscriber this far behind is dropped rather than growing without bound
@@ -85,3 +86,14 @@ def matches(event: DockerEvent, wanted: dict[str, list[str]]) -> bool:
 def _label(event: DockerEvent, wanted: str) -> bool:
     key, eq, value = wanted.partition("=")
     return key in event.attributes and (not eq or event.attributes[key] == value)
+
+
+class EventsService(EventsBase):
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+
+    @grpc_errors
+    async def subscribe(self, events_subscribe_request: EventsSubscribeRequest) -> AsyncIterator[DockerEvent]:
+        r = events_subscribe_request
+        async for event in self.bus.subscribe(r.since_ns, r.until_ns, dict(r.filters)):
+            yield event

@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +25,31 @@ import structlog
 
 from services.common.atomic import atomic_write
 from services.common.errors import Conflict, InvalidArgument, NotFound, SkiffError
-from services.common.grpc import call, client_errors
-from services.daemon.containers import ContainerManager, Entry
+from services.common.grpc import call, client_errors, grpc_errors
+from services.daemon.containers import ContainerManager, EventSink
+from services.daemon.records import Entry
 from services.daemon.spec import build_process, merge_env
 from services.gen.skiff import highlevel
-from services.gen.skiff.daemon.v1 import Container, ExecCreateRequest, ExecInfo, ExecOutput, LogStream, State
+from services.gen.skiff.daemon.v1 import (
+    Container,
+    Empty,
+    ExecCreateRequest,
+    ExecCreateResponse,
+    ExecInfo,
+    ExecOutput,
+    ExecRef,
+    ExecsBase,
+    ExecStartRequest,
+    LogStream,
+    ResizeRequest,
+    State,
+)
 
 hl = highlevel.v1
 log = structlog.get_logger(service="daemon")
 # How long a finished exec's highlevel process waits for its attacher to drain before it is deleted.
 DRAIN_GRACE = 30.0
 STREAMS = {hl.Stream.STDOUT: LogStream.STDOUT, hl.Stream.STDERR: LogStream.STDERR}
-EventSink = Callable[[str, Entry, dict[str, str]], None]
 
 
 @dataclass(slots=True)
@@ -137,12 +150,20 @@ def _command(request: ExecCreateRequest) -> str:
 
 
 class ExecManager:
-    def __init__(self, containers: ContainerManager) -> None:
+    def __init__(self, containers: ContainerManager, folder: Path) -> None:
         self.containers = containers
         self.tasks = containers.tasks
         self.execs: dict[str, ExecRecord] = {}
         self.sinks: list[EventSink] = []
-        self.store = ExecStore(containers.paths.daemon_lib / "execs")
+        self.store = ExecStore(folder)
+
+    def subscribe(self, sink: EventSink) -> None:
+        """``sink`` hears every exec event (exec_create, exec_start, exec_die) from now on."""
+        self.sinks.append(sink)
+
+    def on_container_event(self, action: str, entry: Entry, attrs: dict[str, str]) -> None:
+        if action == "destroy":
+            self.forget_container(entry.record.id)
         self.background: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: object) -> None:
@@ -310,3 +331,27 @@ class ExecManager:
                 record.watcher.cancel()
         for task in list(self.background):
             task.cancel()
+
+
+class ExecsService(ExecsBase):
+    def __init__(self, execs: ExecManager) -> None:
+        self.execs = execs
+
+    @grpc_errors
+    async def create(self, exec_create_request: ExecCreateRequest) -> ExecCreateResponse:
+        return ExecCreateResponse(id=await self.execs.create(exec_create_request))
+
+    @grpc_errors
+    async def start(self, exec_start_request: ExecStartRequest) -> AsyncIterator[ExecOutput]:
+        async for out in self.execs.start(exec_start_request.id, exec_start_request.detach):
+            yield out
+
+    @grpc_errors
+    async def inspect(self, exec_ref: ExecRef) -> ExecInfo:
+        return self.execs.get(exec_ref.id).info()
+
+    @grpc_errors
+    async def resize(self, resize_request: ResizeRequest) -> Empty:
+        r = resize_request
+        await self.execs.resize(r.id, r.width, r.height)
+        return Empty()

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 from services.common.errors import Conflict, NotFound
 from services.common.grpc import call, client_errors, grpc_errors
+from services.daemon.container_ops import Operations
 from services.daemon.containers import ContainerManager
-from services.daemon.ops import Operations
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     CommitContainerRequest,

@@ -1,10 +1,11 @@
 """Docker's networks over the network library: records, the built-in ones, container endpoints, ports.
 
-The ContainerManager calls four hooks: ``validate`` at create, ``setup`` before a task starts (all of it
-or nothing: namespace, endpoints, DNS files, published ports; it returns the namespace path and the
-files' binds for the start's spec), ``teardown``
-when the task has ended or the container goes, and ``restore`` at daemon start (proxies published
-again for running containers, everything else reconciled away).
+It stands on the shared container table (records.ContainerRecords), never on the lifecycle. The
+lifecycle (containers.ContainerManager) calls three hooks: ``validate`` at create, ``setup`` before a
+task starts (all of it or nothing: namespace, endpoints, DNS files, published ports; it returns the
+namespace path and the files' binds for the start's spec), ``teardown`` when the task has ended or
+the container goes. The daemon's start-up calls ``load`` and ``restore`` (proxies published again
+for running containers, everything else reconciled away).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -26,6 +27,7 @@ from services.common.paths import Paths
 from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile, resolver
 from services.daemon.network.ipam import Ipam
 from services.daemon.network.portproxy import PortMapping, ProxyRegistry
+from services.daemon.records import ContainerRecords, Entry, now_rfc3339
 from services.daemon.spec import NetworkAttachment
 from services.gen.skiff.daemon.v1 import (
     Container,
@@ -40,21 +42,12 @@ from services.gen.skiff.daemon.v1 import (
     PortBinding,
 )
 
-if TYPE_CHECKING:
-    from services.daemon.containers import ContainerManager, Entry
-
 log = structlog.get_logger(service="daemon")
 
 BRIDGE_NAME_ENV = "SKIFF_BRIDGE_NAME"
 DEFAULT_SUBNET_ENV = "SKIFF_DEFAULT_SUBNET"
 MTU = 1500
 BUILTIN = ("bridge", "host", "none")
-
-
-def _now() -> str:
-    from services.daemon.containers import now_rfc3339
-
-    return now_rfc3339()
 
 
 def parse_port(spec: str) -> tuple[int, str]:
@@ -96,8 +89,8 @@ class NetworkRecords:
 
 
 class Networking:
-    def __init__(self, manager: ContainerManager, paths: Paths) -> None:
-        self.manager = manager
+    def __init__(self, paths: Paths, containers: ContainerRecords) -> None:
+        self.containers = containers
         self.paths = paths
         self.folder = paths.daemon_lib / "network"
         self.ipam = Ipam(self.folder / "ipam")
@@ -118,7 +111,7 @@ class Networking:
         for name, driver in (("host", "host"), ("none", "null")):
             if name not in names:
                 await self._save(
-                    Network(id=secrets.token_hex(32), name=name, driver=driver, scope="local", created=_now())
+                    Network(id=secrets.token_hex(32), name=name, driver=driver, scope="local", created=now_rfc3339())
                 )
         if "bridge" not in names:
             net = Network(
@@ -126,7 +119,7 @@ class Networking:
                 name="bridge",
                 driver="bridge",
                 scope="local",
-                created=_now(),
+                created=now_rfc3339(),
                 bridge=self.bridge_name,
                 options={
                     "com.docker.network.bridge.default_bridge": "true",
@@ -142,7 +135,8 @@ class Networking:
 
     async def restore(self) -> None:
         """After the containers are loaded: proxies again for the running ones, the rest reconciled away."""
-        live = {cid for cid, e in self.manager.entries.items() if e.running and e.record.network_settings.sandbox_key}
+        live = {cid for cid, e in self.containers.entries.items()
+                if e.running and e.record.network_settings.sandbox_key}
         report = await reconcile.reconcile(
             live_containers=live,
             live_networks=set(self.networks),
@@ -152,7 +146,7 @@ class Networking:
         )
         log.info("network reconciled", veths=len(report.veths), netns=len(report.netns), bridges=len(report.bridges))
         for cid in live:
-            record = self.manager.entries[cid].record
+            record = self.containers.entries[cid].record
             wanted = self._mappings_from_settings(record)
             if wanted:
                 try:
@@ -211,7 +205,7 @@ class Networking:
 
     def members(self, network_id: str) -> list[tuple[Entry, EndpointSettings]]:
         found = []
-        for entry in self.manager.entries.values():
+        for entry in self.containers.entries.values():
             for ep in entry.record.network_settings.endpoints:
                 if ep.network_id == network_id:
                     found.append((entry, ep))
@@ -235,7 +229,7 @@ class Networking:
                 name=r.name,
                 driver="bridge",
                 scope="local",
-                created=_now(),
+                created=now_rfc3339(),
                 bridge=name,
                 internal=r.internal,
                 attachable=r.attachable,
@@ -276,7 +270,7 @@ class Networking:
         async with self.lock:
             if self.members(net.id):
                 raise Conflict(f"error while removing network: network {net.name} id {net.id} has active endpoints")
-            users = [e.record.name for e in self.manager.entries.values() if net.name in self._wanted(e.record)]
+            users = [e.record.name for e in self.containers.entries.values() if net.name in self._wanted(e.record)]
             if users:
                 raise Conflict(
                     f"error while removing network: network {net.name} id {net.id} is in use by container {users[0]}"
@@ -314,7 +308,7 @@ class Networking:
     async def validate(self, config: ContainerConfig) -> None:
         mode = self._mode(config)
         if mode.startswith("container:"):
-            self.manager.get(mode.partition(":")[2])
+            self.containers.get(mode.partition(":")[2])
         elif mode not in ("host", "none"):
             self.get(mode)
             for name in config.host.endpoints:
@@ -330,7 +324,7 @@ class Networking:
             pass  # Docker ignores published ports there (with a warning)
 
     def _container_dir(self, record: Container) -> Path:
-        return self.manager.store.folder(record.id) / "net"
+        return self.containers.folder(record.id) / "net"
 
     def _dns_of(self, record: Container) -> dns.ContainerDns:
         cfg, host = record.config, record.config.host
@@ -371,7 +365,7 @@ class Networking:
             if mode == "host":
                 path = ""
             elif mode.startswith("container:"):
-                other = self.manager.get(mode.partition(":")[2])
+                other = self.containers.get(mode.partition(":")[2])
                 if not other.running or not other.record.network_settings.sandbox_key:
                     raise Conflict(f"cannot join network of a non running container: {other.record.id}")
                 path = other.record.network_settings.sandbox_key
@@ -537,7 +531,7 @@ class Networking:
 
     async def connect(self, network: str, container: str, cfg: EndpointConfig) -> None:
         net = self.get(network)
-        entry = self.manager.get(container)
+        entry = self.containers.get(container)
         record = entry.record
         mode = self._mode(record.config)
         if mode in ("host", "none") or mode.startswith("container:"):
@@ -556,14 +550,14 @@ class Networking:
             if net.name == mode:
                 record.config.host.left_mode_network = False
             record.config.host.endpoints[net.name] = cfg  # kept for inspect (IPAMConfig, MacAddress, Links...)
-            await self.manager.save(record)
+            await self.containers.save(record)
         if entry.running:
             await self._refresh_network(net.id)
             await self._refresh_own(record)
 
     async def disconnect(self, network: str, container: str, force: bool) -> None:
         net = self.get(network)
-        entry = self.manager.get(container)
+        entry = self.containers.get(container)
         record = entry.record
         async with entry.lock:
             eps = [ep for ep in record.network_settings.endpoints if ep.network_id == net.id]
@@ -578,7 +572,7 @@ class Networking:
             record.config.host.endpoints.pop(net.name, None)
             if self._mode(record.config) == net.name:
                 record.config.host.left_mode_network = True
-            await self.manager.save(record)
+            await self.containers.save(record)
         await self._refresh_network(net.id)
 
     async def _refresh_own(self, record: Container) -> None:

@@ -12,7 +12,8 @@ import time
 import structlog
 
 from services.common.errors import SkiffError
-from services.daemon.containers import ContainerManager, Entry, now_rfc3339
+from services.daemon.containers import ContainerManager
+from services.daemon.records import Entry, now_rfc3339
 from services.gen.skiff.daemon.v1 import State
 
 log = structlog.get_logger(service="daemon")

@@ -15,24 +15,28 @@ from typing import Any
 from services.dockermodel.render import container_summary, summary_fixed
 from services.gen.skiff.daemon.v1 import Container
 
-# Per record object: the summary fields fixed at create (image, command, labels, mounts...). Each
-# betterproto attribute read runs Python code; keeping these halves the work of a list.
-_fixed: dict[int, tuple[Container, dict[str, Any]]] = {}
 
+class Summaries:
+    """Renders the list, keeping per record object the summary fields fixed at create (image, command,
+    labels, mounts...): each betterproto attribute read runs Python code, and keeping these halves the
+    work of a list. One per daemon (server.build_daemon), beside the records it renders."""
 
-def summaries_json(records: Iterable[Container]) -> bytes:
-    entries = []
-    seen = set()
-    for record in records:
-        key = id(record)
-        seen.add(key)
-        kept = _fixed.get(key)
-        if kept is None or kept[0] is not record:
-            kept = (record, summary_fixed(record))
-            _fixed[key] = kept
-        entries.append(container_summary(record, kept[1]))
-    if len(_fixed) > 2 * len(seen) + 64:
-        # Removed containers' entries go (the records kept alive here would otherwise grow forever).
-        for key in [k for k in _fixed if k not in seen]:
-            del _fixed[key]
-    return json.dumps(entries, separators=(",", ":")).encode()
+    def __init__(self) -> None:
+        self._fixed: dict[int, tuple[Container, dict[str, Any]]] = {}
+
+    def render(self, records: Iterable[Container]) -> bytes:
+        entries = []
+        seen = set()
+        for record in records:
+            key = id(record)
+            seen.add(key)
+            kept = self._fixed.get(key)
+            if kept is None or kept[0] is not record:
+                kept = (record, summary_fixed(record))
+                self._fixed[key] = kept
+            entries.append(container_summary(record, kept[1]))
+        if len(self._fixed) > 2 * len(seen) + 64:
+            # Removed containers' entries go (the records kept alive here would otherwise grow forever).
+            for key in [k for k in self._fixed if k not in seen]:
+                del self._fixed[key]
+        return json.dumps(entries, separators=(",", ":")).encode()

@@ -216,7 +216,7 @@ class _Networking(Protocol):
     """What the lookup reads of daemon/networking.py's Networking."""
 
     networks: dict[str, Any]
-    manager: Any
+    containers: Any  # records.ContainerRecords
 
     def members(self, network_id: str) -> list[tuple[Any, Any]]: ...
 
@@ -224,7 +224,7 @@ class _Networking(Protocol):
 def lookup_in(networking: _Networking, container_id: str, name: str) -> tuple[list[str], list[str]] | None:
     """Docker's names on the user networks ``container_id`` is on: every member's name, aliases and short
     id, and the aliases of the asker's own Links; None when ``name`` is none of them."""
-    entry = networking.manager.entries.get(container_id)
+    entry = networking.containers.entries.get(container_id)
     if entry is None:
         return None
     v4: list[str] = []

@@ -1,4 +1,5 @@
-"""Container operations beyond the life cycle: stdin, restart, pause, top, stats, rename, update."""
+"""Container operations beyond the life cycle (Docker's, served as ContainerOps): stdin, pty resize,
+restart, pause, top, stats, rename, update."""
 
 from __future__ import annotations
 
@@ -11,17 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from services.common.grpc import call
-from services.daemon.containers import NAME_RE, ContainerManager, now_rfc3339
+from services.common.grpc import call, grpc_errors
+from services.daemon.containers import ContainerManager
+from services.daemon.records import NAME_RE, now_rfc3339
 from services.daemon.restart import POLICIES
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
+    ContainerOpsBase,
+    ContainerRef,
+    Empty,
+    RenameRequest,
+    ResizeRequest,
     State,
     StatsSample,
     StdinData,
+    StopRequest,
     TopResponse,
     TopRow,
     UpdateContainerRequest,
+    UpdateContainerResponse,
 )
 
 hl = highlevel.v1
@@ -115,7 +124,7 @@ class Operations:
         old = entry.record.name
         if name == old:
             raise InvalidArgument("Renaming a container with the same name as its current name")
-        names = self.containers.names
+        names = self.containers.records.names
         if name in names:
             raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
                            f'"{names[name]}". You have to remove (or rename) that container to be able to reuse '
@@ -201,3 +210,56 @@ def _ps_rows(pids: list[int]) -> list[list[str]]:
         duration = f"{cpu_seconds // 3600:02d}:{cpu_seconds // 60 % 60:02d}:{cpu_seconds % 60:02d}"
         rows.append([uid if uid != "0" else "root", str(pid), ppid, str(percent), stime_text, tty, duration, cmd])
     return rows
+
+
+class ContainerOpsService(ContainerOpsBase):
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+
+    @grpc_errors
+    async def stdin(self, stdin_data_iterator: AsyncIterator[StdinData]) -> Empty:
+        await self.ops.stdin(stdin_data_iterator)
+        return Empty()
+
+    @grpc_errors
+    async def resize(self, resize_request: ResizeRequest) -> Empty:
+        r = resize_request
+        entry = self.ops.containers.get(r.id)
+        if not entry.running:
+            raise InvalidArgument(f"Container {entry.record.id} is not running")
+        await call(self.ops.containers.tasks.resize_pty(hl.ResizePtyRequest(id=entry.record.id, width=r.width,
+                                                                            height=r.height)))
+        return Empty()
+
+    @grpc_errors
+    async def restart(self, stop_request: StopRequest) -> Empty:
+        r = stop_request
+        await self.ops.restart(r.id, r.timeout if r.timeout_set else None, r.signal)
+        return Empty()
+
+    @grpc_errors
+    async def pause(self, container_ref: ContainerRef) -> Empty:
+        await self.ops.pause(container_ref.id, True)
+        return Empty()
+
+    @grpc_errors
+    async def unpause(self, container_ref: ContainerRef) -> Empty:
+        await self.ops.pause(container_ref.id, False)
+        return Empty()
+
+    @grpc_errors
+    async def top(self, container_ref: ContainerRef) -> TopResponse:
+        return await self.ops.top(container_ref.id)
+
+    @grpc_errors
+    async def stats(self, container_ref: ContainerRef) -> StatsSample:
+        return await self.ops.stats(container_ref.id)
+
+    @grpc_errors
+    async def rename(self, rename_request: RenameRequest) -> Empty:
+        await self.ops.rename(rename_request.id, rename_request.name)
+        return Empty()
+
+    @grpc_errors
+    async def update(self, update_container_request: UpdateContainerRequest) -> UpdateContainerResponse:
+        return UpdateContainerResponse(warnings=await self.ops.update(update_container_request))

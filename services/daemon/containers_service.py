@@ -1,0 +1,124 @@
+"""The daemon's Containers and System gRPC services: translation between proto messages and the
+container lifecycle (containers.ContainerManager) and table (records.ContainerRecords)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from services.common.config import Config
+from services.common.errors import FailedPrecondition, Unavailable
+from services.common.grpc import call, grpc_errors
+from services.daemon.containers import ContainerManager
+from services.daemon.summaries import Summaries
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import (
+    AttachRequest,
+    Container,
+    ContainerRef,
+    ContainersBase,
+    CreateContainerRequest,
+    CreateContainerResponse,
+    Empty,
+    InfoResponse,
+    KillRequest,
+    ListRequest,
+    ListResponse,
+    ListSummariesResponse,
+    LogEntry,
+    LogsRequest,
+    RemoveRequest,
+    State,
+    StopRequest,
+    SystemBase,
+    WaitRequest,
+    WaitResponse,
+)
+
+hl = highlevel.v1
+
+
+class ContainersService(ContainersBase):
+    def __init__(self, manager: ContainerManager, summaries: Summaries) -> None:
+        self.manager = manager
+        self.records = manager.records
+        self.summaries = summaries
+
+    @grpc_errors
+    async def create(self, create_container_request: CreateContainerRequest) -> CreateContainerResponse:
+        record = await self.manager.create(create_container_request.name, create_container_request.config)
+        return CreateContainerResponse(id=record.id)
+
+    @grpc_errors
+    async def start(self, container_ref: ContainerRef) -> Empty:
+        await self.manager.start(container_ref.id)  # FailedPrecondition when running: the API's 304
+        return Empty()
+
+    @grpc_errors
+    async def stop(self, stop_request: StopRequest) -> Empty:
+        r = stop_request
+        entry = self.records.get(r.id)
+        if not entry.running:
+            entry.record.stopped_by_user = True  # a restart policy's pending restart is called off
+            raise FailedPrecondition(f"container {entry.record.id} is already stopped")  # the API's 304
+        await self.manager.stop(r.id, r.timeout if r.timeout_set else None, r.signal)
+        self.manager.emit("stop", entry)
+        return Empty()
+
+    @grpc_errors
+    async def kill(self, kill_request: KillRequest) -> Empty:
+        await self.manager.kill(kill_request.id, kill_request.signal)
+        return Empty()
+
+    @grpc_errors
+    async def remove(self, remove_request: RemoveRequest) -> Empty:
+        await self.manager.remove(remove_request.id, remove_request.force, remove_request.volumes)
+        return Empty()
+
+    @grpc_errors
+    async def wait(self, wait_request: WaitRequest) -> AsyncIterator[WaitResponse]:
+        async for exited, code in self.manager.wait(wait_request.id, wait_request.condition):
+            yield WaitResponse(exited=exited, exit_code=code)
+
+    @grpc_errors
+    async def list(self, list_request: ListRequest) -> ListResponse:
+        r = list_request
+        return ListResponse(containers=self.records.list(r.all, r.filters, r.limit))
+
+    @grpc_errors
+    async def list_summaries(self, list_request: ListRequest) -> ListSummariesResponse:
+        r = list_request
+        return ListSummariesResponse(json=self.summaries.render(self.records.list(r.all, r.filters, r.limit)))
+
+    @grpc_errors
+    async def inspect(self, container_ref: ContainerRef) -> Container:
+        return self.records.get(container_ref.id).record
+
+    @grpc_errors
+    async def logs(self, logs_request: LogsRequest) -> AsyncIterator[LogEntry]:
+        r = logs_request
+        async for entry in self.manager.logs(r.id, follow=r.follow, stdout=r.stdout, stderr=r.stderr, tail=r.tail):
+            yield entry
+
+    @grpc_errors
+    async def attach(self, attach_request: AttachRequest) -> AsyncIterator[LogEntry]:
+        r = attach_request
+        async for entry in self.manager.attach_output(r.id, r.stdout, r.stderr):
+            yield entry
+
+
+class SystemService(SystemBase):
+    def __init__(self, manager: ContainerManager, config: Config) -> None:
+        self.manager = manager
+        self.config = config
+
+    @grpc_errors
+    async def info(self, empty: Empty) -> InfoResponse:
+        states = [e.record.state.status for e in self.manager.entries.values()]
+        try:
+            images = len((await call(self.manager.images.list(hl.ListImagesRequest()))).images)
+        except Unavailable:
+            images = 0
+        return InfoResponse(
+            containers=len(states), running=states.count(State.RUNNING), paused=states.count(State.PAUSED),
+            stopped=len(states) - states.count(State.RUNNING) - states.count(State.PAUSED), images=images,
+            runtime=self.config.runtime, root=str(self.config.paths.lib))
