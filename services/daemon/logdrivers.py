@@ -83,11 +83,6 @@ def attach_feed(run: Path, container_id: str) -> Path:
     return run / "daemon" / "attach" / f"{container_id}.json"
 
 
-def shown_log_path(record: Container) -> str:
-    """Inspect's LogPath: json-file's file only (dockerd keeps the local driver's private)."""
-    return record.log_path if (record.config.host.log_driver or DEFAULT) == "json-file" else ""
-
-
 def readable(record: Container) -> bool:
     return (record.config.host.log_driver or DEFAULT) != NONE
 
