@@ -1,4 +1,4 @@
-"""Area A with the real docker CLI: exec -it under a pty, attach, restart, events, stats, top, policies, OOM."""
+"""Container operations, real docker CLI: exec -it under a pty, attach, restart, events, stats, top, policies, OOM."""
 
 from __future__ import annotations
 

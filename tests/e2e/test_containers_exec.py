@@ -1,4 +1,4 @@
-"""Area A with docker-py: exec (plain, stdin, tty, detached, inspect), attach stdin, restart, 304s, events."""
+"""Container operations, docker-py: exec (plain, stdin, tty, detached, inspect), attach stdin, restart, 304s, events."""
 
 from __future__ import annotations
 

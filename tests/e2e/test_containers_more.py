@@ -1,4 +1,4 @@
-"""Area A gaps with the real docker CLI (docker-py for stats): logs -f across rotation, since/until/tail,
+"""Container operations with the real docker CLI (docker-py for stats): logs -f across rotation, since/until/tail,
 short-lived output, live events, the restarting state, kill of a paused container, streamed stats."""
 
 from __future__ import annotations

@@ -467,7 +467,7 @@ class HostConfig(betterproto.Message):
 
     restart_policy: str = betterproto.string_field(20)
     """
-    Area A: "no", "on-failure", "always", "unless-stopped"; "" means "no".
+    Restart policy: "no", "on-failure", "always", "unless-stopped"; "" means "no".
     """
 
     restart_max_retries: int = betterproto.int32_field(21)
@@ -480,7 +480,7 @@ class HostConfig(betterproto.Message):
     )
     mounts: List["MountSpec"] = betterproto.message_field(80)
     """
-    Area D (volumes.proto): Binds and Tmpfs parsed into mounts, with HostConfig.Mounts.
+    Mounts (volumes.proto): Binds and Tmpfs parsed into mounts, with HostConfig.Mounts.
     """
 
     cpuset_cpus: str = betterproto.string_field(30)
