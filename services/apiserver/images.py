@@ -1,6 +1,7 @@
 """Image endpoints: list, inspect, history, tag, remove, prune; pull and import (POST /images/create),
-push, save (get), load and commit, over the daemon's Images service. Pulls and pushes stream progress
-in Docker's JSON message format; archives travel through a file beside the sockets (same host)."""
+push, save (get), load and commit, over the daemon's Images service. Pulls, pushes and loads stream
+Docker's JSON messages (chunked, one per line); archives travel through a file beside the sockets
+(same host)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from aiohttp import web
 
 from services.apiserver.app import Routes, backend
 from services.apiserver.images_changes import apply_changes
-from services.apiserver.images_filters import filter_images
+from services.apiserver.images_filters import filter_images, parents_of
 from services.apiserver.images_progress import error_message, line, pull_message, push_message, registry_auth
 from services.apiserver.params import flag, parse_filters
-from services.common.errors import InvalidArgument, SkiffError
+from services.common.errors import InvalidArgument, NotFound, SkiffError
 from services.common.grpc import call, client_errors
 from services.dockermodel.render import image_inspect, image_summary
 from services.dockermodel.times import parse_time
@@ -32,9 +33,23 @@ CHUNK = 1 << 20
 
 
 async def list_(request: web.Request) -> web.Response:
-    reply = await call(backend(request).images.list(hl.ListImagesRequest()))
-    images = filter_images(list(reply.images), parse_filters(request.query.get("filters")))
-    return web.json_response([image_summary(i) for i in images])
+    stub = backend(request).images
+    reply = await call(stub.list(hl.ListImagesRequest()))
+    filters = parse_filters(request.query.get("filters"))
+    # before/since name images: resolved as any image reference (a missing one is dockerd's 404).
+    bounds = {}
+    for key in ("before", "since"):
+        for value in filters.get(key, []):
+            bounds[key] = (await call(stub.inspect(hl.InspectImageRequest(reference=value)))).image.created
+    images = list(reply.images)
+    shown = filter_images(images, filters, show_all=flag(request, "all"), parents=parents_of(images), **bounds)
+    out = []
+    for image in shown:
+        body = image_summary(image)
+        if not image.repo_tags and not image.repo_digests:
+            body["RepoTags"], body["RepoDigests"] = ["<none>:<none>"], ["<none>@<none>"]  # as dockerd lists one
+        out.append(body)
+    return web.json_response(out)
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -173,7 +188,10 @@ async def tag(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
-    reply = await call(backend(request).images.inspect(hl.InspectImageRequest(reference=request.match_info["name"])))
+    """dockerd's history: one row per history entry, newest first; the rows from the top down carry
+    the ids and tags of the image and then of its parents (a committed image's), the rest <missing>."""
+    images = backend(request).images
+    reply = await call(images.inspect(hl.InspectImageRequest(reference=request.match_info["name"])))
     image = reply.image
     config = json.loads(image.config or b"{}")
     layers = list(image.layers)
@@ -189,7 +207,16 @@ async def history(request: web.Request) -> web.Response:
         rows.append({"Id": "<missing>", "Created": int(parse_time(image.created)), "CreatedBy": "", "Tags": None,
                      "Size": image.size, "Comment": ""})
     rows.reverse()
-    rows[0]["Id"], rows[0]["Tags"] = image.id, list(image.repo_tags) or None
+    current: hl.ImageSummary | None = image
+    for row in rows:
+        if current is None:
+            break
+        row["Id"], row["Tags"] = current.id, list(current.repo_tags) or None
+        parent = str(json.loads(current.config or b"{}").get("parent") or "")
+        current = None
+        if parent:
+            with contextlib.suppress(NotFound):
+                current = (await call(images.inspect(hl.InspectImageRequest(reference=parent)))).image
     return web.json_response(rows)
 
 
@@ -250,14 +277,26 @@ async def commit(request: web.Request) -> web.Response:
     return web.json_response({"Id": reply.id}, status=201)
 
 
-async def load(request: web.Request) -> web.Response:
+async def load(request: web.Request) -> web.StreamResponse:
+    """POST /images/load as dockerd answers it: always 200 once the body is read, the outcome as JSON
+    messages streamed (chunked) one per line, a failure as the errorDetail message (docker-py raises
+    ImageLoadError from it, the CLI exits 1 with its text). ``quiet`` (dockerd's default: true) only
+    silences layer progress, which Skiff does not report (the load is one call); errors are streamed in
+    both modes, as dockerd does."""
     path = await _receive_body(request, "load-")
     try:
         reply = await call(backend(request).images.load(hl.LoadImagesRequest(path=path)))
+        messages = [{"stream": f"{m}\n"} for m in reply.messages]
+    except SkiffError as exc:
+        messages = [error_message(exc.message)]
     finally:
         await asyncio.to_thread(_unlink, path)
-    body = b"".join(json.dumps({"stream": f"{m}\n"}).encode() + b"\n" for m in reply.messages)
-    return web.Response(body=body, content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    for msg in messages:
+        await response.write(line(msg))
+    await response.write_eof()
+    return response
 
 
 def register(routes: Routes) -> None:

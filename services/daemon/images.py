@@ -1,5 +1,5 @@
 """The daemon's Images service: highlevel's images, plus what only the daemon knows (which images
-its containers use), for remove, prune and commit."""
+its containers use, a container's Config), for remove, prune and commit."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
-from services.common.errors import Conflict, NotFound
+from services.common.errors import Conflict, FailedPrecondition, NotFound
 from services.common.grpc import call, client_errors, grpc_errors
 from services.daemon.container_ops import Operations
-from services.daemon.containers import ContainerManager
+from services.daemon.containers import EXIT_REPORT_GRACE, ContainerManager
+from services.daemon.records import Entry
+from services.daemon.spec import merge_env
+from services.dockermodel.render import container_inspect
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     CommitContainerRequest,
@@ -34,6 +38,33 @@ def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
         hit = key in labels and (not sep or labels[key] == value)
         if hit == negate:
             return False
+    return True
+
+
+def commit_config(container: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """The committed image's Config as dockerd makes it (daemon/commit.go): the container's own Config,
+    the client's config and --change over it; Env, Labels, ExposedPorts and Volumes merged key by key
+    (the client's winning); an Entrypoint of the client's drops the container's Cmd unless it gave one."""
+    out = {**container, **user}
+    if user.get("Env"):
+        out["Env"] = merge_env(list(container.get("Env") or []), list(user["Env"]))
+    for key in ("Labels", "ExposedPorts", "Volumes"):
+        if user.get(key):
+            out[key] = {**(container.get(key) or {}), **user[key]}
+    if user.get("Entrypoint") and "Cmd" not in user:
+        out["Cmd"] = None
+    return out
+
+
+async def _exit_reported(entry: Entry, timeout: float) -> bool:
+    """True once the container no longer runs (its exit recorded), within ``timeout`` seconds."""
+    async def until() -> None:
+        while entry.running and not entry.removed:
+            await entry.changed.wait()
+    try:
+        await asyncio.wait_for(until(), timeout)
+    except TimeoutError:
+        return False
     return True
 
 
@@ -82,7 +113,27 @@ class ImagesService(ImagesBase):
                            f"container {users[0][:12]} is using its referenced image {image.id[7:19]}")
         r.in_use = bool(users)
         with self.manager.changing_images():
-            return await call(self.images.remove(r))
+            reply = await call(self.images.remove(r))
+        if not r.no_prune and any(item.deleted == image.id for item in reply.items):
+            reply.items.extend(await self._prune_parents(image))
+        return reply
+
+    async def _prune_parents(self, image: hl.ImageSummary) -> list[hl.RemovedImage]:
+        """dockerd's delete of a committed image also deletes the images below it that nothing else
+        needs: nameless, no other child, no container."""
+        items: list[hl.RemovedImage] = []
+        used = self._in_use()
+        while parent := str(json.loads(image.config or b"{}").get("parent") or ""):
+            images = (await call(self.images.list(hl.ListImagesRequest()))).images
+            found = [i for i in images if i.id == parent]
+            children = [i for i in images if json.loads(i.config or b"{}").get("parent") == parent]
+            if not found or found[0].repo_tags or found[0].repo_digests or children or parent in used:
+                break
+            image = found[0]
+            with self.manager.changing_images():
+                reply = await call(self.images.remove(hl.RemoveImageRequest(reference=parent, force=True)))
+            items.extend(reply.items)
+        return items
 
     @grpc_errors
     async def pull(self, highlevel_v1_pull_image_request: hl.PullImageRequest) -> AsyncIterator[hl.ImageProgress]:
@@ -126,14 +177,21 @@ class ImagesService(ImagesBase):
         record = entry.record
         paused_here = False
         if pause and record.state.status == State.RUNNING:
-            await self.ops.pause(record.id, True)
-            paused_here = True
+            try:
+                await self.ops.pause(record.id, True)
+                paused_here = True
+            except (Conflict, FailedPrecondition):
+                # It exited between the look and the pause (the shim refuses to freeze a process that
+                # has ended before its exit reaches the record): dockerd commits a stopped container as is.
+                if not await _exit_reported(entry, EXIT_REPORT_GRACE):
+                    raise
+        config = commit_config(container_inspect(record)["Config"], json.loads(request.config or b"{}"))
         try:
             # The snapshot key is the container id (containers.py prepares it so).
             with self.manager.changing_images():
                 reply = await call(self.images.commit(hl.CommitImageRequest(
                     snapshot_key=record.id, parent_image=record.image_id, reference=request.reference,
-                    comment=request.comment, author=request.author, config=request.config)))
+                    comment=request.comment, author=request.author, config=json.dumps(config).encode())))
             self.manager.emit("commit", entry, {"comment": request.comment, "imageID": reply.id,
                                                 "imageRef": request.reference})
             return reply
@@ -147,21 +205,30 @@ class ImagesService(ImagesBase):
     @grpc_errors
     async def prune(self, image_prune_request: ImagePruneRequest) -> ImagePruneResponse:
         r = image_prune_request
-        images = (await call(self.images.list(hl.ListImagesRequest()))).images
         used = self._in_use()
         items: list[hl.RemovedImage] = []
         reclaimed = 0
-        for image in images:
-            if image.id in used or (image.repo_tags and not r.all):
-                continue
-            labels = (json.loads(image.config or b"{}").get("config") or {}).get("Labels") or {}
-            if not _labels_match(labels, list(r.labels)):
-                continue
-            # By id and forced: every name goes with it; the in-use check was done above.
-            with self.manager.changing_images():
-                reply = await call(self.images.remove(hl.RemoveImageRequest(reference=image.id, force=True)))
-            items.extend(reply.items)
-            reclaimed += image.size
+        removed: set[str] = set()
+        # dockerd prunes heads: an image others were committed over goes once they have gone (the next
+        # pass), as its delete of a child prunes the nameless parents below it.
+        while True:
+            images = [i for i in (await call(self.images.list(hl.ListImagesRequest()))).images if i.id not in removed]
+            parents = {str(json.loads(i.config or b"{}").get("parent") or "") for i in images}
+            before = len(removed)
+            for image in images:
+                if image.id in used or image.id in parents or (image.repo_tags and not r.all):
+                    continue
+                labels = (json.loads(image.config or b"{}").get("config") or {}).get("Labels") or {}
+                if not _labels_match(labels, list(r.labels)):
+                    continue
+                # By id and forced: every name goes with it; the in-use check was done above.
+                with self.manager.changing_images():
+                    reply = await call(self.images.remove(hl.RemoveImageRequest(reference=image.id, force=True)))
+                items.extend(reply.items)
+                reclaimed += image.size
+                removed.add(image.id)
+            if len(removed) == before:
+                break
         if items:
             await call(self.images.prune(hl.PruneImagesRequest()))
         return ImagePruneResponse(items=items, space_reclaimed=reclaimed)

@@ -167,6 +167,13 @@ def container_inspect(c: Container) -> dict[str, Any]:
     }
 
 
+def _image_comment(config: dict[str, Any]) -> str:
+    """dockerd's inspect: the config's comment, else the last history entry's (a commit's message)."""
+    history = config.get("history") or []
+    last = history[-1] if history and isinstance(history[-1], dict) else {}
+    return str(config.get("comment") or last.get("comment") or "")
+
+
 def _image_config(image: hl.ImageSummary) -> dict[str, Any]:
     try:
         return json.loads(image.config or b"{}")
@@ -179,7 +186,7 @@ def image_summary(image: hl.ImageSummary) -> dict[str, Any]:
     config = _image_config(image)
     return {
         "Id": image.id,
-        "ParentId": "",
+        "ParentId": str(config.get("parent") or ""),
         "RepoTags": list(image.repo_tags),
         "RepoDigests": list(image.repo_digests),
         "Created": int(parse_time(image.created)),
@@ -197,10 +204,11 @@ def image_inspect(image: hl.ImageSummary) -> dict[str, Any]:
         "Id": image.id,
         "RepoTags": list(image.repo_tags),
         "RepoDigests": list(image.repo_digests),
-        "Parent": "",
-        "Comment": "",
+        # A committed image names the image it came from (dockerd: its store's parent link).
+        "Parent": str(config.get("parent") or ""),
+        "Comment": _image_comment(config),
         "Created": image.created,
-        "DockerVersion": "",
+        "DockerVersion": str(config.get("docker_version") or ""),
         "Author": config.get("author", ""),
         "Config": config.get("config") or {},
         "Architecture": config.get("architecture", ""),

@@ -107,29 +107,49 @@ async def load(images: ImageManager, src: Path, progress: ProgressFn = no_progre
         except BaseException:
             await images.discard(lease)
             raise
+        out: list[str] = []
         for rec in recs:
+            if (notice := _renamed(images, rec)) is not None:
+                out.append(notice)
             images.store.put(rec)
-    out = []
-    for rec in recs:
-        if rec.name.startswith("sha256:"):
-            out.append(f"Loaded image ID: {images.parts(rec)[0].config.digest}")
-        else:
-            out.append(f"Loaded image: {parse_reference(rec.name).familiar}")
+            if rec.name.startswith("sha256:"):
+                out.append(f"Loaded image ID: {images.parts(rec)[0].config.digest}")
+            else:
+                out.append(f"Loaded image: {parse_reference(rec.name).familiar}")
     return out
 
 
+def _renamed(images: ImageManager, rec: ImageRecord) -> str | None:
+    """dockerd's notice when a loaded name moves off another image (that one keeps its id only)."""
+    old = images.store.find(rec.name) if not rec.name.startswith("sha256:") else None
+    if old is None or old.target.digest == rec.target.digest:
+        return None
+    old_id = images.parts(old)[0].config.digest
+    if old_id == images.parts(rec)[0].config.digest:
+        return None
+    return (f"The image {parse_reference(rec.name).familiar} already exists, renaming the old one with ID "
+            f"{old_id} to empty string")
+
+
 def _read_archive(images: ImageManager, src: Path, lease: Lease) -> list[ImageRecord]:
+    # The words name no server-side path: the client sent a body, not a file.
     try:
         tf = tarfile.open(src, "r:*")  # noqa: SIM115 - closed by the `with` below
-    except (tarfile.TarError, OSError) as exc:
-        raise InvalidArgument(f"load {src}: not a tar archive: {exc}") from None
+    except (tarfile.TarError, OSError):
+        raise InvalidArgument("Error processing tar file: not a tar archive") from None
     with tf:
-        names = set(tf.getnames())
-        if "index.json" in names:
-            return _read_oci(images, tf, lease, names)
-        if "manifest.json" in names:
-            return _read_legacy(images, tf, lease)
-    raise InvalidArgument(f"load {src}: neither index.json nor manifest.json in the archive")
+        try:
+            names = set(tf.getnames())
+            if "index.json" in names:
+                return _read_oci(images, tf, lease, names)
+            if "manifest.json" in names:
+                return _read_legacy(images, tf, lease)
+        except (tarfile.TarError, EOFError) as exc:
+            raise InvalidArgument(f"Error processing tar file: {exc or 'unexpected end of archive'}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # index.json or manifest.json that is no JSON, or not of the shape Docker writes.
+            raise InvalidArgument(f"load: invalid index.json or manifest.json: {exc}") from None
+    raise InvalidArgument("load: neither index.json nor manifest.json in the archive (not a docker save archive)")
 
 
 def _member_blob(images: ImageManager, tf: tarfile.TarFile, name: str, lease: Lease, expected: str | None) -> str:

@@ -63,39 +63,53 @@ async def import_rootfs(images: ImageManager, src: Path, reference: str | None =
 
 async def commit(images: ImageManager, key: str, parent_image: str | None, reference: str | None = None, *,
                  comment: str = "", author: str = "", config_overrides: dict[str, Any] | None = None) -> str:
-    """``docker commit``: the container's changes as a new gzip layer over its image."""
+    """``docker commit``: the container's changes as a new gzip layer over its image (none when nothing
+    changed), the image recorded as the new one's ``parent`` (docker inspect's Parent)."""
     # A bad name fails before any work, not after the layer is written.
     name = str(parse_reference(reference)) if reference else None
     base_cfg: dict[str, Any] = {}
     base_layers: list[Descriptor] = []
+    parent_id = ""
     if parent_image:
-        _, recs = images.resolve(parent_image)
+        parent_id, recs = images.resolve(parent_image)
         manifest, config = images.parts(recs[0])
         base_cfg, base_layers = json.loads(json.dumps(config.raw)), list(manifest.layers)
     with images.content.lease() as lease, tempfile.TemporaryDirectory(dir=images.tmp) as td:
         try:
             tar_path = Path(td) / "layer.tar"
-            await asyncio.to_thread(images.snapshots.write_diff_tar, key, tar_path)
-            diff_id, digest = await asyncio.to_thread(_gzip_into_store, images, tar_path)
-            lease.digests.add(digest)
+            written = await asyncio.to_thread(images.snapshots.write_diff_tar, key, tar_path, of_container=True)
             os_name, arch = host_platform()
             now = _now_iso()
             cfg = base_cfg or {"architecture": arch, "os": os_name, "config": {}}
+            # As dockerd's NewChildImage: this commit's author only, the image it came from as parent.
             cfg["created"] = now
+            cfg.pop("author", None)
+            cfg.pop("parent", None)
             if author:
                 cfg["author"] = author
+            if parent_id:
+                cfg["parent"] = parent_id
             if config_overrides:
                 cfg["config"] = {**(cfg.get("config") or {}), **config_overrides}
             rootfs = cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
-            rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), diff_id]
-            cfg["history"] = [*cfg.get("history", []),
-                              {"created": now, "author": author, "comment": comment, "created_by": ""}]
+            entry: dict[str, Any] = {"created": now, **({"author": author} if author else {}),
+                                     **({"comment": comment} if comment else {})}
+            layers = list(base_layers)
+            if written:
+                diff_id, digest = await asyncio.to_thread(_gzip_into_store, images, tar_path)
+                lease.digests.add(digest)
+                rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), diff_id]
+                layers.append(Descriptor(DOCKER_LAYER_GZIP, digest, images.content.size(digest)))
+            else:
+                # Nothing changed: no layer, as dockerd (an empty layer is only noted in the history).
+                entry["empty_layer"] = True
+            cfg["history"] = [*cfg.get("history", []), entry]
             cfg_digest = images.write_config(cfg, lease)
-            layers = [*base_layers, Descriptor(DOCKER_LAYER_GZIP, digest, images.content.size(digest))]
             target = images.write_manifest(cfg_digest, layers, lease)
-            chains = chain_ids(rootfs["diff_ids"])
-            await asyncio.to_thread(images.snapshots.unpack, chains[-1], chains[-2] if len(chains) > 1 else None,
-                                    images.content.blob_path(digest), diff_id)
+            if written:
+                chains = chain_ids(rootfs["diff_ids"])
+                await asyncio.to_thread(images.snapshots.unpack, chains[-1], chains[-2] if len(chains) > 1 else None,
+                                        images.content.blob_path(digest), diff_id)
         except BaseException:
             await images.discard(lease)
             raise

@@ -162,7 +162,9 @@ class ImageManager:
 
     async def remove(self, text: str, *, force: bool = False,
                      in_use: Callable[[str], bool] | None = None, prune: bool = True) -> list[RemovedItem]:
-        """Untag, and delete the image when its last name goes. ``in_use(image_id)`` is the daemon's word."""
+        """Untag, and delete the image when its last name goes. ``in_use(image_id)`` is the daemon's word.
+        An image others were committed over stays when its last name goes, nameless (as dockerd keeps
+        it), and cannot be deleted by id even forced."""
         image_id, recs = self.resolve(text)
         all_recs = self.records_by_id().get(image_id, recs)
         by_id = not any(r.name == str(safe_reference(text)) for r in recs) and HEX_RE.match(text) is not None
@@ -171,6 +173,10 @@ class ImageManager:
             raise Conflict(f"conflict: unable to delete {short_id(image_id)} (must be forced) - "
                            "image is referenced in multiple repositories")
         last = len(targets) == len(all_recs)
+        children = self.children(image_id) if last else []
+        if by_id and children:
+            raise Conflict(f"conflict: unable to delete {short_id(image_id)} (cannot be forced) - "
+                           "image has dependent child images")
         if last and in_use is not None and in_use(image_id) and not force:
             raise Conflict(f"conflict: unable to remove repository reference \"{text}\" - "
                            f"image {short_id(image_id)} is being used by a container")
@@ -179,10 +185,25 @@ class ImageManager:
             self.store.delete(r.name)
             if not r.name.startswith("sha256:"):
                 out.append(RemovedItem(untagged=parse_reference(r.name).familiar))
-        if last:
+        if last and children:
+            kept = targets[0]
+            self.store.put(ImageRecord(kept.target.digest, kept.target, kept.created, index_digest=kept.index_digest))
+        elif last:
             out.append(RemovedItem(deleted=image_id))
             if prune:
                 await self.gc()
+        return out
+
+    def children(self, image_id: str) -> list[str]:
+        """The images committed over ``image_id`` (their config names it as parent)."""
+        out = []
+        for child_id, recs in self.records_by_id().items():
+            try:
+                _, config = self.parts(recs[0])
+            except NotFound:
+                continue
+            if config.raw.get("parent") == image_id:
+                out.append(child_id)
         return out
 
     def referenced(self) -> tuple[set[str], set[str]]:

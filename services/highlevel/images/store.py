@@ -1,4 +1,5 @@
-"""Image names → manifest descriptors, persisted atomically under ``<lib>/highlevel/images/``."""
+"""Image names → manifest descriptors, persisted atomically under ``<lib>/highlevel/images/``; an image
+no name points to (dangling) is kept under its manifest digest."""
 
 from __future__ import annotations
 
@@ -63,11 +64,20 @@ class ImageStore:
             return self._records.get(name)
 
     def put(self, rec: ImageRecord) -> None:
+        """Name an image. As dockerd's reference store: a name moved off an image leaves that image,
+        if nothing else names it, dangling (named by its manifest digest, ``<none>`` to Docker) rather
+        than gone; and a dangling image that gets a name is dangling no more."""
         with self._lock:
             old = self._records.get(rec.name)
             if old is not None:
                 rec.created = old.created if old.target.digest == rec.target.digest else rec.created
             self._records[rec.name] = rec
+            if not _dangling(rec.name):
+                self._records.pop(rec.target.digest, None)
+            if old is not None and old.target.digest != rec.target.digest and not any(
+                    r.target.digest == old.target.digest for r in self._records.values()):
+                self._records[old.target.digest] = ImageRecord(old.target.digest, old.target, old.created,
+                                                               index_digest=old.index_digest)
             self._save()
 
     def delete(self, name: str) -> None:
@@ -79,3 +89,8 @@ class ImageStore:
     def list(self) -> list[ImageRecord]:
         with self._lock:
             return list(self._records.values())
+
+
+def _dangling(name: str) -> bool:
+    """Records named by their manifest digest hold an image no name points to."""
+    return name.startswith("sha256:")

@@ -78,7 +78,8 @@ class SnapshotsService(SnapshotsBase):
 
     @grpc_errors
     async def diff(self, request: SnapshotKeyRequest) -> SnapshotDiffResponse:
-        changes = await asyncio.to_thread(self.snapshots.changes, request.key)
+        # docker diff: the container's own changes, as dockerd shows them.
+        changes = await asyncio.to_thread(self.snapshots.changes, request.key, of_container=True)
         return SnapshotDiffResponse(changes=[SnapshotChange(path=c.path, kind=c.kind.value,
                                                             kind_code=_KIND_CODE[c.kind]) for c in changes])
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from services.common.atomic import atomic_write
+from services.common.engine_files import ENGINE_FILES, MOUNT_POINT_DIRS
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, SyscallError
 from services.common.livetar import add_live
 from services.common.untar import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX, WhiteoutMode
@@ -316,20 +317,26 @@ class Snapshotter:
                 removed.append(key)
 
     # -- diff, commit, export ---------------------------------------------------------------------
-    def changes(self, key: str) -> list[Change]:
+    def changes(self, key: str, *, of_container: bool = False) -> list[Change]:
+        """What an active snapshot changed over its parent; ``of_container``: a container's own changes,
+        without the engine's files and bare mount points (common/engine_files.py), as docker diff shows."""
         info = self.stat(key)
         if info.kind is not SnapshotKind.ACTIVE:
             raise FailedPrecondition(f"snapshot `{key}` is not active")
         if self.driver is Driver.OVERLAY:
-            return _overlay_changes(self.fs(info), self._lowers(info))
-        parent = self.fs(self.stat(info.parent)) if info.parent else None
-        return _tree_changes(self.fs(info), parent)
+            changes = _overlay_changes(self.fs(info), self._lowers(info))
+        else:
+            parent = self.fs(self.stat(info.parent)) if info.parent else None
+            changes = _tree_changes(self.fs(info), parent)
+        return without_engine_paths(changes) if of_container else changes
 
-    def write_diff_tar(self, key: str, out: Path) -> None:
-        """The container's changes as a layer tar with whiteouts (for commit)."""
+    def write_diff_tar(self, key: str, out: Path, *, of_container: bool = False) -> int:
+        """The snapshot's changes as a layer tar with whiteouts (for commit; ``of_container`` as in changes);
+        returns how many changes it holds."""
         info = self.stat(key)
-        changes = self.changes(key)
+        changes = self.changes(key, of_container=of_container)
         upper = self.fs(info)
+        written = 0
         with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
             for ch in changes:
                 rel = ch.path.lstrip("/")
@@ -338,14 +345,17 @@ class Snapshotter:
                     wh = tarfile.TarInfo((parent + "/" if parent else "") + WHITEOUT_PREFIX + name)
                     wh.mtime = int(time.time())
                     tf.addfile(wh)
+                    written += 1
                     continue
                 src = upper / rel
                 if not add_live(tf, src, rel):
                     continue  # gone since the changes were listed (a commit without pause)
+                written += 1
                 if src.is_dir() and not src.is_symlink() and _is_opaque(src):
                     op = tarfile.TarInfo(rel + "/" + OPAQUE_MARKER)
                     op.mtime = int(time.time())
                     tf.addfile(op)
+        return written
 
     def write_export_tar(self, key: str, out: Path) -> None:
         """The whole filesystem of a snapshot (docker export)."""
@@ -376,6 +386,28 @@ class Snapshotter:
                         mnt.umount(tmp, mnt.MNT_DETACH)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def without_engine_paths(changes: list[Change]) -> list[Change]:
+    """Leave out the engine's files, the mount points the runtime added, and then any folder that
+    changed only because it holds them (dockerd's init layer keeps all of these out of sight)."""
+    paths = {c.path for c in changes}
+
+    def holds_nothing(path: str, among: set[str]) -> bool:
+        return not any(p.startswith(path + "/") for p in among)
+
+    hidden = {c.path for c in changes if c.path in ENGINE_FILES
+              or (c.path in MOUNT_POINT_DIRS and c.kind is ChangeKind.ADDED and holds_nothing(c.path, paths))}
+    if not hidden:
+        return changes
+    kept = {p for p in paths if p not in hidden}
+    folders = {str(parent) for h in hidden for parent in Path(h).parents if str(parent) != "/"}
+    kinds = {c.path: c.kind for c in changes}
+    # Deepest first, so that a folder emptied of changes frees its own parent in turn.
+    for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+        if folder in kept and kinds[folder] is not ChangeKind.DELETED and holds_nothing(folder, kept):
+            kept.discard(folder)
+    return [c for c in changes if c.path in kept]
 
 
 def _add_tree(tf: tarfile.TarFile, src: Path) -> None:
