@@ -166,6 +166,11 @@ def test_v1_set_reads_back(v1_group: V1Cgroup, child: subprocess.Popen[bytes]) -
     }
     if os.path.exists(p["memory"] + "/memory.memsw.limit_in_bytes"):
         resources["memory"]["swap"] = 128 * MiB
+    # A weight needs an I/O scheduler that has one (bfq, or cfq on old kernels): without it, the
+    # kernel offers no weight file and runc fails the write too, so only ask where it can be kept.
+    weighted = any(os.path.exists(p["blkio"] + name) for name in ("/blkio.weight", "/blkio.bfq.weight"))
+    if not weighted:
+        del resources["blockIO"]["weight"]
     v1_group.set(resources)
 
     assert int(read(p["memory"] + "/memory.limit_in_bytes")) == 64 * MiB
@@ -180,8 +185,9 @@ def test_v1_set_reads_back(v1_group: V1Cgroup, child: subprocess.Popen[bytes]) -
     assert read(p["cpuset"] + "/cpuset.cpus") == "0"
     assert read(p["cpuset"] + "/cpuset.mems") == "0"
     assert read(p["pids"] + "/pids.max") == "50"
-    weight_file = "/blkio.weight" if os.path.exists(p["blkio"] + "/blkio.weight") else "/blkio.bfq.weight"
-    assert read(p["blkio"] + weight_file).split()[-1] == "300"
+    if weighted:
+        weight_file = "/blkio.weight" if os.path.exists(p["blkio"] + "/blkio.weight") else "/blkio.bfq.weight"
+        assert read(p["blkio"] + weight_file).split()[-1] == "300"
     assert read(p["blkio"] + "/blkio.throttle.read_bps_device") == f"254:0 {10 * MiB}"
     assert read(p["blkio"] + "/blkio.throttle.write_iops_device") == "254:0 500"
     assert read(p["devices"] + "/devices.list").splitlines() == ["c 1:3 rwm", "c 136:* rw"]
