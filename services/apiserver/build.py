@@ -1,0 +1,111 @@
+"""POST /build (Docker's classic builder, the API docker-py, docker-compose and the docker CLI's
+non-BuildKit path use) and POST /build/prune: the query's options checked and sent with the context
+to the daemon's Builds service, its messages streamed back as Docker's JSON lines ({"stream"},
+{"aux": {"ID"}}, {"errorDetail"})."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from services.apiserver.app import Routes, backend
+from services.apiserver.images_progress import line
+from services.apiserver.params import flag, int_query
+from services.common.errors import InvalidArgument, NotSupported, SkiffError
+from services.common.grpc import call, client_errors
+from services.gen.skiff.daemon.v1 import BuildCacheRecord, BuildChunk, BuildOptions, BuildPruneRequest, Ulimit
+
+CHUNK = 1 << 20
+
+
+def _json_query(request: web.Request, name: str, default: Any) -> Any:
+    raw = request.query.get(name)
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidArgument(f"invalid {name} parameter: {raw}") from None
+
+
+def options_of(request: web.Request) -> BuildOptions:
+    q = request.query
+    if flag(request, "squash"):
+        raise InvalidArgument("squash is only supported with experimental mode")
+    if q.get("remote"):
+        raise NotSupported("remote build contexts (remote=) are not supported: send the context as the body")
+    if q.get("version") == "2":
+        raise InvalidArgument("BuildKit (version=2) is not supported: Skiff runs Docker's classic builder "
+                              "(DOCKER_BUILDKIT=0)")
+    if q.get("outputs"):
+        raise InvalidArgument("outputs are only supported by BuildKit")
+    build_args = _json_query(request, "buildargs", {})
+    labels = _json_query(request, "labels", {})
+    cache_from = _json_query(request, "cachefrom", [])
+    ulimits = _json_query(request, "ulimits", [])
+    if not isinstance(build_args, dict) or not isinstance(labels, dict) or not isinstance(cache_from, list):
+        raise InvalidArgument("buildargs and labels must be JSON objects, cachefrom a JSON list")
+    return BuildOptions(
+        dockerfile=q.get("dockerfile", ""), tags=q.getall("t", []),
+        build_args={str(k): str(v) for k, v in build_args.items() if v is not None},
+        labels={str(k): str(v) for k, v in labels.items()}, target=q.get("target", ""),
+        no_cache=flag(request, "nocache"), pull=flag(request, "pull"), remove=flag(request, "rm", True),
+        force_remove=flag(request, "forcerm"), quiet=flag(request, "q"), network_mode=q.get("networkmode", ""),
+        memory=int_query(request, "memory", 0) or 0, cpu_shares=int_query(request, "cpushares", 0) or 0,
+        shm_size=int_query(request, "shmsize", 0) or 0,
+        ulimits=[Ulimit(name=u.get("Name", ""), soft=int(u.get("Soft", 0)), hard=int(u.get("Hard", 0)))
+                 for u in ulimits if isinstance(u, dict)],
+        cache_from=[str(c) for c in cache_from], platform=q.get("platform", ""))
+
+
+async def build(request: web.Request) -> web.StreamResponse:
+    options = options_of(request)
+
+    async def chunks() -> AsyncIterator[BuildChunk]:
+        yield BuildChunk(options=options)
+        async for data in request.content.iter_chunked(CHUNK):
+            yield BuildChunk(data=data)
+
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    try:
+        with client_errors():
+            async for msg in backend(request).builds.build(chunks()):
+                if not response.prepared:
+                    await response.prepare(request)
+                if msg.stream:
+                    await response.write(line({"stream": msg.stream}))
+                if msg.image_id:
+                    await response.write(line({"aux": {"ID": msg.image_id}}))
+                if msg.error:
+                    await response.write(line({"errorDetail": {"code": msg.error_code, "message": msg.error},
+                                               "error": msg.error}))
+    except SkiffError as exc:
+        if not response.prepared:
+            raise
+        await response.write(line({"errorDetail": {"message": exc.message}, "error": exc.message}))
+    if not response.prepared:
+        await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+async def prune(request: web.Request) -> web.Response:
+    reply = await call(backend(request).builds.prune(BuildPruneRequest(all=flag(request, "all"))))
+    return web.json_response({"CachesDeleted": list(reply.caches_deleted) or None,
+                              "SpaceReclaimed": reply.space_reclaimed})
+
+
+def register(routes: Routes) -> None:
+    routes.add("POST", "/build", build)
+    routes.add("POST", "/build/prune", prune)
+
+
+def build_cache_rows(records: list[BuildCacheRecord]) -> list[dict[str, Any]]:
+    """/system/df's BuildCache: one row a cached step."""
+    return [{"ID": r.id, "Parent": r.parent, "Parents": [r.parent] if r.parent else [], "Type": r.type,
+             "Description": r.description, "InUse": r.in_use, "Shared": r.shared, "Size": r.size,
+             "CreatedAt": r.created_at, "LastUsedAt": r.last_used_at, "UsageCount": r.usage_count}
+            for r in records]

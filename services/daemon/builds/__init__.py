@@ -1,0 +1,1 @@
+"""Docker's classic builder (``POST /build``): the context, the Dockerfile, each step as a layer."""

@@ -1,0 +1,163 @@
+"""The daemon's Builds service: a build's request (options, then the context's bytes) received into
+its own folder under the daemon's run folder, the build run (builder.py) while its messages stream
+back, the folder removed after whatever the outcome; the cache's prune and usage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+
+from services.common.errors import InvalidArgument, NotFound, SkiffError
+from services.common.grpc import call, grpc_errors
+from services.daemon.builds.builder import Build
+from services.daemon.builds.cache import BuildCache
+from services.daemon.builds.context import receive
+from services.daemon.builds.steps import StepFailed
+from services.daemon.containers import ContainerManager
+from services.gen.skiff import highlevel
+from services.gen.skiff.daemon.v1 import (
+    BuildCacheRecord,
+    BuildChunk,
+    BuildMessage,
+    BuildOptions,
+    BuildPruneRequest,
+    BuildPruneResponse,
+    BuildsBase,
+    BuildUsageRequest,
+    BuildUsageResponse,
+)
+
+hl = highlevel.v1
+log = structlog.get_logger(service="daemon")
+
+
+def _tag_name(tag: str) -> str:
+    """docker build -t name: ``name:latest`` (what Successfully tagged shows)."""
+    last = tag.rsplit("/", 1)[-1]
+    return tag if ":" in last or "@" in tag else f"{tag}:latest"
+
+
+class BuildsService(BuildsBase):
+    def __init__(self, manager: ContainerManager, cache_file: Path, work: Path) -> None:
+        self.manager = manager
+        self.cache = BuildCache(cache_file)
+        self.work = work
+
+    async def build(self, build_chunk_iterator: AsyncIterator[BuildChunk]) -> AsyncIterator[BuildMessage]:
+        folder = self.work / secrets.token_hex(12)
+        (folder / "context").mkdir(parents=True)
+        (folder / "scratch").mkdir()
+        queue: asyncio.Queue[BuildMessage | None] = asyncio.Queue()
+        try:
+            options = await self._receive(build_chunk_iterator, folder / "body")
+
+            async def emit(text: str) -> None:
+                queue.put_nowait(BuildMessage(stream=text))
+
+            task = asyncio.ensure_future(self._run(options, folder, emit, queue))
+            try:
+                while (item := await queue.get()) is not None:
+                    yield item
+            finally:
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        except SkiffError as exc:
+            yield BuildMessage(error=exc.message, error_code=1)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def _receive(self, chunks: AsyncIterator[BuildChunk], body: Path) -> BuildOptions:
+        options: BuildOptions | None = None
+        with open(body, "wb") as out:
+            async for chunk in chunks:
+                if options is None:
+                    options = chunk.options or BuildOptions()
+                if chunk.data:
+                    await asyncio.to_thread(out.write, chunk.data)
+        if options is None:
+            raise InvalidArgument("empty build request")
+        return options
+
+    async def _run(self, options: BuildOptions, folder: Path, emit, queue) -> None:  # type: ignore[no-untyped-def]
+        try:
+            ctx = await asyncio.to_thread(receive, folder / "body", folder / "context", options.dockerfile)
+            build = Build(self.manager, self.cache, options, ctx, folder / "scratch", emit)
+            image = await build.run()
+            for tag in options.tags:
+                with self.manager.changing_images():
+                    await call(self.manager.images.tag(hl.TagImageRequest(source=image, target=tag)))
+            queue.put_nowait(BuildMessage(image_id=image))
+            if options.quiet:
+                await emit(image + "\n")
+            else:
+                await emit(f"Successfully built {image.removeprefix('sha256:')[:12]}\n")
+                for tag in options.tags:
+                    await emit(f"Successfully tagged {_tag_name(tag)}\n")
+        except StepFailed as exc:
+            queue.put_nowait(BuildMessage(error=exc.message, error_code=exc.code))
+        except SkiffError as exc:
+            queue.put_nowait(BuildMessage(error=exc.message, error_code=1))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a fault of ours: the client hears it, the log keeps the traceback
+            log.exception("build failed")
+            queue.put_nowait(BuildMessage(error=f"{type(exc).__name__}: {exc}", error_code=1))
+        finally:
+            queue.put_nowait(None)
+
+    @grpc_errors
+    async def prune(self, build_prune_request: BuildPruneRequest) -> BuildPruneResponse:
+        """docker builder prune: the cache's steps forgotten, and their images that nothing else needs
+        (no name, no child image, no container) removed."""
+        used = {e.record.image_id for e in self.manager.entries.values()}
+        deleted: list[str] = []
+        reclaimed = 0
+        keys = list(self.cache.entries)
+        images = {e.image for e in self.cache.entries.values()}
+        for key in keys:
+            self.cache.forget(key)
+        while True:
+            listed = (await call(self.manager.images.list(hl.ListImagesRequest()))).images
+            parents = {str(json.loads(i.config or b"{}").get("parent") or "") for i in listed}
+            removable = [i for i in listed if i.id in images and not i.repo_tags and i.id not in parents
+                         and i.id not in used]
+            if not removable:
+                break
+            for image in removable:
+                with contextlib.suppress(NotFound), self.manager.changing_images():
+                    await call(self.manager.images.remove(hl.RemoveImageRequest(reference=image.id, force=True)))
+                    deleted.append(image.id)
+                    reclaimed += image.size
+                images.discard(image.id)
+        if deleted:
+            await call(self.manager.images.prune(hl.PruneImagesRequest()))
+        await asyncio.to_thread(self.cache.save)
+        return BuildPruneResponse(caches_deleted=deleted, space_reclaimed=reclaimed)
+
+    @grpc_errors
+    async def usage(self, build_usage_request: BuildUsageRequest) -> BuildUsageResponse:
+        from datetime import UTC, datetime
+
+        def iso(ts: float) -> str:
+            return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+        listed = {i.id: i for i in (await call(self.manager.images.list(hl.ListImagesRequest()))).images}
+        records = []
+        for key, entry in self.cache.entries.items():
+            image = listed.get(entry.image)
+            if image is None:
+                continue
+            records.append(BuildCacheRecord(
+                id=key[:25], parent=entry.parent, type="regular", description=entry.description,
+                in_use=bool(image.repo_tags), shared=False, size=image.size, created_at=iso(entry.created),
+                last_used_at=iso(entry.last_used), usage_count=entry.uses))
+        return BuildUsageResponse(records=records)
