@@ -350,8 +350,9 @@ class Shim:
         conn.streams = (bool(req.get("stdout", True)), bool(req.get("stderr", True)))
         conn.stdin = bool(req.get("stdin"))
         self.clients.reply(conn, self._proc_state(proc))
-        if proc.pending:
-            # Output of an exec that ran before anyone attached: its first attacher gets it.
+        if proc.pending is not None and (conn.streams[0] or conn.streams[1]):
+            # Output of an exec that ran before anyone attached: its first reader gets it (not a
+            # stdin writer, which may come first).
             self.clients.send(conn, bytes(proc.pending))
             proc.pending = None
         if proc.finalized:
@@ -404,11 +405,14 @@ class Shim:
             self._finish(conn)
 
     def _forget(self, conn: Conn) -> None:
-        """A client went away: it no longer waits, listens or is attached (a stdin_once attacher closes stdin)."""
+        """A client went away: it no longer waits, listens or is attached (a stdin_once attacher closes
+        a pipe stdin)."""
         proc = conn.attached
         if proc is not None and conn in proc.attachers:
             proc.attachers.remove(conn)
-            if conn.stdin and proc.stdin_once:
+            if conn.stdin and proc.stdin_once and not proc.terminal:
+                # dockerd closes stdin at the attacher's end only without a tty: a terminal's
+                # attacher detaches (ctrl-p ctrl-q) and the process keeps reading.
                 self.stdio.close_stdin(proc)
         for p in self.procs.values():
             if conn in p.waiters:

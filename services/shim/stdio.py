@@ -177,13 +177,13 @@ class Stdio:
         stream = proc.outputs[fd]
         if proc.log:
             proc.log.write(stream, data)
-        if proc.attachers:
-            frame = encode(FrameKind.STDOUT if stream == "stdout" else FrameKind.STDERR, data)
-            for conn in list(proc.attachers):
-                if conn.streams[0 if stream == "stdout" else 1]:
-                    self.send(conn, frame)
-        elif proc.pending is not None and len(proc.pending) < MAX_PENDING:
-            proc.pending += encode(FrameKind.STDOUT if stream == "stdout" else FrameKind.STDERR, data)
+        frame = encode(FrameKind.STDOUT if stream == "stdout" else FrameKind.STDERR, data)
+        # An attacher that only writes stdin does not read: output nobody reads is kept for the first reader.
+        readers = [conn for conn in proc.attachers if conn.streams[0 if stream == "stdout" else 1]]
+        for conn in readers:
+            self.send(conn, frame)
+        if not readers and proc.pending is not None and len(proc.pending) < MAX_PENDING:
+            proc.pending += frame
         return False
 
     def write_stdin(self, proc: Proc, data: bytes) -> None:
