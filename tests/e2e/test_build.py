@@ -6,9 +6,11 @@ contexts refused cleanly with nothing written outside the build's folders."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,193 @@ def test_multistage_build_cli_and_run(stack: Stack, client: docker.DockerClient,
     assert "/bin/sh -c echo final step ran" in history
     builder_history = [h["CreatedBy"] for h in client.api.history("built:v1")]
     assert any(h.startswith("/bin/sh -c #(nop) COPY dir:") for h in builder_history)
+
+
+CACHED = """\
+FROM busybox
+ENV STAGE=one
+RUN echo first > /first
+COPY input.txt /input.txt
+RUN cat /input.txt > /copied
+CMD ["cat", "/copied"]
+"""
+
+
+def test_cache_rebuild_runs_nothing_and_a_changed_file_reruns_after_its_copy(
+        stack: Stack, client: docker.DockerClient, tmp_path: Path) -> None:
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": CACHED, "input.txt": "v1\n"})
+    first = cli(stack, "build", "-t", "cached:1", str(ctx), buildkit="0")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count(" ---> Running in ") == 2
+    again = cli(stack, "build", "-t", "cached:1", str(ctx), buildkit="0")
+    assert again.returncode == 0, again.stderr
+    assert " ---> Running in " not in again.stdout
+    assert again.stdout.count(" ---> Using cache") == 5
+    assert client.images.get("cached:1").id == client.images.get("cached:1").id
+    (ctx / "input.txt").write_text("v2\n")
+    changed = cli(stack, "build", "-t", "cached:2", str(ctx), buildkit="0")
+    assert changed.returncode == 0, changed.stderr
+    steps = changed.stdout.split("Step ")[1:]
+    # ENV and the first RUN reused; the COPY and everything after it made again.
+    assert [" ---> Using cache" in s for s in steps] == [False, True, True, False, False, False]
+    assert changed.stdout.count(" ---> Running in ") == 1
+    assert client.containers.run("cached:2", remove=True) == b"v2\n"
+    nocache = cli(stack, "build", "--no-cache", "-q", str(ctx), buildkit="0")
+    assert nocache.returncode == 0 and nocache.stdout.strip().startswith("sha256:")
+    # The cache is counted by /system/df, and docker builder prune empties it.
+    assert len(client.df()["BuildCache"]) >= 5
+    pruned = client.api.post(client.api._url("/build/prune")).json()
+    assert pruned["SpaceReclaimed"] >= 0
+    assert client.df()["BuildCache"] == []
+    rebuilt = cli(stack, "build", "-t", "cached:1", str(ctx), buildkit="0")
+    assert "Using cache" not in rebuilt.stdout
+
+
+FAILING = "FROM busybox\nRUN echo before\nRUN echo about to fail && false\nRUN echo never\n"
+
+
+def test_failing_run_keeps_its_container_unless_force_rm(stack: Stack, client: docker.DockerClient,
+                                                         tmp_path: Path) -> None:
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": FAILING})
+    result = cli(stack, "build", str(ctx), buildkit="0")
+    assert result.returncode == 1
+    assert "about to fail" in result.stdout and "never" not in result.stdout
+    assert "The command '/bin/sh -c echo about to fail && false' returned a non-zero code: 1" in result.stderr
+    left = client.containers.list(all=True)
+    assert len(left) == 1 and left[0].attrs["State"]["ExitCode"] == 1
+    left[0].remove()
+    forced = cli(stack, "build", "--force-rm", "--no-cache", str(ctx), buildkit="0")
+    assert forced.returncode == 1
+    assert client.containers.list(all=True) == []
+    # docker-py sees the errorDetail with the command's code.
+    messages = list(client.api.build(path=str(ctx), forcerm=True, decode=True))
+    errors = [m for m in messages if "errorDetail" in m]
+    assert errors and errors[0]["errorDetail"]["code"] == 1
+    assert "returned a non-zero code: 1" in errors[0]["error"]
+
+
+def test_target_buildargs_and_labels_with_docker_py(stack: Stack, client: docker.DockerClient,
+                                                    tmp_path: Path) -> None:
+    ctx = multi_context(tmp_path / "ctx")
+    image_id, messages = build_py(client, ctx, target="builder", buildargs={"GREETING": "hey", "UNUSED": "x"},
+                                  labels={"built.by": "skiff"}, tag="target:test")
+    text = text_of(messages)
+    assert image_id.startswith("sha256:")
+    assert "COPY --from=builder" not in text  # the last stage is not built
+    assert "[Warning] One or more build-args [UNUSED] were not consumed" in text
+    image = client.images.get("target:test")
+    assert image.id == image_id
+    assert image.attrs["Config"]["WorkingDir"] == "/src"
+    assert image.attrs["Config"]["Labels"] == {"built.by": "skiff"}
+    assert client.containers.run(image_id, ["cat", "/src/out.txt"], remove=True) == b"hey from skiff\n"
+    history = [h["CreatedBy"] for h in client.api.history(image_id)]
+    assert any(h.startswith("|1 GREETING=hey /bin/sh -c echo") for h in history), history
+    # docker-py's high-level build returns the image and the log.
+    built, log = client.images.build(path=str(ctx), target="builder", buildargs={"GREETING": "hey"})
+    assert built.id == image_id or any("Successfully built" in m.get("stream", "") for m in log)
+    with pytest.raises(docker.errors.BuildError, match="failed to reach build target nope"):
+        client.images.build(path=str(ctx), target="nope")
+    with pytest.raises(docker.errors.APIError, match="squash is only supported with experimental mode"):
+        list(client.api.build(path=str(ctx), squash=True))
+
+
+def test_dockerfile_alone_and_elsewhere_add_and_more_instructions(stack: Stack, client: docker.DockerClient,
+                                                                  tmp_path: Path) -> None:
+    # A Dockerfile sent alone as the body.
+    alone = list(client.api.build(fileobj=io.BytesIO(b"FROM busybox\nENV A=1\nCMD [\"env\"]\n"), decode=True))
+    assert any("aux" in m for m in alone), alone
+    # dockerfile= at another path; ADD of a local tar unpacks it; --chown/--chmod; ONBUILD recorded
+    # and triggered in a child; EXPOSE, VOLUME, STOPSIGNAL, SHELL, ENTRYPOINT.
+    ctx = tmp_path / "ctx"
+    (ctx / "sub").mkdir(parents=True)
+    with tarfile.open(ctx / "bundle.tar.gz", "w:gz") as tf:
+        info = tarfile.TarInfo("inner/file.txt")
+        info.size = 6
+        tf.addfile(info, io.BytesIO(b"inner\n"))
+    (ctx / "owned.txt").write_text("mine\n")
+    (ctx / "sub" / "Build.file").write_text(
+        "FROM busybox\nADD bundle.tar.gz /unpacked/\nCOPY --chown=skiff:users --chmod=640 owned.txt /owned.txt\n"
+        "EXPOSE 8080/udp\nVOLUME /data\nSTOPSIGNAL SIGUSR1\nSHELL [\"/bin/sh\", \"-ec\"]\n"
+        "ONBUILD RUN echo triggered > /triggered\nMAINTAINER someone\nENTRYPOINT [\"/bin/sh\", \"-c\"]\n"
+        "CMD [\"cat /unpacked/inner/file.txt; stat -c '%u:%g %a' /owned.txt\"]\n")
+    parent_id, messages = build_py(client, ctx, dockerfile="sub/Build.file", tag="parent:onbuild")
+    assert parent_id, text_of(messages)
+    attrs = client.images.get(parent_id).attrs
+    cfg = attrs["Config"]
+    assert cfg["ExposedPorts"] == {"8080/udp": {}} and cfg["Volumes"] == {"/data": {}}
+    assert cfg["StopSignal"] == "SIGUSR1" and cfg["OnBuild"] == ["RUN echo triggered > /triggered"]
+    assert attrs["Author"] == "someone"
+    assert client.containers.run(parent_id, remove=True) == b"inner\n1000:100 640\n"
+    child = make_context(tmp_path / "child", {"Dockerfile": "FROM parent:onbuild\nCMD [\"cat /triggered\"]\n"})
+    child_id, messages = build_py(client, child)
+    assert "# Executing 1 build trigger" in text_of(messages)
+    assert client.containers.run(child_id, remove=True) == b"triggered\n"
+    assert not client.images.get(child_id).attrs["Config"].get("OnBuild")
+    # ADD of a URL is a clear refusal (builds fetch nothing from the network).
+    url = make_context(tmp_path / "url", {"Dockerfile": "FROM busybox\nADD http://example.com/x /x\n"})
+    _, messages = build_py(client, url)
+    assert "ADD of a URL (http://example.com/x) is not supported" in messages[-1]["error"]
+
+
+def _tar(entries: list[tarfile.TarInfo], data: dict[str, bytes]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for info in entries:
+            body = data.get(info.name)
+            if body is not None:
+                info.size = len(body)
+            tf.addfile(info, io.BytesIO(body) if body is not None else None)
+    buf.seek(0)
+    return buf
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    return tarfile.TarInfo(name)
+
+
+def _link(name: str, target: str, hard: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+    info.linkname = target
+    return info
+
+
+def _error_of(client: docker.DockerClient, context: io.BytesIO) -> str:
+    messages = list(client.api.build(fileobj=context, custom_context=True, decode=True))
+    errors = [m["error"] for m in messages if "error" in m]
+    assert errors, messages
+    return errors[-1]
+
+
+def test_hostile_contexts_fail_cleanly_and_write_nothing_outside(stack: Stack, client: docker.DockerClient,
+                                                                 tmp_path: Path) -> None:
+    marker = f"skiff-build-escape-{os.getpid()}"
+    builds = stack.paths.run / "daemon" / "builds"
+    dockerfile = b"FROM busybox\nCOPY . /ctx/\n"
+    # `..` in a name, and a hard link climbing out: refused before anything is written.
+    for entries in ([_file("Dockerfile"), _file(f"../{marker}")],
+                    [_file("Dockerfile"), _file("a"), _link("b", f"../../{marker}", hard=True)]):
+        error = _error_of(client, _tar(entries, {"Dockerfile": dockerfile, f"../{marker}": b"x", "a": b"a"}))
+        assert "climbs out of the root" in error
+    # A link pointing outside, then an entry written through it: the walk stays in the context.
+    error_or_ok = list(client.api.build(fileobj=_tar(
+        [_file("Dockerfile"), _link("up", "../../../../../../.."), _file(f"up/tmp/{marker}")],
+        {"Dockerfile": b"FROM busybox\nCOPY up/tmp/ /got/\nCMD [\"ls\", \"/got\"]\n", f"up/tmp/{marker}": b"in"}),
+        custom_context=True, decode=True))
+    ids = [m["aux"]["ID"] for m in error_or_ok if "aux" in m]
+    if ids:
+        assert client.containers.run(ids[-1], remove=True).decode().split() == [marker]
+    # A COPY source escaping through an absolute or climbing symlink finds only what the context holds.
+    for target in ("/etc", "../../../../../../etc"):
+        error = _error_of(client, _tar([_file("Dockerfile"), _link("hostetc", target)],
+                                       {"Dockerfile": b"FROM busybox\nCOPY hostetc/hostname /stolen\n"}))
+        assert "file not found in build context" in error
+    error = _error_of(client, _tar([_file("Dockerfile"), _link("secret", "/etc/hostname")],
+                                   {"Dockerfile": b"FROM busybox\nCOPY secret /stolen\n"}))
+    assert "file not found in build context" in error
+    # Nothing was written outside: no marker on the host, and every build folder is gone.
+    for root in (Path("/"), Path("/tmp"), stack.prefix, stack.paths.run, stack.paths.run / "daemon"):
+        assert not (root / marker).exists()
+    found = subprocess.run(["find", str(stack.prefix), "-name", marker], capture_output=True, text=True).stdout
+    assert found.strip() == "" or all("/snapshots/" in line or "/content/" in line for line in found.splitlines())
+    assert not builds.exists() or list(builds.iterdir()) == []
