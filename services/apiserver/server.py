@@ -11,8 +11,9 @@ from services.apiserver import archive, containers, images, images_auth, network
 from services.apiserver import exec as exec_api
 from services.apiserver.app import BACKEND, Backend, Routes, versions_and_errors
 from services.apiserver.streams import HijackableAppRunner
+from services.common import api_endpoints
 from services.common.config import Config
-from services.common.service import Serving, http_probe, listen_unix, run_service
+from services.common.service import Listener, Serving, http_probe, listen_tcp, listen_unix, run_service, tcp_probe
 
 log = structlog.get_logger(service="apiserver")
 RESOURCES = (system, containers, exec_api, archive, images, images_auth, networks, volumes, swarm)
@@ -44,9 +45,33 @@ async def start(config: Config) -> Serving:
     # Streams (wait, logs -f, attach) may last forever: give them a second, then close them.
     runner = HijackableAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    # skiff.socket hands the socket over (mode 0660, group skiff), as docker.socket does for dockerd;
-    # run by hand, the same mode and group.
-    listener = listen_unix(config.paths.api_socket, mode=0o660, group="skiff", activation=True)
-    await web.SockSite(runner, listener.sock).start()
+    listeners = await listen_api(runner, config)
     log.info("started", daemon=str(config.paths.daemon_socket))
-    return Serving(listener, http_probe, runner.cleanup)
+    first = listeners[0]
+    return Serving(first, tcp_probe if first.path.startswith("tcp://") else http_probe, runner.cleanup,
+                   reload=config.settings.reload, more=listeners[1:])
+
+
+async def listen_api(runner: web.AppRunner, config: Config) -> list[Listener]:
+    """Every -H/hosts endpoint (services.common.api_endpoints), UNIX ones first (the probe's)."""
+    endpoints, warnings = api_endpoints.plan(config.settings.current)
+    for warning in warnings:
+        log.warning(warning)
+    listeners: list[Listener] = []
+    try:
+        for endpoint in sorted(endpoints, key=lambda e: e.scheme == "tcp"):
+            if endpoint.scheme == "tcp":
+                listener = listen_tcp(endpoint.address)
+            else:
+                # skiff.socket hands the socket over (mode 0660, group skiff), as docker.socket does for
+                # dockerd (fd://); run by hand, the same mode and group.
+                listener = listen_unix(endpoint.address or config.paths.api_socket, mode=0o660, group="skiff",
+                                       activation=endpoint.scheme == "fd")
+            listeners.append(listener)
+            ssl_context = endpoint.tls.context() if endpoint.tls is not None else None
+            await web.SockSite(runner, listener.sock, ssl_context=ssl_context).start()
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from services.apiserver.app import Routes, backend
 from services.apiserver.params import parse_filters, since_ns
+from services.common import daemon_config
 from services.common.grpc import call, client_errors
 from services.dockermodel import system
 from services.dockermodel.render import container_summary, event_json, image_summary, volume_json
@@ -49,7 +50,9 @@ def _mem_total() -> int:
 async def info(request: web.Request) -> web.Response:
     data = await call(backend(request).system.info(Empty()))
     mem = await asyncio.to_thread(_mem_total)
-    return web.json_response(system.info(data, socket.gethostname(), mem))
+    # What the daemon has in force (it publishes it at start and at each SIGHUP reload).
+    settings = await asyncio.to_thread(daemon_config.read_in_force, backend(request).config.paths)
+    return web.json_response(system.info(data, socket.gethostname(), mem, settings))
 
 
 async def disk_usage(request: web.Request) -> web.Response:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.daemon_config import LiveConfig
 from services.common.paths import Paths, resolve_paths
 
 RUNTIME_ENV = "SKIFF_RUNTIME"
@@ -45,10 +46,20 @@ def resolve_runtime(name_or_path: str | None = None) -> list[str]:
 class Config:
     paths: Paths
     runtime: str
+    # daemon.json (services.common.daemon_config): read at load, again on SIGHUP.
+    settings: LiveConfig = field(default=None, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            object.__setattr__(self, "settings", LiveConfig(self.paths))
 
     @classmethod
-    def load(cls, root: str | None = None, runtime: str | None = None) -> Config:
-        return cls(paths=resolve_paths(root), runtime=runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME)
+    def load(cls, root: str | None = None, runtime: str | None = None, config_file: str | None = None) -> Config:
+        """Flags, environment, then daemon.json (``config_file`` or ``<etc>/daemon.json``): ConfigError
+        (services.common.daemon_config) names a bad key."""
+        paths = resolve_paths(root)
+        return cls(paths=paths, runtime=runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME,
+                   settings=LiveConfig(paths, config_file))
 
 
 INIT_PATH_ENV = "SKIFF_INIT_PATH"

@@ -11,6 +11,7 @@
 - ``WATCHDOG=1`` at half of ``WATCHDOG_USEC``, each beat after a probe: a wedged loop or a
   server that stopped answering is restarted by systemd;
 - ``STATUS=`` lines from the service's ``status()`` (e.g. "3 containers running");
+- ``RELOADING=1`` on SIGHUP, the service's ``reload()`` (daemon.json read again), then ``READY=1``;
 - ``STOPPING=1`` on the signal, the service's own orderly stop, its socket file removed (unless
   systemd owns it), and an exit code: 0 after a signal, 1 when the start failed.
 """
@@ -25,7 +26,7 @@ import signal
 import socket
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -103,6 +104,25 @@ def listen_unix(path: str | os.PathLike[str], *, mode: int = 0o600, group: str |
     return Listener(sock, path, owned=True)
 
 
+def listen_tcp(address: str) -> Listener:
+    """A listening TCP socket on ``host:port`` (IPv6 hosts bare or in brackets); its path is ``tcp://host:port``."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ServiceError(f"tcp://{address}: cannot listen: {exc.strerror}") from None
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+    return Listener(sock, f"tcp://{shown}:{bound[1]}", owned=False)
+
+
 # An HTTP/2 client's first words (RFC 9113 §3.4) and an empty SETTINGS frame: a gRPC server that
 # answers with its own SETTINGS frame has accepted, and its protocol handler runs on its loop.
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
@@ -139,6 +159,16 @@ async def http_probe(path: str, target: str = "/_ping") -> None:
             await writer.wait_closed()
 
 
+async def tcp_probe(path: str) -> None:
+    """Raises unless ``tcp://host:port`` accepts a connection (a TLS listener answers nothing more
+    without a client certificate)."""
+    host, _, port = path.removeprefix("tcp://").rpartition(":")
+    _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 @dataclass(slots=True)
 class Serving:
     """What a started service hands the scaffold."""
@@ -147,6 +177,8 @@ class Serving:
     probe: Callable[[str], Awaitable[None]]  # called with the socket's path; raises unless it answers
     stop: Callable[[], Awaitable[None]]  # orderly: stop serving, close what it opened
     status: Callable[[], str] | None = None  # one line for systemctl status
+    reload: Callable[[], None] | None = None  # SIGHUP: raises to keep the configuration in force
+    more: list[Listener] = field(default_factory=list)  # further sockets served (the apiserver's -H), closed at the end
 
 
 async def _until_answers(serving: Serving, stop: asyncio.Event) -> bool:
@@ -193,6 +225,17 @@ async def _status(serving: Serving, notifier: Notifier, last: str, log: structlo
             last = text
 
 
+def _reload(serving: Serving, notifier: Notifier, log: structlog.BoundLogger) -> None:
+    notifier.send("RELOADING=1")
+    try:
+        if serving.reload is not None:
+            serving.reload()
+        log.info("reloaded")
+    except Exception as exc:  # dockerd's way: the error logged, the configuration in force kept
+        log.error("reload failed: configuration in force kept", error=str(exc))
+    notifier.send("READY=1")
+
+
 async def run_service(name: str, start: Callable[[], Awaitable[Serving]]) -> int:
     """Start, announce, serve until SIGTERM/SIGINT, stop; the process's exit code."""
     log = structlog.get_logger(service=name)
@@ -226,7 +269,10 @@ async def run_service(name: str, start: Callable[[], Awaitable[Serving]]) -> int
             notifier.send("STOPPING=1")
             await serving.stop()
             return 0
-        log.info("serving", socket=serving.listener.path, activated=not serving.listener.owned)
+        # Until now SIGHUP ends the start (its default); from here on it reloads, as dockerd's.
+        loop.add_signal_handler(signal.SIGHUP, _reload, serving, notifier, log)
+        log.info("serving", socket=serving.listener.path, activated=not serving.listener.owned,
+                 more=[m.path for m in serving.more])
         status = (serving.status() if serving.status is not None else "serving").replace("\n", " ")
         notifier.send("READY=1", f"STATUS={status}")
         if interval is not None:
@@ -249,7 +295,9 @@ async def run_service(name: str, start: Callable[[], Awaitable[Serving]]) -> int
         for helper in helpers:
             helper.cancel()
         serving.listener.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for more in serving.more:
+            more.close()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0

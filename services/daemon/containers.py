@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from services.common.daemon_config import DaemonConfig, LiveConfig
 from services.common.errors import (
     AlreadyExists,
     Conflict,
@@ -98,8 +99,9 @@ class ContainerManager:
     """The lifecycle over the shared records; networking and mounts are handed in (server.build_daemon)."""
 
     def __init__(self, records: ContainerRecords, paths: Paths, channel: object, runtime: str, *,
-                 network: NetworkHooks, mounts: MountHooks) -> None:
+                 network: NetworkHooks, mounts: MountHooks, settings: LiveConfig | None = None) -> None:
         self.records = records
+        self.settings = settings or LiveConfig(paths, current=DaemonConfig())  # daemon.json, reloaded on SIGHUP
         self.entries = records.entries
         self.paths = paths
         self.runtime = runtime

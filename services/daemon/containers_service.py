@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from services.common.config import Config
+from services.common.daemon_config import apply_log_defaults
 from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, grpc_errors
 from services.daemon.containers import ContainerManager
@@ -45,7 +46,9 @@ class ContainersService(ContainersBase):
 
     @grpc_errors
     async def create(self, create_container_request: CreateContainerRequest) -> CreateContainerResponse:
-        record = await self.manager.create(create_container_request.name, create_container_request.config)
+        config = create_container_request.config
+        apply_log_defaults(self.manager.settings.current, config.host)  # daemon.json's log-driver, log-opts
+        record = await self.manager.create(create_container_request.name, config)
         return CreateContainerResponse(id=record.id)
 
     @grpc_errors

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from services.common.atomic import atomic_write
+from services.common.daemon_config import DaemonConfig, LiveConfig, subnet_candidates
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.common.paths import Paths
 from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile, resolver
@@ -89,8 +90,9 @@ class NetworkRecords:
 
 
 class Networking:
-    def __init__(self, paths: Paths, containers: ContainerRecords) -> None:
+    def __init__(self, paths: Paths, containers: ContainerRecords, settings: LiveConfig | None = None) -> None:
         self.containers = containers
+        self.settings = settings or LiveConfig(paths, current=DaemonConfig())  # daemon.json's default-address-pools
         self.paths = paths
         self.folder = paths.daemon_lib / "network"
         self.ipam = Ipam(self.folder / "ipam")
@@ -166,7 +168,8 @@ class Networking:
             pool = pools.get(net.id)
             new = pool is None
             if pool is None:
-                pool = ipamconfig.make_pool(self.ipam, net, want, list(pools.values()), adopt_device)
+                pool = ipamconfig.make_pool(self.ipam, net, want, list(pools.values()), adopt_device,
+                                            candidates=subnet_candidates(self.settings.current))
             ipamconfig.describe(net, want, pool)
             try:
                 bridge.ensure_bridge(

@@ -11,6 +11,7 @@ from grpclib._typing import IServable
 from grpclib.client import Channel
 from grpclib.server import Server
 
+from services.common import daemon_config
 from services.common.config import Config
 from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.daemon.archive import ArchiveService
@@ -69,7 +70,7 @@ def build_daemon(config: Config, channel: Channel) -> Daemon:
     for folder in (paths.run, paths.daemon_lib, paths.run / "daemon"):
         folder.mkdir(parents=True, exist_ok=True)
     records = ContainerRecords(RecordStore(paths.daemon_lib / "containers"))
-    network = Networking(paths, records)
+    network = Networking(paths, records, config.settings)
     volume_store = VolumeStore(paths.daemon_lib / "volumes")
     volume_store.root.mkdir(parents=True, exist_ok=True)
 
@@ -79,7 +80,7 @@ def build_daemon(config: Config, channel: Channel) -> Daemon:
 
     volumes = VolumesService(volume_store, volume_users)
     containers = ContainerManager(records, paths, channel, config.runtime, network=network,
-                                  mounts=ContainerMounts(volume_store, volumes))
+                                  mounts=ContainerMounts(volume_store, volumes), settings=config.settings)
     bus = EventBus()
     execs = ExecManager(containers, paths.daemon_lib / "execs")
     restarts = RestartPolicies(containers)
@@ -116,4 +117,14 @@ async def start(config: Config) -> Serving:
         await daemon.close()
         channel.close()
 
-    return Serving(listener, grpc_probe, stop, status=daemon.status)
+    daemon_config.publish(paths, config.settings.current)  # what docker info shows
+
+    def reload() -> None:
+        # dockerd's reload: the reloadable keys of the file read again; a bad file keeps what is in force.
+        before = config.settings.current
+        after = config.settings.reload()
+        daemon_config.publish(paths, after)
+        log.info("configuration reloaded", changed=sorted(k for k, v in after.in_force().items()
+                                                           if before.in_force().get(k) != v))
+
+    return Serving(listener, grpc_probe, stop, status=daemon.status, reload=reload)

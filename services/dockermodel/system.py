@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform
 from typing import Any
 
+from services.common.daemon_config import BUILTIN_RUNTIMES, DaemonConfig
 from services.gen.skiff.daemon.v1 import InfoResponse
 
 API_VERSION = "1.47"
@@ -34,9 +36,20 @@ def version() -> dict[str, Any]:
     }
 
 
-def info(data: InfoResponse, hostname: str, mem_total: int) -> dict[str, Any]:
-    """GET /info, from the daemon's counts and the host's name and memory."""
+def info(data: InfoResponse, hostname: str, mem_total: int, settings: DaemonConfig | None = None) -> dict[str, Any]:
+    """GET /info, from the daemon's counts, the configuration it has in force (daemon.json), and the
+    host's name and memory."""
     uname = os.uname()
+    settings = settings or DaemonConfig()
+    # Docker's runc names are Skiff's own runtime (the daemon's --runtime); daemon.json adds others.
+    runtimes = {name: {"path": data.runtime} for name in BUILTIN_RUNTIMES}
+    runtimes.update({name: {"path": r.path, **({"runtimeArgs": list(r.runtime_args)} if r.runtime_args else {})}
+                     for name, r in settings.runtimes.items()})
+    insecure = ["127.0.0.0/8", *(r for r in settings.insecure_registries if _is_cidr(r))]
+    index_configs = {name: {"Name": name, "Mirrors": [], "Secure": False, "Official": False}
+                     for name in settings.insecure_registries if not _is_cidr(name)}
+    mirrors = [m.rstrip("/") + "/" for m in settings.registry_mirrors]
+    index_configs["docker.io"] = {"Name": "docker.io", "Mirrors": mirrors, "Secure": True, "Official": True}
     return {
         "ID": "skiff", "Containers": data.containers, "ContainersRunning": data.running,
         "ContainersPaused": data.paused, "ContainersStopped": data.stopped, "Images": data.images,
@@ -44,11 +57,22 @@ def info(data: InfoResponse, hostname: str, mem_total: int) -> dict[str, Any]:
         "OperatingSystem": "Skiff", "OSType": "linux", "OSVersion": "", "Architecture": uname.machine,
         "KernelVersion": uname.release, "NCPU": os.cpu_count() or 1, "MemTotal": mem_total,
         "ServerVersion": ENGINE_VERSION, "CgroupDriver": "cgroupfs", "CgroupVersion": "2",
-        "DefaultRuntime": data.runtime, "Runtimes": {data.runtime: {"path": data.runtime}},
-        "LoggingDriver": "json-file", "SecurityOptions": [], "Warnings": [], "Labels": [],
+        "DefaultRuntime": settings.default_runtime, "Runtimes": runtimes,
+        "LoggingDriver": settings.log_driver, "SecurityOptions": [], "Warnings": [], "Labels": list(settings.labels),
+        "Debug": settings.debug, "CgroupParent": settings.cgroup_parent or None,
         "ExperimentalBuild": False, "LiveRestoreEnabled": True, "Plugins": {"Volume": ["local"],
                                                                            "Network": ["host", "null"],
                                                                            "Log": ["json-file", "local"]},
         "Swarm": {"LocalNodeState": "inactive"}, "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"]},
+        "RegistryConfig": {"IndexConfigs": index_configs, "InsecureRegistryCIDRs": insecure,
+                           "Mirrors": mirrors},
+        "DefaultAddressPools": [{"Base": p.base, "Size": p.size} for p in settings.default_address_pools] or None,
     }
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text)
+    except ValueError:
+        return False
+    return "/" in text

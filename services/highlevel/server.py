@@ -73,4 +73,5 @@ async def start(config: Config) -> Serving:
         await server.wait_closed()
         manager.stop_zygote()
 
-    return Serving(listener, grpc_probe, stop, status=lambda: f"{len(manager.tasks)} tasks")
+    return Serving(listener, grpc_probe, stop, status=lambda: f"{len(manager.tasks)} tasks",
+                   reload=config.settings.reload)

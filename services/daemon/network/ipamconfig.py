@@ -17,12 +17,20 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
 from services.daemon.network import bridge
-from services.daemon.network.ipam import IPAddress, Ipam, IPNetwork, Pool, RangeSpec, choose_subnet
+from services.daemon.network.ipam import (
+    DEFAULT_CANDIDATES,
+    IPAddress,
+    Ipam,
+    IPNetwork,
+    Pool,
+    RangeSpec,
+    choose_subnet,
+)
 from services.gen.skiff.daemon.v1 import CreateNetworkRequest, EndpointConfig, IpamPool, Network
 
 ULA = ipaddress.IPv6Network("fd00::/8")
@@ -111,15 +119,18 @@ def random_ula(taken: Iterable[IPNetwork]) -> ipaddress.IPv6Network:
     raise InvalidArgument("no free IPv6 subnet found in fd00::/8; give one with --subnet")
 
 
-def make_pool(ipam: Ipam, net: Network, want: IpamRequest, taken: list[Pool], adopt_device: bool = False) -> Pool:
-    """Create the network's pool as planned (blocking: netlink and files)."""
+def make_pool(ipam: Ipam, net: Network, want: IpamRequest, taken: list[Pool], adopt_device: bool = False,
+              candidates: Sequence[str] = ()) -> Pool:
+    """Create the network's pool as planned (blocking: netlink and files); a subnet not given comes from
+    ``candidates`` (daemon.json's default-address-pools), else from the built-in list."""
     v4 = want.v4
     if v4 is None and adopt_device:
         found = bridge.existing_ipv4(net.bridge)
         if found is not None:
             v4 = RangeSpec(found.network, found.ip)
     if v4 is None:
-        v4 = RangeSpec(choose_subnet(taken=[r.subnet for p in taken for r in p.ranges()]))
+        v4 = RangeSpec(choose_subnet(taken=[r.subnet for p in taken for r in p.ranges()],
+                                     candidates=candidates or DEFAULT_CANDIDATES))
     v6 = want.v6
     if v6 is None and want.enable_ipv6:
         v6 = RangeSpec(random_ula(r.subnet for p in taken for r in p.ranges()))
