@@ -53,6 +53,7 @@ log = structlog.get_logger(service="daemon")
 
 DEFAULT_STOP_TIMEOUT = 10
 KILL_GRACE = 30.0
+KILL_WAIT = 10.0  # dockerd waits this long for the exit a SIGKILL causes
 # How long a refused stop signal waits for the exit that explains it (shim -> highlevel -> daemon).
 EXIT_REPORT_GRACE = 2.0
 IMAGE_CACHE_SIZE = 256
@@ -364,6 +365,7 @@ class ContainerManager:
         if await self._end_restarting(entry):
             return
         entry.record.stopped_by_user = True  # a restart under way meanwhile cleared it as it started
+        exits = entry.exits
         with contextlib.suppress(NotFound):
             await call(self.tasks.kill(hl.KillRequest(id=entry.record.id, signal=number)))
         if entry.record.state.status == State.PAUSED:
@@ -373,6 +375,9 @@ class ContainerManager:
             if entry.record.state.status == State.PAUSED:
                 entry.record.state.status = State.RUNNING
                 self.emit("unpause", entry)
+        if number == signal.SIGKILL:
+            # dockerd's Kill: a SIGKILL is answered once the container no longer runs (other signals at once).
+            await self._exited_since(entry, exits, KILL_WAIT)
 
     async def _end_restarting(self, entry: Entry) -> bool:
         """Stop or kill during a restart policy's back-off: no task runs; the container stays exited.
