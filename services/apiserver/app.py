@@ -19,6 +19,7 @@ from services.dockermodel.system import API_VERSION, MIN_API_VERSION
 from services.gen.skiff.daemon.v1 import (
     ArchiveStub,
     ContainerOpsStub,
+    ContainerRemovalStub,
     ContainersStub,
     EventsStub,
     ExecsStub,
@@ -38,6 +39,7 @@ class Backend:
 
     containers: ContainersStub
     ops: ContainerOpsStub
+    removal: ContainerRemovalStub
     execs: ExecsStub
     archive: ArchiveStub
     images: ImagesStub
@@ -49,7 +51,8 @@ class Backend:
 
     @classmethod
     def over(cls, channel: Channel, config: Config) -> Backend:
-        return cls(ContainersStub(channel), ContainerOpsStub(channel), ExecsStub(channel), ArchiveStub(channel),
+        return cls(ContainersStub(channel), ContainerOpsStub(channel), ContainerRemovalStub(channel),
+                   ExecsStub(channel), ArchiveStub(channel),
                    ImagesStub(channel), NetworksStub(channel), VolumesStub(channel), EventsStub(channel),
                    SystemStub(channel), config)
 

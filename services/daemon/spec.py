@@ -18,6 +18,7 @@ from typing import Any
 
 from services.common.config import INIT_PATH_ENV, resolve_init_path
 from services.common.errors import Internal, InvalidArgument
+from services.daemon.hostopts import StartContext, apply_spec, with_groups
 from services.daemon.mounts import oci_mounts
 from services.daemon.seccomp_default import default_profile, from_docker_profile
 from services.gen.skiff.daemon.v1 import Container, ContainerConfig, HostConfig, MountPoint
@@ -353,9 +354,10 @@ def build_process(container_id: str, image_config: dict[str, Any], config: Conta
     args = resolve_args(image_config, config)
     if host.init:
         args = [INIT_DEST, "--", *args]
+    user = config.user or image_config.get("User") or ""
     return {
         "terminal": config.tty,
-        "user": resolve_user(rootfs, config.user or image_config.get("User") or ""),
+        "user": with_groups(resolve_user(rootfs, user), rootfs, host.group_add, user),
         "args": args,
         "env": _process_env(container_id, image_config, config),
         "cwd": config.working_dir or image_config.get("WorkingDir") or "/",
@@ -366,12 +368,14 @@ def build_process(container_id: str, image_config: dict[str, Any], config: Conta
 
 
 def build_spec(container_id: str, image_config: dict[str, Any], config: ContainerConfig, rootfs: Path, *,
-               mounts: Sequence[MountPoint] = (), network: NetworkAttachment | None = None) -> dict[str, Any]:
+               mounts: Sequence[MountPoint] = (), network: NetworkAttachment | None = None,
+               context: StartContext | None = None) -> dict[str, Any]:
     """The whole config.json (blocking for the user lookup: call in a thread).
 
     ``mounts`` are the container's resolved volumes, binds and tmpfs (a user's replaces a default at the
     same place); ``network`` is its start's networking: without it (at create) the spec has a network
-    namespace of its own unless the mode is host, as a start's would."""
+    namespace of its own unless the mode is host, as a start's would; ``context`` what its start
+    takes from other containers (hostopts: a pid namespace to join, links' variables)."""
     host = config.host
     caps = capabilities(config)
     namespaces = [{"type": t} for t in ("mount", "uts", "pid", "ipc", "cgroup")]
@@ -426,7 +430,7 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
         base = [m for m in base if m["destination"] not in taken] + ours
     if network is not None:
         base = [m for m in base if m["destination"] not in NETWORK_FILES] + list(network.mounts)
-    return {
+    spec = {
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": str(rootfs), "readonly": host.readonly_rootfs},
@@ -434,10 +438,13 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
         "mounts": base,
         "linux": linux,
     }
+    apply_spec(spec, config, context)  # PidMode, UTSMode, CgroupnsMode, device rules, swap
+    return spec
 
 
-def render_spec(record: Container, image_config: dict[str, Any], network: NetworkAttachment) -> bytes:
+def render_spec(record: Container, image_config: dict[str, Any], network: NetworkAttachment,
+                context: StartContext | None = None) -> bytes:
     """A start's config.json bytes, from the record as it is now (blocking: call in a thread)."""
     spec = build_spec(record.id, image_config, record.config, Path(record.rootfs),
-                      mounts=list(record.mount_points), network=network)
+                      mounts=list(record.mount_points), network=network, context=context)
     return json.dumps(spec).encode()

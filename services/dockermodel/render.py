@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from services.dockermodel import mounts, networks
+from services.dockermodel import hostconfig, mounts, networks
 from services.dockermodel.times import ZERO_TIME, human_duration, parse_time
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import Container, DockerEvent, HostConfig, State, StatsSample, Volume
@@ -138,6 +138,7 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "PortBindings": {},
             **_resources_security_inspect(host),
             **networks.host_config_fields(c),
+            **hostconfig.inspect_fields(c),
         },
         "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": c.rootfs}},
         "Mounts": mounts.inspect_mounts(c),

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from services.common.errors import InvalidArgument
-from services.dockermodel import mounts, networks
+from services.dockermodel import hostconfig, mounts, networks
 from services.dockermodel.fields import integer, string, string_list
 from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig, Ulimit
 
@@ -191,4 +191,5 @@ def container_config_from_request(body: Any) -> ContainerConfig:
     )
     networks.apply_request(body, host_body, config)
     mounts.apply_request(body, host_body, config)
+    hostconfig.apply_request(body, host_body, config.host)
     return config
