@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ from aiohttp import web
 from services.apiserver import stdin as stdin_pump
 from services.apiserver.app import Routes, backend
 from services.apiserver.params import flag, int_query, json_body, parse_filters, since_ns
-from services.apiserver.streams import MULTIPLEXED, RAW, frame, hijack
+from services.apiserver.streams import MULTIPLEXED, RAW, frame, hijack, relay
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotSupported, SkiffError
 from services.common.grpc import call, client_errors
 from services.dockermodel.render import container_inspect, stats_json
@@ -25,12 +26,14 @@ from services.gen.skiff.daemon.v1 import (
     AttachRequest,
     ContainerOpsStub,
     ContainerRef,
+    ContainersStub,
     CreateContainerRequest,
     KillRequest,
     ListFilters,
     ListRequest,
     LogEntry,
     LogsRequest,
+    LogStream,
     RemoveRequest,
     RenameRequest,
     State,
@@ -261,35 +264,76 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
+    """dockerd's attach: the logs first (``logs=1``, a stopped container's too), then, with ``stream=1``,
+    the live output and the client's input (stdin alone too) until the container exits, the client
+    detaches (the detach keys, on a terminal) or, on a terminal or with no output asked for, its
+    input ends."""
     containers = backend(request).containers
-    stdout, stderr = flag(request, "stdout"), flag(request, "stderr")
-    if not (flag(request, "stream", True) and (stdout or stderr)):
-        record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
-        if record.state.status not in (State.CREATED, State.RUNNING, State.PAUSED, State.RESTARTING):
-            raise Conflict("You cannot attach to a stopped container, start it first")
-        return await hijack(request, record.config.tty)
-    stream = containers.attach(AttachRequest(id=request.match_info["id"], stdout=stdout, stderr=stderr)).__aiter__()
-    with client_errors():
-        # The daemon's first (empty) entry says it is following: only then may the client start the
-        # container. It also says what serving the stream needs (tty, stdin), and refuses a stopped one.
-        info = (await stream.__anext__()).attached
-    tty = info.tty
+    stdin, stdout, stderr = flag(request, "stdin"), flag(request, "stdout"), flag(request, "stderr")
+    detach_text = request.query.get("detachKeys", "")
+    keys = stdin_pump.parse_detach_keys(detach_text) if detach_text else stdin_pump.DEFAULT_DETACH_KEYS
+    record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
+    if record.state.status == State.PAUSED:
+        raise Conflict(f"container {request.match_info['id']} is paused, unpause the container before attach")
+    if record.state.status == State.RESTARTING:
+        raise Conflict(f"container {request.match_info['id']} is restarting, wait until the container is running")
+    tty, logs = record.config.tty, flag(request, "logs")
+    live = None
+    if flag(request, "stream", True):
+        live = containers.attach(AttachRequest(id=record.id, stdout=stdout, stderr=stderr)).__aiter__()
+        try:
+            with client_errors():
+                # The daemon's first (empty) entry says it is following: only then may the client start
+                # the container. It also says what serving the stream needs (stdin), or refuses a stopped one.
+                info = (await live.__anext__()).attached
+        except Conflict:
+            if not logs:
+                raise
+            live = None  # a stopped container: its logs are all there is
+    # The input is taken before the answer goes (taken after, the first keys a client sent were lost).
+    parser = stdin_pump.read_hijacked(request) if live is not None and stdin and info.open_stdin else None
     # The upgrade answer goes out at once: the CLI starts the container only once it is attached.
     response = await hijack(request, tty)
-    # The client's input goes to the container's stdin (closed at its end with StdinOnce).
-    pump = stdin_pump.pump(request, backend(request).ops, info.id, "", info.stdin_once) \
-        if flag(request, "stdin") and info.open_stdin else None
+    if logs:
+        await _attach_logs(response, containers, record.id, stdout, stderr, tty)
+    if live is None:
+        await response.write_eof()
+        return response
+    # The client's input goes to the container's stdin, closed at its end with StdinOnce (not on a terminal).
+    pump = stdin_pump.pump(parser, backend(request).ops, info.id, "", info.stdin_once and not tty,
+                           keys if tty else None) if parser is not None else None
+
+    async def outputs() -> AsyncIterator[tuple[LogStream, bytes]]:
+        async for entry in live:
+            yield entry.stream, entry.data
+
     try:
         with client_errors():
-            async for entry in stream:
-                await response.write(entry.data if tty else frame(entry.stream, entry.data))
+            await relay(response, outputs(), tty=tty, input_end=pump.ended if pump else None,
+                                   end_on_input_end=tty or not (stdout or stderr))
     except SkiffError as exc:
         # Headers are gone: the error can only end the stream, as dockerd does.
         log.warning("attach ended", id=record.id, error=exc.message)
+    except ConnectionResetError:
+        pass  # the client went away; the container runs on
     finally:
         await stdin_pump.stop(pump)
     await response.write_eof()
     return response
+
+
+async def _attach_logs(response: web.StreamResponse, containers: ContainersStub, container: str, stdout: bool,
+                       stderr: bool, tty: bool) -> None:
+    """What the container logged so far, as dockerd's attach with ``logs=1`` sends it (its error too)."""
+    if not (stdout or stderr):
+        return
+    try:
+        with client_errors():
+            async for entry in containers.logs(LogsRequest(id=container, follow=False, stdout=stdout,
+                                                           stderr=stderr, tail=-1)):
+                await response.write(entry.data if tty else frame(entry.stream, entry.data))
+    except SkiffError as exc:
+        await response.write(f"Error attaching: {exc.message}\n".encode())
 
 
 def register(routes: Routes) -> None:

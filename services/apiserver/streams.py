@@ -1,17 +1,27 @@
-"""Stream framing: Docker's 8-byte multiplexed frames, and the hijacked (101 UPGRADED) response."""
+"""Stream framing: Docker's 8-byte multiplexed frames, the hijacked (101 UPGRADED) response, and the
+relay of a process's output to it."""
 
 from __future__ import annotations
 
+import array
+import asyncio
+import fcntl
+import socket
 import struct
+import termios
+import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from services.apiserver.stdin import DETACHED
 from services.gen.skiff.daemon.v1 import LogStream
 
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
 STREAM_BYTE = {LogStream.STDOUT: 1, LogStream.STDERR: 2}
+HEADERS_READ_WAIT = 0.2  # seconds a hijacked answer's first output waits for the client to read the headers
 
 
 def frame(stream: LogStream, data: bytes) -> bytes:
@@ -68,4 +78,51 @@ async def hijack(request: web.Request, tty: bool) -> web.StreamResponse:
     if isinstance(request.protocol, HijackableHandler):
         request.protocol.hijacked = True
     await response.prepare(request)
+    # aiohttp would send the headers with the first output: alone now, as dockerd does. docker-py reads
+    # the headers through a buffered file and then the bare socket: output that came in the same read
+    # as the headers would be lost to it (a short exec's whole output, or its start's error).
+    await response.write(b"")
+    await _peer_has_read(request)
     return response
+
+
+async def _peer_has_read(request: web.Request) -> None:
+    """Until the client has read what was sent (a UNIX socket's send queue is what its peer has not read
+    yet), for a moment at most: the first output then never lands in the read that took the headers."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return
+    queued = array.array("i", [0])
+    deadline = time.monotonic() + HEADERS_READ_WAIT
+    while time.monotonic() < deadline:
+        try:
+            fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)
+        except OSError:
+            return
+        if queued[0] == 0:
+            return
+        await asyncio.sleep(0.001)
+
+
+async def relay(response: web.StreamResponse, outputs: AsyncIterator[tuple[LogStream, bytes]], *, tty: bool,
+                input_end: asyncio.Future[str] | None, end_on_input_end: bool) -> None:
+    """Copies a process's output to the hijacked response until it ends, the client detaches
+    (``input_end`` gives DETACHED), or (``end_on_input_end``: a terminal, or no output asked for)
+    the client's input ends, as dockerd's attach does; the process itself runs on."""
+
+    async def copy() -> None:
+        async for stream, data in outputs:
+            await response.write(data if tty else frame(stream, data))
+
+    copying = asyncio.ensure_future(copy())
+    try:
+        if input_end is not None:
+            await asyncio.wait({copying, input_end}, return_when=asyncio.FIRST_COMPLETED)
+            if not copying.done() and (input_end.result() == DETACHED or end_on_input_end):
+                copying.cancel()
+                await asyncio.wait({copying})
+            if copying.cancelled():
+                return
+        await copying
+    finally:
+        copying.cancel()

@@ -1,7 +1,9 @@
 """Docker's execs over highlevel's: records kept on disk, output streamed, exit watched.
 
 An exec's output is not in the container's log: the shim keeps what an exec printed before anyone attached
-for its first attacher, so Start runs the process first and attaches after, and nothing is lost.
+for its first attacher, so Start runs the process first and attaches after, and nothing is lost. The
+process is made at start, as dockerd makes it (its user resolved in the container's /etc/passwd then);
+a start that fails is an exec that ran with exit code 126, its error on the stream.
 
 Each record is written atomically to ``<lib>/daemon/execs/<id>.json`` when it is created, started and
 when it exits, and goes with its container. At start the daemon reloads them and asks highlevel (whose
@@ -28,7 +30,7 @@ from services.common.errors import Conflict, InvalidArgument, NotFound, SkiffErr
 from services.common.grpc import call, client_errors, grpc_errors
 from services.daemon.containers import ContainerManager, EventSink
 from services.daemon.records import Entry
-from services.daemon.spec import build_process, merge_env
+from services.daemon.spec import build_process, merge_env, resolve_user
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     Container,
@@ -78,7 +80,7 @@ class ExecRecord:
                         exit_code=self.exit_code or 0, exited=self.exit_code is not None, pid=self.pid,
                         cmd=list(r.cmd), tty=r.tty, open_stdin=r.attach_stdin, open_stdout=r.attach_stdout,
                         open_stderr=r.attach_stderr, user=r.user, privileged=r.privileged,
-                        working_dir=r.working_dir)
+                        working_dir=r.working_dir, detach_keys=r.detach_keys)
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -127,8 +129,9 @@ class ExecStore:
 
 def process_spec(record: Container, image_config: dict[str, Any], request: ExecCreateRequest) -> dict[str, Any]:
     """The container's own process spec (env, caps, rlimits) with the exec's argv, tty, env, cwd, user
-    (blocking: the container's user is looked up in its rootfs, as at its start; call in a thread)."""
-    process = build_process(record.id, image_config, record.config, Path(record.rootfs))
+    (blocking: users are looked up in the rootfs, as at the container's start; call in a thread)."""
+    rootfs = Path(record.rootfs)
+    process = build_process(record.id, image_config, record.config, rootfs)
     process["args"] = list(request.cmd)
     process["terminal"] = request.tty
     process.pop("consoleSize", None)
@@ -136,12 +139,40 @@ def process_spec(record: Container, image_config: dict[str, Any], request: ExecC
     if request.working_dir:
         process["cwd"] = request.working_dir
     if request.user:
-        uid, _, gid = request.user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
-            # Names need the container's /etc/passwd; numeric ids are what busybox images use.
-            raise InvalidArgument(f"exec user must be numeric uid[:gid], got {request.user!r}")
-        process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        process["user"] = exec_user(rootfs, request.user)
     return process
+
+
+def exec_user(rootfs: Path, user: str) -> dict[str, Any]:
+    """``name``, ``uid``, ``name:group`` or ``uid:gid`` from the container's /etc/passwd and /etc/group,
+    as dockerd resolves an exec's user: without an explicit group, the groups listing the user as a
+    member are its additional ones."""
+    resolved = resolve_user(rootfs, user)
+    name, _, group = user.partition(":")
+    if group:
+        return resolved
+    if name.isdigit():
+        name = next((fields[0] for fields in _entries(rootfs / "etc" / "passwd", 3) if fields[2] == name), "")
+    if name:
+        extra = [int(fields[2]) for fields in _entries(rootfs / "etc" / "group", 4)
+                 if fields[2].isdigit() and name in fields[3].split(",")]
+        if extra:
+            resolved["additionalGids"] = extra
+    return resolved
+
+
+def _entries(path: Path, fields: int) -> list[list[str]]:
+    """The colon-separated lines of a passwd or group file with at least ``fields`` fields."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [parts for parts in (line.split(":") for line in lines) if len(parts) >= fields]
+
+
+def oci_exec_failure(exc: SkiffError) -> str:
+    """What dockerd 20.10 writes on the stream when runc could not start an exec's process."""
+    return f"OCI runtime exec failed: exec failed: unable to start container process: {exc.message}: unknown"
 
 
 def _command(request: ExecCreateRequest) -> str:
@@ -156,6 +187,7 @@ class ExecManager:
         self.execs: dict[str, ExecRecord] = {}
         self.sinks: list[EventSink] = []
         self.store = ExecStore(folder)
+        self.background: set[asyncio.Task[None]] = set()
 
     def subscribe(self, sink: EventSink) -> None:
         """``sink`` hears every exec event (exec_create, exec_start, exec_die) from now on."""
@@ -164,7 +196,6 @@ class ExecManager:
     def on_container_event(self, action: str, entry: Entry, attrs: dict[str, str]) -> None:
         if action == "destroy":
             self.forget_container(entry.record.id)
-        self.background: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -229,15 +260,11 @@ class ExecManager:
         return entry
 
     async def create(self, request: ExecCreateRequest) -> str:
+        """Records the exec; its process is made at start (dockerd resolves its user there too)."""
         if not request.cmd:
             raise InvalidArgument("No exec command specified")
         entry = self._running_entry(request.container)
         exec_id = secrets.token_hex(32)
-        image_config = await self.containers.image_config(entry.record)
-        spec = await asyncio.to_thread(process_spec, entry.record, image_config, request)
-        await call(self.tasks.exec(hl.ExecRequest(
-            id=entry.record.id, exec_id=exec_id[:12], process=json.dumps(spec).encode(), terminal=request.tty,
-            stdin=request.attach_stdin, stdin_once=True)))
         request.container = entry.record.id
         record = ExecRecord(exec_id, entry.record.id, request)
         self.execs[exec_id] = record
@@ -245,25 +272,37 @@ class ExecManager:
         self._emit(f"exec_create: {_command(request)}", entry, {"execID": exec_id, "exec_id": exec_id})
         return exec_id
 
-    async def start(self, exec_id: str, detach: bool) -> AsyncIterator[ExecOutput]:
+    async def start(self, exec_id: str, detach: bool, failure_as_output: bool = False) -> AsyncIterator[ExecOutput]:
+        """Accepted (started), then running and the output unless detached, then eof with the exit code.
+        A process that cannot start is an exec that ran with exit code 126; ``failure_as_output`` (a
+        client's attached start, as dockerd writes it) gives its error as output, else it is raised."""
         record = self.get(exec_id)
+        if record.running:
+            raise Conflict(f"Error: Exec command {exec_id} is already running")
         if record.started:
             raise Conflict(f"Error: Exec command {exec_id} has already run")
         entry = self._running_entry(record.container_id)
         record.started = True
+        # Accepted: the apiserver answers 101 now and the process starts after, as with dockerd (a
+        # client reading the answer's headers then never finds output mixed into them).
+        yield ExecOutput(started=True)
         try:
-            started = await call(self.tasks.start(hl.StartRequest(id=record.container_id,
-                                                                  exec_id=record.task_exec_id)))
-        except SkiffError:
-            record.exit_code = 126
-            await self._save(record)
+            started = await self._launch(record, entry)
+        except SkiffError as exc:
+            # dockerd: the start's error on the stream (a detached start's error is its answer) and
+            # exit code 126, whatever the cause.
+            await self._exited(record, entry, 126, announce=False)
             await self._forget_task(record)
-            raise
+            if detach or not failure_as_output:
+                raise
+            yield ExecOutput(stream=LogStream.STDOUT, data=exc.message.encode() + b"\r\n")
+            yield ExecOutput(eof=True, exit_code=126)
+            return
         record.pid, record.running = started.pid, True
         await self._save(record)
         record.watcher = asyncio.ensure_future(self._watch(record, entry))
         self._emit(f"exec_start: {_command(record.request)}", entry, {"execID": exec_id, "exec_id": exec_id})
-        yield ExecOutput(started=True)
+        yield ExecOutput(running=True)
         if detach:
             record.drained.set()
             return
@@ -274,11 +313,26 @@ class ExecManager:
                         id=record.container_id, exec_id=record.task_exec_id,
                         stdout=r.attach_stdout or not r.attach_stderr, stderr=r.attach_stderr or not r.attach_stdout)):
                     if out.eof:
+                        # The exit is recorded before the stream ends: an inspect right after sees it.
+                        await self._exited(record, entry, out.exit.exit_code)
                         yield ExecOutput(eof=True, exit_code=out.exit.exit_code)
                         return
                     yield ExecOutput(stream=STREAMS.get(out.stream, LogStream.STDOUT), data=out.data)
         finally:
             record.drained.set()
+
+    async def _launch(self, record: ExecRecord, entry: Entry) -> hl.StartResponse:
+        """The process made (spec, highlevel's exec) and started; the runtime's refusal in dockerd's words."""
+        request = record.request
+        image_config = await self.containers.image_config(entry.record)
+        spec = await asyncio.to_thread(process_spec, entry.record, image_config, request)
+        await call(self.tasks.exec(hl.ExecRequest(
+            id=entry.record.id, exec_id=record.task_exec_id, process=json.dumps(spec).encode(), terminal=request.tty,
+            stdin=request.attach_stdin, stdin_once=True)))
+        try:
+            return await call(self.tasks.start(hl.StartRequest(id=record.container_id, exec_id=record.task_exec_id)))
+        except SkiffError as exc:
+            raise type(exc)(oci_exec_failure(exc)) from exc
 
     async def _watch(self, record: ExecRecord, entry: Entry) -> None:
         """Records the exit, then lets highlevel forget the process once its output is drained."""
@@ -296,12 +350,16 @@ class ExecManager:
             await asyncio.wait_for(record.drained.wait(), DRAIN_GRACE)
         await self._forget_task(record)
 
-    async def _exited(self, record: ExecRecord, entry: Entry, code: int) -> None:
-        """The exit is on disk before it is told (a daemon killed now still reports it after restart)."""
+    async def _exited(self, record: ExecRecord, entry: Entry, code: int, announce: bool = True) -> None:
+        """The exit is on disk before it is told (a daemon killed now still reports it after restart).
+        Once: the attach's end and the wait both report it."""
+        if record.exit_code is not None and not record.running:
+            return
         record.exit_code, record.running = code, False
         await self._save(record)
-        self._emit(f"exec_die: {_command(record.request)}", entry,
-                   {"execID": record.id, "exec_id": record.id, "exitCode": str(code)})
+        if announce:
+            self._emit(f"exec_die: {_command(record.request)}", entry,
+                       {"execID": record.id, "exec_id": record.id, "exitCode": str(code)})
 
     async def _forget_task(self, record: ExecRecord) -> None:
         """highlevel (and the shim) may let the finished process go: its exit is in the record."""
@@ -343,7 +401,7 @@ class ExecsService(ExecsBase):
 
     @grpc_errors
     async def start(self, exec_start_request: ExecStartRequest) -> AsyncIterator[ExecOutput]:
-        async for out in self.execs.start(exec_start_request.id, exec_start_request.detach):
+        async for out in self.execs.start(exec_start_request.id, exec_start_request.detach, failure_as_output=True):
             yield out
 
     @grpc_errors

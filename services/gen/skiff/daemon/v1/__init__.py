@@ -806,6 +806,7 @@ class ExecCreateRequest(betterproto.Message):
     attach_stdout: bool = betterproto.bool_field(8)
     attach_stderr: bool = betterproto.bool_field(9)
     privileged: bool = betterproto.bool_field(10)
+    detach_keys: str = betterproto.string_field(11)
 
 
 @dataclass(eq=False, repr=False)
@@ -831,6 +832,7 @@ class ExecOutput(betterproto.Message):
     data: bytes = betterproto.bytes_field(3)
     eof: bool = betterproto.bool_field(4)
     exit_code: int = betterproto.int32_field(5)
+    running: bool = betterproto.bool_field(6)
 
 
 @dataclass(eq=False, repr=False)
@@ -849,6 +851,7 @@ class ExecInfo(betterproto.Message):
     user: str = betterproto.string_field(12)
     privileged: bool = betterproto.bool_field(13)
     working_dir: str = betterproto.string_field(14)
+    detach_keys: str = betterproto.string_field(15)
 
 
 @dataclass(eq=False, repr=False)
