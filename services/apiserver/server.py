@@ -7,7 +7,17 @@ import structlog
 from aiohttp import web
 from grpclib.client import Channel
 
-from services.apiserver import archive, containers, images, images_auth, networks, swarm, system, volumes
+from services.apiserver import (
+    archive,
+    containers,
+    containers_removal,
+    images,
+    images_auth,
+    networks,
+    swarm,
+    system,
+    volumes,
+)
 from services.apiserver import exec as exec_api
 from services.apiserver.app import BACKEND, Backend, Routes, versions_and_errors
 from services.apiserver.streams import HijackableAppRunner
@@ -16,7 +26,7 @@ from services.common.config import Config
 from services.common.service import Listener, Serving, http_probe, listen_tcp, listen_unix, run_service, tcp_probe
 
 log = structlog.get_logger(service="apiserver")
-RESOURCES = (system, containers, exec_api, archive, images, images_auth, networks, volumes, swarm)
+RESOURCES = (system, containers, containers_removal, exec_api, archive, images, images_auth, networks, volumes, swarm)
 
 
 def make_app(config: Config) -> web.Application:

@@ -33,6 +33,7 @@ from services.common.grpc import call, client_errors
 from services.common.paths import Paths
 from services.daemon import logdrivers
 from services.daemon import logs as logfile
+from services.daemon.hostopts import start_context
 from services.daemon.records import ContainerRecords, Entry, now_rfc3339
 from services.daemon.spec import NetworkAttachment, build_spec, image_keys, merge_env, render_spec
 from services.gen.skiff import highlevel
@@ -267,7 +268,8 @@ class ContainerManager:
                 network = await self.network.setup(record)
                 # The spec, rendered once for this start, after networking: highlevel writes the bundle.
                 create = hl.CreateTaskRequest(
-                    id=record.id, spec=await asyncio.to_thread(render_spec, record, image_config, network),
+                    id=record.id, spec=await asyncio.to_thread(render_spec, record, image_config, network,
+                                                               start_context(self.records, record)),
                     runtime=self.runtime, terminal=cfg.tty, stdin=cfg.open_stdin, stdin_once=cfg.stdin_once,
                     log=logdrivers.task_log(record))
                 try:

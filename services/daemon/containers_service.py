@@ -10,6 +10,7 @@ from services.common.daemon_config import apply_log_defaults
 from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, grpc_errors
 from services.daemon.containers import ContainerManager
+from services.daemon.hostopts import prepare
 from services.daemon.summaries import Summaries
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
@@ -48,8 +49,9 @@ class ContainersService(ContainersBase):
     async def create(self, create_container_request: CreateContainerRequest) -> CreateContainerResponse:
         config = create_container_request.config
         apply_log_defaults(self.manager.settings.current, config.host)  # daemon.json's log-driver, log-opts
+        warnings = await prepare(self.records, config)  # dockerd's checks and defaults of HostConfig's options
         record = await self.manager.create(create_container_request.name, config)
-        return CreateContainerResponse(id=record.id)
+        return CreateContainerResponse(id=record.id, warnings=warnings)
 
     @grpc_errors
     async def start(self, container_ref: ContainerRef) -> Empty:

@@ -25,6 +25,7 @@ from services.common.atomic import atomic_write
 from services.common.daemon_config import DaemonConfig, LiveConfig, subnet_candidates
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.common.paths import Paths
+from services.daemon import links as legacy_links
 from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile, resolver
 from services.daemon.network.ipam import Ipam
 from services.daemon.network.portproxy import PortMapping, ProxyRegistry
@@ -343,6 +344,7 @@ class Networking:
                 if other.record.id != record.id:  # a member has its endpoint: it is running or starting now
                     names = (other.record.name, *oep.aliases, other.record.id[:12], *links.get(other.record.name, ()))
                     peers.append(dns.HostEntry(oep.ip_address, tuple(dict.fromkeys(names))))
+        peers += legacy_links.hosts(self.containers, record)  # legacy links on the default bridge
         own = () if first is None else tuple(a for a in first.aliases if a)
         return dns.ContainerDns(
             hostname=cfg.hostname or record.id[:12],

@@ -25,6 +25,7 @@ from services.daemon.mounts import ContainerMounts
 from services.daemon.networking import Networking
 from services.daemon.networks_service import NetworksService
 from services.daemon.records import ContainerRecords
+from services.daemon.removal import RemovalService
 from services.daemon.restart import RestartPolicies
 from services.daemon.store import RecordStore
 from services.daemon.summaries import Summaries
@@ -92,6 +93,7 @@ def build_daemon(config: Config, channel: Channel) -> Daemon:
         NetworksService(network), volumes,
         ArchiveService(containers, volume_store, volumes, paths.run / "daemon" / "tmp"),
         ExecsService(execs), ContainerOpsService(Operations(containers)), EventsService(bus),
+        RemovalService(containers),
     ]
     return Daemon(records, containers, network, execs, services)
 
