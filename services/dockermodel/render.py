@@ -193,6 +193,7 @@ def image_summary(image: hl.ImageSummary) -> dict[str, Any]:
         "Created": int(parse_time(image.created)),
         "Size": image.size,
         "SharedSize": -1,
+        "VirtualSize": image.size,  # API <= 1.43 lists it, equal to Size since dockerd 20.10
         "Labels": (config.get("config") or {}).get("Labels") or {},
         "Containers": -1,
     }
@@ -215,6 +216,7 @@ def image_inspect(image: hl.ImageSummary) -> dict[str, Any]:
         "Architecture": config.get("architecture", ""),
         "Os": config.get("os", ""),
         "Size": image.size,
+        "VirtualSize": image.size,
         "GraphDriver": {"Name": "overlay2", "Data": None},
         "RootFS": {"Type": "layers", "Layers": list(image.diff_ids)},
         "Metadata": {"LastTagTime": ZERO_TIME},

@@ -137,6 +137,9 @@ def test_commit_records_its_parent(client: docker.DockerClient) -> None:
     image = client.api.inspect_image(res["Id"])
     assert image["Parent"] == busybox.id
     assert image["Comment"] == "first commit" and image["Author"] == "skiff"
+    # API 1.41's VirtualSize, in inspect and the list, equal to Size as dockerd 20.10 reports it.
+    assert image["VirtualSize"] == image["Size"] > 0
+    assert all(i["VirtualSize"] == i["Size"] for i in client.api.images())
     # docker history: the image's own row, then its parent's (with the parent's tags), then <missing>.
     rows = client.api.history(res["Id"])
     assert rows[0]["Id"] == res["Id"] and rows[0]["Tags"] is None and rows[0]["Comment"] == "first commit"
