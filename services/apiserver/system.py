@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -61,10 +62,14 @@ async def disk_usage(request: web.Request) -> web.Response:
     images = (await call(backend(request).images.list(hl.ListImagesRequest()))).images
     containers = (await call(backend(request).containers.list(ListRequest(all=True)))).containers
     sizes = {c.id: c for c in usage.containers}
+    # SharedSize: the bytes of an image's layers that another image has too (docker system df's
+    # RECLAIMABLE and SHARED SIZE stand on it; -1 would mean "unknown" to the CLI).
+    users: Counter[str] = Counter(digest for image in images for digest in {d.digest for d in image.layers})
     image_rows: list[dict[str, Any]] = []
     for image in images:
         row = image_summary(image)
         row["Containers"] = sum(1 for c in containers if c.image_id == image.id)
+        row["SharedSize"] = sum(d.size for d in {d.digest: d for d in image.layers}.values() if users[d.digest] > 1)
         image_rows.append(row)
     container_rows = []
     for c in containers:

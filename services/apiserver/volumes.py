@@ -27,7 +27,7 @@ def _filters(request: web.Request, allowed: tuple[str, ...]) -> VolumeFilters:
     raw = parse_filters(request.query.get("filters"))
     for key in raw:
         if key not in allowed:
-            raise InvalidArgument(f"invalid filter '{key}'")
+            raise InvalidArgument(f"Invalid filter '{key}'")
     return VolumeFilters(name=raw.get("name", []), label=raw.get("label", []), driver=raw.get("driver", []),
                          dangling=raw.get("dangling", []))
 
@@ -71,10 +71,14 @@ async def prune(request: web.Request) -> web.Response:
     raw = parse_filters(request.query.get("filters"))
     for key in raw:
         if key not in ("label", "label!", "all"):
-            raise InvalidArgument(f"invalid filter '{key}'")
-    prune_all = any(v.lower() in ("1", "true") for v in raw.get("all", []))
+            raise InvalidArgument(f"Invalid filter '{key}'")
+    # API 1.42 made prune keep named volumes unless all=true; an older client's prune takes them too.
+    version = request.match_info.get("api_version")
+    older = version is not None and tuple(int(p) for p in version.split(".")) < (1, 42)
+    prune_all = older or any(v.lower() in ("1", "true") for v in raw.get("all", []))
+    labels = raw.get("label", []) + [f"!{x}" for x in raw.get("label!", [])]  # the daemon's "!": must not match
     reply = await call(backend(request).volumes.prune(PruneVolumesRequest(
-        filters=VolumeFilters(label=raw.get("label", [])), all=prune_all)))
+        filters=VolumeFilters(label=labels), all=prune_all)))
     return web.json_response({"VolumesDeleted": list(reply.deleted) or None, "SpaceReclaimed": reply.space_reclaimed})
 
 

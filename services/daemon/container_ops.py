@@ -126,9 +126,9 @@ class Operations:
             raise InvalidArgument("Renaming a container with the same name as its current name")
         names = self.containers.records.names
         if name in names:
-            raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
-                           f'"{names[name]}". You have to remove (or rename) that container to be able to reuse '
-                           "that name.")
+            raise Conflict(f'Error when allocating new name: Conflict. The container name "/{name}" is already in '
+                           f'use by container "{names[name]}". You have to remove (or rename) that container to be '
+                           "able to reuse that name.")
         async with entry.lock:
             if entry.removed:
                 raise NotFound(f"No such container: {ref}")

@@ -48,14 +48,21 @@ def _rfc3339(seconds: float) -> str:
 
 
 def tree_size(path: Path) -> int:
-    """Bytes under ``path`` (blocking: call in a thread); links not followed."""
+    """Bytes of the files under ``path``, as dockerd's directory.Size: folders count nothing, a file
+    with several links once, links not followed (blocking: call in a thread)."""
     total = 0
-    for folder, dirs, files in os.walk(path):
-        for name in files + dirs:
+    seen: set[tuple[int, int]] = set()
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
             try:
-                total += os.lstat(os.path.join(folder, name)).st_size
+                st = os.lstat(os.path.join(folder, name))
             except OSError:
                 continue
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
     return total
 
 
@@ -125,7 +132,7 @@ class VolumeStore:
     def delete(self, name: str) -> int:
         """Removes the volume; returns the bytes it held."""
         folder = self.folder(name)
-        size = tree_size(folder)
+        size = tree_size(self.data(name))  # what containers put there (volume.json is ours)
         # Renamed first, so a half-removed volume is never listed.
         doomed = self.root / f".{name}.removing"
         shutil.rmtree(doomed, ignore_errors=True)
@@ -137,14 +144,19 @@ class VolumeStore:
         return size
 
 
+def _label_matches(labels: dict[str, str], wanted: str) -> bool:
+    key, eq, value = wanted.partition("=")
+    return key in labels and (not eq or labels[key] == value)
+
+
 def _matches(volume: Volume, filters: VolumeFilters, in_use: bool) -> bool:
     if filters.name and not any(n in volume.name for n in filters.name):
         return False
     if filters.driver and volume.driver not in filters.driver:
         return False
     for wanted in filters.label:
-        key, eq, value = wanted.partition("=")
-        if key not in volume.labels or (eq and volume.labels[key] != value):
+        # A leading "!": prune's label! (the volume must not match it).
+        if wanted.startswith("!") == _label_matches(volume.labels, wanted.lstrip("!")):
             return False
     for dangling in filters.dangling:
         if dangling.lower() in ("true", "1") and in_use:
@@ -169,13 +181,17 @@ class VolumesService(VolumesBase):
     @grpc_errors
     async def create(self, create_volume_request: CreateVolumeRequest) -> Volume:
         r = create_volume_request
+        # dockerd names the volume in its refusals ("create <name>: ..."), a generated name too.
+        name = r.name or secrets.token_hex(32)
         if r.driver not in ("", "local"):
-            raise NotFound(f"error looking up volume plugin {r.driver}: plugin \"{r.driver}\" not found")
+            raise NotFound(f"create {name}: error looking up volume plugin {r.driver}: plugin \"{r.driver}\" "
+                           "not found")
         for key in r.driver_opts:
             if key not in ("type", "device", "o", "size"):
-                raise InvalidArgument(f"invalid option key: {key!r}")
-        async with self.lock(r.name):
-            volume = await asyncio.to_thread(self.store.create, r.name, dict(r.labels), dict(r.driver_opts))
+                raise InvalidArgument(f'create {name}: invalid option: "{key}"')
+        async with self.lock(name):
+            volume = await asyncio.to_thread(self.store.create, name, dict(r.labels), dict(r.driver_opts),
+                                             anonymous=not r.name)
         log.info("volume created", name=volume.name)
         return volume
 

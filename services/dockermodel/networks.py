@@ -17,6 +17,7 @@ from services.gen.skiff.daemon.v1 import (
     Network,
     NetworkInspect,
     PortBinding,
+    State,
 )
 
 
@@ -128,7 +129,14 @@ def network_mode(c: Container) -> str:
     return "bridge" if mode in ("", "default") else mode
 
 
+def _live(c: Container) -> bool:
+    """A container with its network up: dockerd shows ports only then (a stopped one's are released)."""
+    return c.state.status in (State.RUNNING, State.PAUSED)
+
+
 def _ports(c: Container) -> dict[str, Any]:
+    if not _live(c):
+        return {}
     ports: dict[str, Any] = {p: None for p in c.config.exposed_ports}
     for b in c.network_settings.ports:
         ports.setdefault(b.container_port, None)
@@ -200,15 +208,21 @@ def host_config_fields(c: Container) -> dict[str, Any]:
 
 
 def summary_ports(c: Container) -> list[dict[str, Any]]:
+    """The list's Ports: each published binding, and each exposed port published nowhere (no IP, no PublicPort)."""
     out = []
-    for b in c.network_settings.ports:
-        port, _, proto = b.container_port.partition("/")
-        out.append({"IP": b.host_ip, "PrivatePort": int(port), "PublicPort": int(b.host_port), "Type": proto})
+    for key, bindings in _ports(c).items():
+        port, _, proto = key.partition("/")
+        if not bindings:
+            out.append({"PrivatePort": int(port), "Type": proto})
+        for b in bindings or []:
+            out.append({"IP": b["HostIp"], "PrivatePort": int(port), "PublicPort": int(b["HostPort"] or 0),
+                        "Type": proto})
     return out
 
 
 def summary_networks(c: Container) -> dict[str, Any]:
-    return {ep.network_name: _endpoint(ep) for ep in c.network_settings.endpoints}
+    """As inspect's: a stopped container's networks too (without addresses), host and none by their names."""
+    return network_settings(c)["Networks"]
 
 
 def _ipam_entry(pool: IpamPool) -> dict[str, Any]:
