@@ -19,6 +19,7 @@ from services.apiserver.params import flag, int_query, json_body, parse_filters,
 from services.apiserver.streams import MULTIPLEXED, RAW, frame, hijack, relay
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotSupported, SkiffError
 from services.common.grpc import call, client_errors
+from services.dockermodel.health import check_health_filter
 from services.dockermodel.render import container_inspect, stats_json
 from services.dockermodel.request import container_config_from_request
 from services.dockermodel.times import parse_time
@@ -126,10 +127,12 @@ async def wait(request: web.Request) -> web.StreamResponse:
 
 async def list_(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"))
+    check_health_filter(filters.get("health", []))
     reply = await call(backend(request).containers.list_summaries(ListRequest(
         all=flag(request, "all"), limit=int_query(request, "limit", 0) or 0,
         filters=ListFilters(id=filters.get("id", []), name=filters.get("name", []),
-                            label=filters.get("label", []), status=filters.get("status", [])))))
+                            label=filters.get("label", []), status=filters.get("status", []),
+                            health=filters.get("health", [])))))
     return web.Response(body=reply.json, content_type="application/json")
 
 
@@ -221,10 +224,8 @@ async def _next_sample(stub: ContainerOpsStub, container: str) -> StatsSample:
     return await call(stub.stats(ContainerRef(id=container)))
 
 
-def _payload(entry: LogEntry, timestamps: bool, details: bool) -> bytes:
-    # dockerd: the time, then (details) the entry's attributes and a space, then the line.
-    data = b" " + entry.data if details else entry.data
-    return (entry.time.encode() + b" " + data) if timestamps else data
+def _payload(entry: LogEntry, timestamps: bool) -> bytes:
+    return (entry.time.encode() + b" " + entry.data) if timestamps else entry.data
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
@@ -233,7 +234,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("Bad parameters: you must choose at least one stream")
     tail_text = request.query.get("tail", "all")
     tail = -1 if tail_text in ("", "all") else int_query(request, "tail", -1)
-    timestamps, details = flag(request, "timestamps"), flag(request, "details")
+    timestamps = flag(request, "timestamps")
     since = since_ns(request.query.get("since"), "since") / 1e9
     until = since_ns(request.query.get("until"), "until") / 1e9
     containers = backend(request).containers
@@ -259,7 +260,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
                         break
                     if since and at < since:
                         continue
-                data = _payload(entry, timestamps, details)
+                data = _payload(entry, timestamps)
                 await response.write(data if tty else frame(entry.stream, data))
     await response.write_eof()
     return response

@@ -36,6 +36,7 @@ from services.daemon import logs as logfile
 from services.daemon.hostopts import start_context
 from services.daemon.records import ContainerRecords, Entry, now_rfc3339
 from services.daemon.spec import NetworkAttachment, build_spec, image_keys, merge_env, render_spec
+from services.dockermodel.health import merge_image_healthcheck
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     AttachInfo,
@@ -227,6 +228,7 @@ class ContainerManager:
             image_labels = image_config.get("Labels") or {}
             if image_labels:
                 config.labels = {**{str(k): str(v) for k, v in image_labels.items()}, **dict(config.labels)}
+            config.healthcheck = merge_image_healthcheck(config.healthcheck, image_config)  # dockerd's merge
             points = await self.mounts.resolve(config, image_config, rootfs)
             record = Container(
                 id=container_id, name=name, created=now_rfc3339(), config=config,

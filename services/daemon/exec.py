@@ -374,6 +374,13 @@ class ExecManager:
         await call(self.tasks.resize_pty(hl.ResizePtyRequest(
             id=record.container_id, exec_id=record.task_exec_id, width=width, height=height)))
 
+    def forget(self, exec_id: str) -> None:
+        """An exec nobody inspects (a health probe's) leaves no record; highlevel lets it go once it ended."""
+        record = self.execs.pop(exec_id, None)
+        if record is not None:
+            record.forgotten = True
+            self._spawn(self._delete(record))
+
     def forget_container(self, container_id: str) -> None:
         """A removed container's execs go with it (dockerd does the same)."""
         for exec_id in [k for k, v in self.execs.items() if v.container_id == container_id]:

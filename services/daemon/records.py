@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.common.errors import Conflict, InvalidArgument, NotFound
 from services.daemon.store import RecordStore
+from services.dockermodel.health import health_name
 from services.gen.skiff.daemon.v1 import Container, ListFilters, State
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -131,14 +132,15 @@ class ContainerRecords:
         chosen: list[Container] = []
         for entry in self.entries.values():
             record = entry.record
-            # dockerd: a limit (ps -n, ps -l) counts stopped containers too.
-            if not all_ and limit <= 0 and not entry.running and not filters.status:
+            if not all_ and not entry.running and not filters.status:
                 continue
             if filters.id and not any(record.id.startswith(i) for i in filters.id):
                 continue
             if filters.name and not any(re.search(n.lstrip("/"), record.name) for n in filters.name):
                 continue
             if filters.status and status_name(record.state.status) not in filters.status:
+                continue
+            if filters.health and health_name(record) not in filters.health:
                 continue
             if not all(_label_matches(record.config.labels, f) for f in filters.label):
                 continue

@@ -20,6 +20,7 @@ from services.daemon.containers import ContainerManager
 from services.daemon.containers_service import ContainersService, SystemService
 from services.daemon.events import EventBus, EventsService
 from services.daemon.exec import ExecManager, ExecsService
+from services.daemon.health import HealthMonitors
 from services.daemon.images import ImagesService
 from services.daemon.mounts import ContainerMounts
 from services.daemon.networking import Networking
@@ -43,6 +44,7 @@ class Daemon:
     containers: ContainerManager
     network: Networking
     execs: ExecManager
+    health: HealthMonitors
     services: list[IServable]
 
     async def load(self) -> None:
@@ -53,11 +55,13 @@ class Daemon:
         await self.records.load()
         await self.execs.restore()
         await self.containers.reconcile()
+        await self.health.restore()  # running containers' probes again, with the status they had
         await self.network.restore()
         log.info("loaded", containers=len(self.records.entries))
 
     async def close(self) -> None:
         # Stopping the daemon never stops a container: records stay, and the next start reconciles.
+        await self.health.close()
         await self.containers.close()
 
     def status(self) -> str:
@@ -88,6 +92,8 @@ def build_daemon(config: Config, channel: Channel) -> Daemon:
     for sink in (bus.container_event, restarts.on_event, execs.on_container_event):
         containers.subscribe(sink)
     execs.subscribe(bus.container_event)
+    health = HealthMonitors(containers, execs)
+    containers.subscribe(health.on_event)
     services: list[IServable] = [
         ContainersService(containers, Summaries()), SystemService(containers, config), ImagesService(containers),
         NetworksService(network), volumes,
@@ -95,7 +101,7 @@ def build_daemon(config: Config, channel: Channel) -> Daemon:
         ExecsService(execs), ContainerOpsService(Operations(containers)), EventsService(bus),
         RemovalService(containers),
     ]
-    return Daemon(records, containers, network, execs, services)
+    return Daemon(records, containers, network, execs, health, services)
 
 
 async def serve(config: Config) -> int:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from services.dockermodel import hostconfig, mounts, networks
+from services.dockermodel.health import health_json, healthcheck_json, status_suffix
 from services.dockermodel.times import ZERO_TIME, human_duration, parse_time
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import Container, DockerEvent, HostConfig, State, StatsSample, Volume
@@ -25,17 +26,11 @@ def _network_mode(host: HostConfig) -> str:
 
 
 def _status_text(c: Container) -> str:
-    """dockerd's State.String(): a paused container is "Up ... (Paused)", a restarting one tells its last exit."""
     state = c.state
-    if state.status in (State.RUNNING, State.PAUSED):
-        up = f"Up {human_duration(time.time() - parse_time(state.started_at))}"
-        return f"{up} (Paused)" if state.status == State.PAUSED else up
-    if state.status == State.RESTARTING:
-        return f"Restarting ({state.exit_code}) {human_duration(time.time() - parse_time(state.finished_at))} ago"
+    if state.status == State.RUNNING:
+        return f"Up {human_duration(time.time() - parse_time(state.started_at))}{status_suffix(c)}"
     if state.status == State.EXITED:
         return f"Exited ({state.exit_code}) {human_duration(time.time() - parse_time(state.finished_at))} ago"
-    if state.status == State.REMOVING:
-        return "Removal In Progress"
     return STATUS_NAMES.get(state.status, "created").capitalize()
 
 
@@ -50,7 +45,7 @@ def summary_fixed(c: Container) -> dict[str, Any]:
         "Id": c.id,
         "Image": c.image_ref,
         "ImageID": c.image_id,
-        "Command": _command_text(_inspect_path_args(c)),
+        "Command": " ".join(_inspect_path_args(c)),
         "Created": int(parse_time(c.created)),
         "Labels": dict(c.config.labels),
         "HostConfig": {"NetworkMode": networks.network_mode(c)},
@@ -67,11 +62,6 @@ def summary_changing(c: Container) -> dict[str, Any]:
         "Status": _status_text(c),
         "NetworkSettings": {"Networks": networks.summary_networks(c)},
     }
-
-
-def _command_text(path_args: list[str]) -> str:
-    """The list's Command as dockerd writes it: an argument with a space in single quotes."""
-    return " ".join(f"'{a}'" if " " in a else a for a in path_args)
 
 
 def _inspect_path_args(c: Container) -> list[str]:
@@ -119,6 +109,7 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "Error": state.error,
             "StartedAt": state.started_at or ZERO_TIME,
             "FinishedAt": state.finished_at or ZERO_TIME,
+            **({"Health": health} if (health := health_json(state.health)) else {}),
         },
         "Image": c.image_id,
         "ResolvConfPath": c.network_settings.resolv_conf_path,
@@ -171,9 +162,10 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint_set else None,
             "OnBuild": None,
             "Labels": dict(cfg.labels),
-            **({"ExposedPorts": {p: {} for p in cfg.exposed_ports}} if cfg.exposed_ports else {}),  # omitempty
+            "ExposedPorts": {p: {} for p in cfg.exposed_ports} or None,
             **({"StopSignal": cfg.stop_signal} if cfg.stop_signal else {}),
             **({"StopTimeout": cfg.stop_timeout} if cfg.stop_timeout >= 0 else {}),
+            **({"Healthcheck": check} if (check := healthcheck_json(cfg.healthcheck)) is not None else {}),
         },
         "NetworkSettings": networks.network_settings(c),
     }

@@ -11,6 +11,7 @@ from typing import Any
 from services.common.errors import InvalidArgument
 from services.dockermodel import hostconfig, mounts, networks
 from services.dockermodel.fields import integer, string, string_list
+from services.dockermodel.health import healthcheck_from_request
 from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig, Ulimit
 
 RESTART_POLICIES = ("", "no", "on-failure", "always", "unless-stopped")
@@ -187,6 +188,7 @@ def container_config_from_request(body: Any) -> ContainerConfig:
         stop_signal=str(body.get("StopSignal") or ""),
         stop_timeout=-1 if stop_timeout is None else integer(stop_timeout, "StopTimeout", bits=32),
         hostname=str(body.get("Hostname") or ""),
+        healthcheck=healthcheck_from_request(body.get("Healthcheck")),
         host=host,
     )
     networks.apply_request(body, host_body, config)
