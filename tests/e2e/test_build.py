@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -299,4 +300,37 @@ def test_hostile_contexts_fail_cleanly_and_write_nothing_outside(stack: Stack, c
         assert not (root / marker).exists()
     found = subprocess.run(["find", str(stack.prefix), "-name", marker], capture_output=True, text=True).stdout
     assert found.strip() == "" or all("/snapshots/" in line or "/content/" in line for line in found.splitlines())
+    # Each build's folder goes once its answer has been sent.
+    deadline = time.monotonic() + 10
+    while builds.exists() and list(builds.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not builds.exists() or list(builds.iterdir()) == []
+
+
+RESOURCES = """\
+FROM busybox
+RUN cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes
+RUN echo "nofile=$(ulimit -n)"
+RUN echo "links=$(ls /sys/class/net | tr '\\n' ' ')"
+"""
+
+
+def test_run_steps_honour_memory_ulimits_and_network_mode(stack: Stack, client: docker.DockerClient,
+                                                          tmp_path: Path) -> None:
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": RESOURCES})
+    result = cli(stack, "build", "--memory", "64m", "--ulimit", "nofile=512:512", "--network", "none", str(ctx),
+                 buildkit="0")
+    assert result.returncode == 0, result.stderr
+    assert "67108864" in result.stdout
+    assert "nofile=512" in result.stdout
+    assert "links=lo \n" in result.stdout
+
+
+def test_cache_from_limits_reuse_to_the_images_named(stack: Stack, client: docker.DockerClient,
+                                                     tmp_path: Path) -> None:
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo one > /one\nCMD [\"cat\", \"/one\"]\n"})
+    assert cli(stack, "build", "-t", "source:cache", str(ctx), buildkit="0").returncode == 0
+    reused = cli(stack, "build", "--cache-from", "source:cache", str(ctx), buildkit="0")
+    assert reused.returncode == 0 and reused.stdout.count("Using cache") == 2
+    elsewhere = cli(stack, "build", "--cache-from", "busybox", str(ctx), buildkit="0")
+    assert elsewhere.returncode == 0 and "Using cache" not in elsewhere.stdout

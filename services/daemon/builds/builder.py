@@ -97,6 +97,7 @@ class Build:
         self.stages: list[Stage] = []
         self.step = 0
         self.total = 0
+        self.existing: dict[str, hl.ImageSummary] | None = None  # the images there are, listed at the first hit
 
     async def say(self, text: str) -> None:
         if not self.options.quiet:
@@ -297,9 +298,12 @@ class Build:
         entry = self.cache.lookup(key)
         if entry is None:
             return False
-        try:
-            image = (await call(self.manager.images.inspect(hl.InspectImageRequest(reference=entry.image)))).image
-        except NotFound:
+        if self.existing is None:
+            # One list for the whole build (not an inspect a step): a cached rebuild is mostly lookups.
+            listed = (await call(self.manager.images.list(hl.ListImagesRequest()))).images
+            self.existing = {i.id: i for i in listed}
+        image = self.existing.get(entry.image)
+        if image is None:
             self.cache.forget(key)
             return False
         if self.options.cache_from and not await self._in_cache_from(image.id):

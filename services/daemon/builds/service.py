@@ -9,6 +9,7 @@ import contextlib
 import json
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,6 +50,9 @@ class BuildsService(BuildsBase):
         self.manager = manager
         self.cache = BuildCache(cache_file)
         self.work = work
+        self.cleanups: set[asyncio.Future[None]] = set()
+        # Folders of builds cut short by a stop or a crash of the daemon: nothing reads them again.
+        shutil.rmtree(work, ignore_errors=True)
 
     async def build(self, build_chunk_iterator: AsyncIterator[BuildChunk]) -> AsyncIterator[BuildMessage]:
         folder = self.work / secrets.token_hex(12)
@@ -73,7 +77,10 @@ class BuildsService(BuildsBase):
         except SkiffError as exc:
             yield BuildMessage(error=exc.message, error_code=1)
         finally:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            # The folder goes after the answer has: the client's wait does not include the removal.
+            cleanup = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, folder, True))
+            self.cleanups.add(cleanup)
+            cleanup.add_done_callback(self.cleanups.discard)
 
     async def _receive(self, chunks: AsyncIterator[BuildChunk], body: Path) -> BuildOptions:
         options: BuildOptions | None = None
@@ -89,9 +96,13 @@ class BuildsService(BuildsBase):
 
     async def _run(self, options: BuildOptions, folder: Path, emit, queue) -> None:  # type: ignore[no-untyped-def]
         try:
+            started = time.perf_counter()
             ctx = await asyncio.to_thread(receive, folder / "body", folder / "context", options.dockerfile)
+            received = time.perf_counter()
             build = Build(self.manager, self.cache, options, ctx, folder / "scratch", emit)
             image = await build.run()
+            log.info("built", image=image, context_s=round(received - started, 4),
+                     steps_s=round(time.perf_counter() - received, 4))
             for tag in options.tags:
                 with self.manager.changing_images():
                     await call(self.manager.images.tag(hl.TagImageRequest(source=image, target=tag)))
