@@ -314,3 +314,21 @@ def test_prune_takes_a_nameless_chain(client: docker.DockerClient) -> None:
     deleted = {d.get("Deleted") for d in pruned["ImagesDeleted"] or []}
     assert {top, middle} <= deleted
     assert client.images.get("busybox").tags == ["busybox:latest"]
+
+
+def test_save_by_id_or_bare_repository(stack: Stack, client: docker.DockerClient) -> None:
+    image = client.images.get("busybox")
+    image.tag("other", "1")
+    # docker-py's Image.save() names the image by id: the archive holds it without names (dockerd's).
+    data = b"".join(image.save())
+    assert list(client.api.load_image(data)) == [{"stream": f"Loaded image ID: {image.id}\n"}]
+    assert [i.id for i in client.images.load(data)] == [image.id]
+    # Its names stay as they were, and no nameless copy is left: untagging both deletes it.
+    assert sorted(client.images.get(image.id).tags) == ["busybox:latest", "other:1"]
+    # A bare repository brings every tag of it, and only those.
+    image.tag("busybox", "v2")
+    names = [m["stream"] for m in client.api.load_image(_saved(stack, "busybox"))]
+    assert sorted(names) == ["Loaded image: busybox:latest\n", "Loaded image: busybox:v2\n"]
+    client.api.remove_image("other:1")
+    client.api.remove_image("busybox:v2")
+    assert {"Deleted": image.id} in client.api.remove_image("busybox:latest")

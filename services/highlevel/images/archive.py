@@ -19,7 +19,7 @@ from typing import Any
 
 from services.common.errors import InvalidArgument
 from services.highlevel.content.store import Lease, check_digest
-from services.highlevel.images.manager import HEX_RE, ImageManager, safe_reference
+from services.highlevel.images.manager import ImageManager, safe_reference
 from services.highlevel.images.manifest import (
     DOCKER_LAYER_GZIP,
     DOCKER_LAYER_TAR,
@@ -42,16 +42,35 @@ from services.highlevel.snapshots.unpack import Compression, detect_compression
 
 
 async def save(images: ImageManager, names: list[str], out: Path) -> None:
-    """Docker ≥ 25's ``docker save``: an OCI image layout plus manifest.json and repositories."""
+    """Docker ≥ 25's ``docker save``: an OCI image layout plus manifest.json and repositories. What each
+    name brings, as dockerd's: ``repo:tag`` that tag, a bare ``repo`` every tag of it, an image id the
+    image without any name (it loads as ``Loaded image ID``)."""
     entries: list[tuple[ImageRecord, str]] = []
     for text in names:
         image_id, recs = images.resolve(text)
         ref = safe_reference(text)
-        chosen = [r for r in recs if ref is not None and r.name == str(ref)] or recs
-        if HEX_RE.match(text) and ref is None:
-            chosen = images.records_by_id().get(image_id, recs)
-        entries += [(r, image_id) for r in chosen]
+        named = [r for r in recs if ref is not None and r.name == str(ref)]
+        bare = _bare_repository(text)
+        if bare is not None and named:
+            ids = {r.name: i for i, rs in images.records_by_id().items() for r in rs}
+            entries += [(r, ids[r.name]) for r in images.store.list()
+                        if r.name in ids and not r.name.startswith("sha256:")
+                        and parse_reference(r.name).repository == bare]
+        elif named or (ref is not None and ref.digest):
+            entries += [(r, image_id) for r in named or recs]
+        else:
+            # By id: the image alone, its names left behind.
+            entries.append((ImageRecord(recs[0].target.digest, recs[0].target), image_id))
     await asyncio.to_thread(_write_save, images, entries, out)
+
+
+def _bare_repository(text: str) -> str | None:
+    """The repository ``text`` names when it gives neither tag nor digest."""
+    try:
+        ref = parse_reference(text, default_tag=False)
+    except InvalidArgument:
+        return None
+    return ref.repository if ref.tag is None and ref.digest is None else None
 
 
 def _write_save(images: ImageManager, entries: list[tuple[ImageRecord, str]], out: Path) -> None:

@@ -68,6 +68,8 @@ class ImageStore:
         if nothing else names it, dangling (named by its manifest digest, ``<none>`` to Docker) rather
         than gone; and a dangling image that gets a name is dangling no more."""
         with self._lock:
+            if _dangling(rec.name) and any(r.target.digest == rec.target.digest for r in self._records.values()):
+                return  # named already (a load of an archive saved by id): it is no dangling image
             old = self._records.get(rec.name)
             if old is not None:
                 rec.created = old.created if old.target.digest == rec.target.digest else rec.created
