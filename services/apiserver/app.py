@@ -18,6 +18,7 @@ from services.common.errors import SkiffError
 from services.dockermodel.system import API_VERSION, MIN_API_VERSION
 from services.gen.skiff.daemon.v1 import (
     ArchiveStub,
+    BuildsStub,
     ContainerOpsStub,
     ContainerRemovalStub,
     ContainersStub,
@@ -48,13 +49,14 @@ class Backend:
     events: EventsStub
     system: SystemStub
     config: Config
+    builds: BuildsStub
 
     @classmethod
     def over(cls, channel: Channel, config: Config) -> Backend:
         return cls(ContainersStub(channel), ContainerOpsStub(channel), ContainerRemovalStub(channel),
                    ExecsStub(channel), ArchiveStub(channel),
                    ImagesStub(channel), NetworksStub(channel), VolumesStub(channel), EventsStub(channel),
-                   SystemStub(channel), config)
+                   SystemStub(channel), config, BuildsStub(channel))
 
 
 BACKEND = web.AppKey("backend", Backend)

@@ -11,13 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from services.apiserver.app import Routes, backend
+from services.apiserver.build import build_cache_rows
 from services.apiserver.params import parse_filters, since_ns
 from services.common import daemon_config
 from services.common.grpc import call, client_errors
 from services.dockermodel import system
 from services.dockermodel.render import container_summary, event_json, image_summary, volume_json
 from services.gen.skiff import highlevel
-from services.gen.skiff.daemon.v1 import Empty, EventsSubscribeRequest, ListRequest, VolumesEmpty
+from services.gen.skiff.daemon.v1 import BuildUsageRequest, Empty, EventsSubscribeRequest, ListRequest, VolumesEmpty
 
 hl = highlevel.v1
 PING_HEADERS = {
@@ -59,6 +60,7 @@ async def info(request: web.Request) -> web.Response:
 async def disk_usage(request: web.Request) -> web.Response:
     """GET /system/df: the daemon's sizes of containers and volumes, beside the images' own."""
     usage = await call(backend(request).archive.disk_usage(VolumesEmpty()))
+    usage_of_builds = (await call(backend(request).builds.usage(BuildUsageRequest()))).records
     images = (await call(backend(request).images.list(hl.ListImagesRequest()))).images
     containers = (await call(backend(request).containers.list(ListRequest(all=True)))).containers
     sizes = {c.id: c for c in usage.containers}
@@ -82,7 +84,7 @@ async def disk_usage(request: web.Request) -> web.Response:
         "Images": image_rows,
         "Containers": container_rows,
         "Volumes": [volume_json(v) for v in usage.volumes],
-        "BuildCache": [],
+        "BuildCache": build_cache_rows(usage_of_builds),
     })
 
 

@@ -15,6 +15,7 @@ from services.common import daemon_config
 from services.common.config import Config
 from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.daemon.archive import ArchiveService
+from services.daemon.builds.service import BuildsService
 from services.daemon.container_ops import ContainerOpsService, Operations
 from services.daemon.containers import ContainerManager
 from services.daemon.containers_service import ContainersService, SystemService
@@ -99,6 +100,7 @@ def build_daemon(config: Config, channel: Channel) -> Daemon:
         NetworksService(network), volumes,
         ArchiveService(containers, volume_store, volumes, paths.run / "daemon" / "tmp"),
         ExecsService(execs), ContainerOpsService(Operations(containers)), EventsService(bus),
+        BuildsService(containers, paths.daemon_lib / "build-cache.json", paths.run / "daemon" / "builds"),
         RemovalService(containers),
     ]
     return Daemon(records, containers, network, execs, health, services)

@@ -62,7 +62,8 @@ async def import_rootfs(images: ImageManager, src: Path, reference: str | None =
 
 
 async def commit(images: ImageManager, key: str, parent_image: str | None, reference: str | None = None, *,
-                 comment: str = "", author: str = "", config_overrides: dict[str, Any] | None = None) -> str:
+                 comment: str = "", author: str = "", config_overrides: dict[str, Any] | None = None,
+                 created_by: str = "") -> str:
     """``docker commit``: the container's changes as a new gzip layer over its image (none when nothing
     changed), the image recorded as the new one's ``parent`` (docker inspect's Parent)."""
     # A bad name fails before any work, not after the layer is written.
@@ -77,7 +78,9 @@ async def commit(images: ImageManager, key: str, parent_image: str | None, refer
     with images.content.lease() as lease, tempfile.TemporaryDirectory(dir=images.tmp) as td:
         try:
             tar_path = Path(td) / "layer.tar"
-            written = await asyncio.to_thread(images.snapshots.write_diff_tar, key, tar_path, of_container=True)
+            # No key: a build step that changes only the config (no layer, as dockerd's builder).
+            written = key and await asyncio.to_thread(images.snapshots.write_diff_tar, key, tar_path,
+                                                      of_container=True)
             os_name, arch = host_platform()
             now = _now_iso()
             cfg = base_cfg or {"architecture": arch, "os": os_name, "config": {}}
@@ -93,6 +96,7 @@ async def commit(images: ImageManager, key: str, parent_image: str | None, refer
                 cfg["config"] = {**(cfg.get("config") or {}), **config_overrides}
             rootfs = cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
             entry: dict[str, Any] = {"created": now, **({"author": author} if author else {}),
+                                     **({"created_by": created_by} if created_by else {}),
                                      **({"comment": comment} if comment else {})}
             layers = list(base_layers)
             if written:

@@ -194,7 +194,8 @@ class ImagesService(ImagesBase):
         overrides = json.loads(request.config) if request.config else None
         image_id = await commit.commit(
             self.manager, request.snapshot_key, request.parent_image or None, request.reference or None,
-            comment=request.comment, author=request.author, config_overrides=overrides)
+            comment=request.comment, author=request.author, config_overrides=overrides,
+            created_by=request.created_by)
         return CommitImageResponse(id=image_id)
 
     @grpc_errors

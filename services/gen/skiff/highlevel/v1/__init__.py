@@ -230,6 +230,7 @@ class CommitImageRequest(betterproto.Message):
     comment: str = betterproto.string_field(4)
     author: str = betterproto.string_field(5)
     config: bytes = betterproto.bytes_field(6)
+    created_by: str = betterproto.string_field(7)
 
 
 @dataclass(eq=False, repr=False)
