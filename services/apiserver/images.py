@@ -43,11 +43,14 @@ async def list_(request: web.Request) -> web.Response:
             bounds[key] = (await call(stub.inspect(hl.InspectImageRequest(reference=value)))).image.created
     images = list(reply.images)
     shown = filter_images(images, filters, show_all=flag(request, "all"), parents=parents_of(images), **bounds)
+    # dockerd names a nameless image <none> for clients older than API 1.43, empty lists after.
+    wanted = request.match_info.get("api_version")
+    use_none = wanted is not None and tuple(int(x) for x in wanted.split(".")) < (1, 43)
     out = []
     for image in shown:
         body = image_summary(image)
-        if not image.repo_tags and not image.repo_digests:
-            body["RepoTags"], body["RepoDigests"] = ["<none>:<none>"], ["<none>@<none>"]  # as dockerd lists one
+        if use_none and not image.repo_tags and not image.repo_digests:
+            body["RepoTags"], body["RepoDigests"] = ["<none>:<none>"], ["<none>@<none>"]
         out.append(body)
     return web.json_response(out)
 
