@@ -224,8 +224,10 @@ async def _next_sample(stub: ContainerOpsStub, container: str) -> StatsSample:
     return await call(stub.stats(ContainerRef(id=container)))
 
 
-def _payload(entry: LogEntry, timestamps: bool) -> bytes:
-    return (entry.time.encode() + b" " + entry.data) if timestamps else entry.data
+def _payload(entry: LogEntry, timestamps: bool, details: bool) -> bytes:
+    # dockerd: the time, then (details) the entry's attributes and a space, then the line.
+    data = b" " + entry.data if details else entry.data
+    return (entry.time.encode() + b" " + data) if timestamps else data
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
@@ -234,7 +236,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("Bad parameters: you must choose at least one stream")
     tail_text = request.query.get("tail", "all")
     tail = -1 if tail_text in ("", "all") else int_query(request, "tail", -1)
-    timestamps = flag(request, "timestamps")
+    timestamps, details = flag(request, "timestamps"), flag(request, "details")
     since = since_ns(request.query.get("since"), "since") / 1e9
     until = since_ns(request.query.get("until"), "until") / 1e9
     containers = backend(request).containers
@@ -260,7 +262,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
                         break
                     if since and at < since:
                         continue
-                data = _payload(entry, timestamps)
+                data = _payload(entry, timestamps, details)
                 await response.write(data if tty else frame(entry.stream, data))
     await response.write_eof()
     return response

@@ -132,7 +132,8 @@ class ContainerRecords:
         chosen: list[Container] = []
         for entry in self.entries.values():
             record = entry.record
-            if not all_ and not entry.running and not filters.status:
+            # dockerd: a limit (ps -n, ps -l) counts stopped containers too.
+            if not all_ and limit <= 0 and not entry.running and not filters.status:
                 continue
             if filters.id and not any(record.id.startswith(i) for i in filters.id):
                 continue

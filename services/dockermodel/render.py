@@ -26,11 +26,17 @@ def _network_mode(host: HostConfig) -> str:
 
 
 def _status_text(c: Container) -> str:
+    """dockerd's State.String(): a paused container is "Up ... (Paused)", a restarting one tells its last exit."""
     state = c.state
-    if state.status == State.RUNNING:
-        return f"Up {human_duration(time.time() - parse_time(state.started_at))}{status_suffix(c)}"
+    if state.status in (State.RUNNING, State.PAUSED):
+        up = f"Up {human_duration(time.time() - parse_time(state.started_at))}"
+        return f"{up} (Paused)" if state.status == State.PAUSED else up + status_suffix(c)
+    if state.status == State.RESTARTING:
+        return f"Restarting ({state.exit_code}) {human_duration(time.time() - parse_time(state.finished_at))} ago"
     if state.status == State.EXITED:
         return f"Exited ({state.exit_code}) {human_duration(time.time() - parse_time(state.finished_at))} ago"
+    if state.status == State.REMOVING:
+        return "Removal In Progress"
     return STATUS_NAMES.get(state.status, "created").capitalize()
 
 
@@ -45,7 +51,7 @@ def summary_fixed(c: Container) -> dict[str, Any]:
         "Id": c.id,
         "Image": c.image_ref,
         "ImageID": c.image_id,
-        "Command": " ".join(_inspect_path_args(c)),
+        "Command": _command_text(_inspect_path_args(c)),
         "Created": int(parse_time(c.created)),
         "Labels": dict(c.config.labels),
         "HostConfig": {"NetworkMode": networks.network_mode(c)},
@@ -62,6 +68,11 @@ def summary_changing(c: Container) -> dict[str, Any]:
         "Status": _status_text(c),
         "NetworkSettings": {"Networks": networks.summary_networks(c)},
     }
+
+
+def _command_text(path_args: list[str]) -> str:
+    """The list's Command as dockerd writes it: an argument with a space in single quotes."""
+    return " ".join(f"'{a}'" if " " in a else a for a in path_args)
 
 
 def _inspect_path_args(c: Container) -> list[str]:
@@ -162,7 +173,7 @@ def container_inspect(c: Container) -> dict[str, Any]:
             "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint_set else None,
             "OnBuild": None,
             "Labels": dict(cfg.labels),
-            "ExposedPorts": {p: {} for p in cfg.exposed_ports} or None,
+            **({"ExposedPorts": {p: {} for p in cfg.exposed_ports}} if cfg.exposed_ports else {}),  # omitempty
             **({"StopSignal": cfg.stop_signal} if cfg.stop_signal else {}),
             **({"StopTimeout": cfg.stop_timeout} if cfg.stop_timeout >= 0 else {}),
             **({"Healthcheck": check} if (check := healthcheck_json(cfg.healthcheck)) is not None else {}),
