@@ -185,13 +185,17 @@ class ImagesService(ImagesBase):
                 # has ended before its exit reaches the record): dockerd commits a stopped container as is.
                 if not await _exit_reported(entry, EXIT_REPORT_GRACE):
                     raise
-        config = commit_config(container_inspect(record)["Config"], json.loads(request.config or b"{}"))
+        container_config = container_inspect(record)["Config"]
+        config = commit_config(container_config, json.loads(request.config or b"{}"))
+        # dockerd's history line for a commit: the container's command.
+        created_by = " ".join(container_config.get("Cmd") or [])
         try:
             # The snapshot key is the container id (containers.py prepares it so).
             with self.manager.changing_images():
                 reply = await call(self.images.commit(hl.CommitImageRequest(
                     snapshot_key=record.id, parent_image=record.image_id, reference=request.reference,
-                    comment=request.comment, author=request.author, config=json.dumps(config).encode())))
+                    comment=request.comment, author=request.author, config=json.dumps(config).encode(),
+                    created_by=created_by)))
             self.manager.emit("commit", entry, {"comment": request.comment, "imageID": reply.id,
                                                 "imageRef": request.reference})
             return reply

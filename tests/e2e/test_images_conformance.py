@@ -143,6 +143,7 @@ def test_commit_records_its_parent(client: docker.DockerClient) -> None:
     # docker history: the image's own row, then its parent's (with the parent's tags), then <missing>.
     rows = client.api.history(res["Id"])
     assert rows[0]["Id"] == res["Id"] and rows[0]["Tags"] is None and rows[0]["Comment"] == "first commit"
+    assert rows[0]["CreatedBy"] == "touch /test"  # the container's command, as dockerd writes it
     assert rows[1]["Id"] == busybox.id and rows[1]["Tags"] == ["busybox:latest"]
     assert all(r["Id"] == "<missing>" for r in rows[2:])
     # A commit of the commit: a chain of parents, each row its image's id.
