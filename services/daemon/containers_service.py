@@ -11,6 +11,7 @@ from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, grpc_errors
 from services.daemon.containers import ContainerManager
 from services.daemon.hostopts import prepare
+from services.daemon.links import link_names
 from services.daemon.summaries import Summaries
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
@@ -92,7 +93,8 @@ class ContainersService(ContainersBase):
     @grpc_errors
     async def list_summaries(self, list_request: ListRequest) -> ListSummariesResponse:
         r = list_request
-        return ListSummariesResponse(json=self.summaries.render(self.records.list(r.all, r.filters, r.limit)))
+        return ListSummariesResponse(json=self.summaries.render(self.records.list(r.all, r.filters, r.limit),
+                                                                link_names(self.records)))
 
     @grpc_errors
     async def inspect(self, container_ref: ContainerRef) -> Container:

@@ -73,7 +73,7 @@ def _check_memory(config: ContainerConfig, warnings: list[str]) -> None:
 def _check_engine(config: ContainerConfig, warnings: list[str]) -> None:
     host = config.host
     # host.runtime is defaulted and checked against daemon.json's runtimes before this
-    # (daemon_config.apply_container_defaults).
+    # (daemon_config.apply_runtime_default).
     if not host.cgroupns_mode:
         # dockerd's default: a namespace of its own on cgroup v2, the host's on v1.
         host.cgroupns_mode = "private" if cgroup_v2() else "host"

@@ -56,6 +56,33 @@ def register(records: ContainerRecords, config: ContainerConfig) -> None:
     config.host.links = list(kept.values())
 
 
+def link_names(records: ContainerRecords) -> dict[str, list[str]]:
+    """dockerd's name registry: a linked container is also named ``/<parent>/<alias>`` (docker ps lists it)."""
+    found: dict[str, list[str]] = {}
+    for entry in records.entries.values():
+        config = entry.record.config
+        if not config.host.links or not legacy(config):
+            continue
+        for link in config.host.links:
+            name, alias = parse(link)
+            child = records.names.get(name)
+            if child is not None:
+                found.setdefault(child, []).append(f"/{entry.record.name}/{alias}")
+    return found
+
+
+def parents(records: ContainerRecords, child: Container) -> list[Container]:
+    """The running containers that link ``child``: their hosts entry for it follows its address (dockerd's
+    OptionParentUpdate when the child joins the bridge again)."""
+    found = []
+    for entry in records.entries.values():
+        config = entry.record.config
+        if entry.running and config.host.links and legacy(config) and \
+                any(parse(link)[0] == child.name for link in config.host.links):
+            found.append(entry.record)
+    return found
+
+
 def _bridge_ip(record: Container) -> str:
     for ep in record.network_settings.endpoints:
         if ep.network_name == BRIDGE:
@@ -76,7 +103,9 @@ def _children(records: ContainerRecords, record: Container, strict: bool = True)
             if not strict:
                 continue
             raise Conflict(f"Cannot link to a non running container: /{name} AS {full}") from None
-        if not strict and not (child.running and _bridge_ip(child.record)):
+        if not strict:
+            if _bridge_ip(child.record):  # on the bridge now (a child starting has its address before it runs)
+                found.append((alias, child.record))
             continue
         if not child.running:
             raise Conflict(f"Cannot link to a non running container: /{child.record.name} AS {full}")

@@ -521,6 +521,9 @@ class Networking:
     async def _refresh_peers(self, record: Container) -> None:
         for ep in record.network_settings.endpoints:
             await self._refresh_network(ep.network_id)
+        for parent in legacy_links.parents(self.containers, record):  # their hosts entry for its new address
+            with contextlib.suppress(OSError):
+                await self._refresh_own(parent)
 
     async def _refresh_network(self, network_id: str) -> None:
         net = self.networks.get(network_id)

@@ -24,7 +24,8 @@ class Summaries:
     def __init__(self) -> None:
         self._fixed: dict[int, tuple[Container, dict[str, Any]]] = {}
 
-    def render(self, records: Iterable[Container]) -> bytes:
+    def render(self, records: Iterable[Container], more_names: dict[str, list[str]] | None = None) -> bytes:
+        """``more_names``: by container id, names beside its own (legacy links' ``/<parent>/<alias>``)."""
         entries = []
         seen = set()
         for record in records:
@@ -34,7 +35,10 @@ class Summaries:
             if kept is None or kept[0] is not record:
                 kept = (record, summary_fixed(record))
                 self._fixed[key] = kept
-            entries.append(container_summary(record, kept[1]))
+            entry = container_summary(record, kept[1])
+            if more_names and record.id in more_names:
+                entry["Names"] = [*entry["Names"], *more_names[record.id]]
+            entries.append(entry)
         if len(self._fixed) > 2 * len(seen) + 64:
             # Removed containers' entries go (the records kept alive here would otherwise grow forever).
             for key in [k for k in self._fixed if k not in seen]:

@@ -184,14 +184,3 @@ def _link_json(own_name: str, link: str) -> str:
     name = name.strip("/")
     return f"/{name}:/{own_name}/{(alias or name).strip('/')}"
 
-
-def link_names(c: Container, others: dict[str, Container]) -> list[str]:
-    """The extra ``Names`` dockerd lists for a linked container: ``/<parent>/<alias>`` per legacy link
-    to it (``others`` by name)."""
-    found = []
-    for parent in others.values():
-        for link in parent.config.host.links:
-            name, _, alias = link.partition(":")
-            if name.strip("/") in (c.name, c.id) or (len(name) >= 12 and c.id.startswith(name)):
-                found.append(f"/{parent.name}/{(alias or name).strip('/')}")
-    return found

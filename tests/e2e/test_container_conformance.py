@@ -248,9 +248,22 @@ def test_legacy_links(client: docker.DockerClient) -> None:
     hosts = [line.split() for line in out.split("---")[1].splitlines()]
     assert [child_ip, "my-db", child.id[:12], "db-server"] in hosts, hosts
     assert api.inspect_container(parent.id)["HostConfig"]["Links"] == ["/db-server:/web/my-db"]
+    names = {c["Id"]: c["Names"] for c in api.containers(all=True)}
+    assert names[child.id] == ["/db-server", "/web/my-db"] and names[parent.id] == ["/web"]
+
+    # The child back on the bridge at another address: the parent's hosts entry follows it.
+    child.stop(timeout=0)
+    filler = client.containers.run("busybox", ["sleep", "300"], detach=True)
+    child.start()
+    new_ip = api.inspect_container(child.id)["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    assert new_ip != child_ip
+    hosts_path = Path(api.inspect_container(parent.id)["HostsPath"])
+    wait_for(lambda: f"{new_ip}\tmy-db " in hosts_path.read_text(), what="the parent's hosts entry moved")
+    filler.remove(force=True)
 
     api.remove_container("web/my-db", link=True)
     assert api.inspect_container(parent.id)["HostConfig"]["Links"] is None
+    assert {c["Id"]: c["Names"] for c in api.containers(all=True)}[child.id] == ["/db-server"]
     assert {c["Id"] for c in api.containers(all=True)} == {child.id, parent.id}
     with pytest.raises(docker.errors.NotFound):
         api.remove_container("web/my-db", link=True)
