@@ -23,6 +23,7 @@ from services.common.errors import (
     AlreadyExists,
     Conflict,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     NotSupported,
@@ -146,6 +147,13 @@ class ContainerManager:
                 log.warning("removing the task of an unfinished start", id=entry.record.id)
                 with contextlib.suppress(SkiffError):
                     await call(self.tasks.delete(hl.DeleteTaskRequest(id=entry.record.id, force=True)))
+        # A create cut short by a crash (the daemon killed between highlevel's Prepare and the record's
+        # save) left a container snapshot (keyed by the 64-hex id) that no record owns: it goes.
+        for snap in (await call(self.snapshots.list(hl.ListSnapshotsRequest()))).snapshots:
+            if len(snap.key) == 64 and snap.key not in self.entries and all(c in "0123456789abcdef" for c in snap.key):
+                log.warning("removing the snapshot of an unfinished create", id=snap.key)
+                with contextlib.suppress(SkiffError):
+                    await call(self.snapshots.remove(hl.SnapshotKeyRequest(key=snap.key)))
 
     def emit(self, action: str, entry: Entry, attrs: dict[str, str] | None = None) -> None:
         for sink in self.sinks:
@@ -291,6 +299,10 @@ class ContainerManager:
                 if cfg.host.auto_remove:
                     # Docker's --rm: a container that cannot start goes too (the CLI waits for its removal).
                     self._spawn(self._auto_remove(record.id))
+                if isinstance(exc, FailedPrecondition):
+                    # The apiserver answers 304 "already started" to FailedPrecondition: a task that
+                    # could not start (its shim died under it) is a failed start, a 500 as dockerd's.
+                    raise Internal(f"cannot start container {record.id}: {exc.message}") from exc
                 raise
             record.state = ContainerState(status=State.RUNNING, pid=started.pid, started_at=now_rfc3339(),
                                           finished_at=record.state.finished_at)
