@@ -124,6 +124,9 @@ class Snapshotter:
         # A temporary folder from an unpack interrupted by a crash is never referenced.
         for stale in self.base.glob("tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        # The metadata's temporary file of a highlevel killed mid-write (common/atomic.py's name for it).
+        for stale in root.glob(f".{self._meta_path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     # -- metadata ---------------------------------------------------------------------------------
     def _load(self) -> None:
