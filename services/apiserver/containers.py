@@ -301,7 +301,10 @@ async def attach(request: web.Request) -> web.StreamResponse:
     response = await hijack(request, tty)
     if logs:
         await _attach_logs(response, containers, record.id, stdout, stderr, tty)
-    if live is None:
+    if live is None or (parser is None and not (stdout or stderr)):
+        # Nothing to stream (a stopped container, or no output asked for and no stdin to take): done, as dockerd.
+        if live is not None:
+            await live.aclose()  # type: ignore[attr-defined]
         await response.write_eof()
         return response
     # The client's input goes to the container's stdin, closed at its end with StdinOnce (not on a terminal).

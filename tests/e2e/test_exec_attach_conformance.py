@@ -182,6 +182,17 @@ def test_attach_stdin_only_and_detach_keys(client: docker.DockerClient, stack: S
         assert b"read escape sequence" in run.stdout + run.stderr, (run.stdout, run.stderr)
         assert api.inspect_container(box)["State"]["Running"] is True
     api.remove_container(box, force=True)
+    # Without OpenStdin, stdin alone gives nothing to stream: the answer ends at once, as dockerd's.
+    closed = api.create_container("busybox", ["sleep", "300"])
+    api.start(closed)
+    sock = _raw(api.attach_socket(closed, {"stdin": True, "stream": True}))
+    try:
+        sock.settimeout(10)
+        assert sock.recv(1) == b""
+    finally:
+        sock.close()
+    assert api.inspect_container(closed)["State"]["Running"] is True
+    api.remove_container(closed, force=True)
 
 
 def test_exec_of_missing_binary_runs_with_126(client: docker.DockerClient, stack: Stack) -> None:
