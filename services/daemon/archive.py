@@ -99,7 +99,10 @@ def source_root(rootfs: str, points: list[MountPoint], path: str) -> tuple[str, 
     """What docker cp reads for ``path``: the root that holds it and its components there (the
     last one not followed: a symlink is copied as a link, as Docker does)."""
     base, rest = _base(rootfs, points, container_path(rootfs, points, path, False))
-    return base, [c for c in rest.split("/") if c]
+    parts = [c for c in rest.split("/") if c]
+    if not parts and not os.path.isdir(base):  # a file mounted by itself (-v /host/file:/x, /etc/hosts)
+        return os.path.dirname(base), [os.path.basename(base)]
+    return base, parts
 
 
 def container_path(rootfs: str, points: list[MountPoint], path: str, follow_last: bool) -> str:
@@ -134,11 +137,11 @@ def container_path(rootfs: str, points: list[MountPoint], path: str, follow_last
     return current
 
 
-def path_stat(host: str, name: str) -> PathStat:
+def path_stat(host: str, name: str, container: str) -> PathStat:
     try:
         st = os.lstat(host)
     except FileNotFoundError:
-        raise NotFound(f"Could not find the file {name} in container") from None
+        raise NotFound(f"Could not find the file {name} in container {container}") from None
     link = os.readlink(host) if stat.S_ISLNK(st.st_mode) else ""
     mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(st.st_mtime)) + "Z"
     return PathStat(name=posixpath.basename(name.rstrip("/")) or "/", size=st.st_size, mode=go_mode(st.st_mode),
@@ -193,21 +196,27 @@ class ArchiveService(ArchiveBase):
 
     def _where(self, ref: str) -> tuple[str, list[MountPoint]]:
         record = self.manager.get(ref).record
-        return record.rootfs, list(record.mount_points)
+        # The engine's /etc/hosts, /etc/hostname and /etc/resolv.conf are bind-mounted over the image's:
+        # docker cp reads and writes the container's own, as dockerd does.
+        s = record.network_settings
+        files = {"/etc/hosts": s.hosts_path, "/etc/hostname": s.hostname_path, "/etc/resolv.conf": s.resolv_conf_path}
+        network_files = [MountPoint(type="bind", source=source, destination=dest, rw=True)
+                         for dest, source in files.items() if source and os.path.exists(source)]
+        return record.rootfs, [*network_files, *record.mount_points]
 
     @grpc_errors
     async def stat(self, archive_path_request: ArchivePathRequest) -> PathStat:
         r = archive_path_request
         rootfs, points = self._where(r.id)
         host = await asyncio.to_thread(resolve, rootfs, points, r.path, False)
-        return await asyncio.to_thread(path_stat, host, r.path)
+        return await asyncio.to_thread(path_stat, host, r.path, r.id)
 
     @grpc_errors
     async def get(self, archive_path_request: ArchivePathRequest) -> AsyncIterator[ArchiveChunk]:
         r = archive_path_request
         rootfs, points = self._where(r.id)
         host = await asyncio.to_thread(resolve, rootfs, points, r.path, False)
-        info = await asyncio.to_thread(path_stat, host, r.path)
+        info = await asyncio.to_thread(path_stat, host, r.path, r.id)
         # "dir/." copies the folder's content: its entries are named from the folder itself.
         arcname = "." if r.path.endswith("/.") else info.name
         root, parts = await asyncio.to_thread(source_root, rootfs, points, r.path)

@@ -34,9 +34,10 @@ from services.common.grpc import call, client_errors
 from services.common.paths import Paths
 from services.daemon import logdrivers
 from services.daemon import logs as logfile
+from services.daemon.create_settle import make_workdir, settle_config, tagged
 from services.daemon.hostopts import start_context
 from services.daemon.records import ContainerRecords, Entry, now_rfc3339
-from services.daemon.spec import NetworkAttachment, build_spec, image_keys, merge_env, render_spec
+from services.daemon.spec import NetworkAttachment, build_spec, image_keys, render_spec
 from services.dockermodel.health import merge_image_healthcheck
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
@@ -208,6 +209,8 @@ class ContainerManager:
     async def create(self, name: str, config: ContainerConfig) -> Container:
         if not config.image:
             raise InvalidArgument("config.Image is required")
+        if config.stop_signal:
+            parse_signal(config.stop_signal)  # dockerd refuses an unknown one at create: "Invalid signal: X"
         await self.network.validate(config)
         container_id = secrets.token_hex(32)
         name = self.records.reserve_name(name, container_id)
@@ -217,7 +220,7 @@ class ContainerManager:
                 image = await self._image(config.image)
             except NotFound:
                 # Docker's answer: the client pulls (the CLI and docker-py do) and creates again.
-                raise NotFound(f"No such image: {config.image}") from None
+                raise NotFound(f"No such image: {tagged(config.image)}") from None
             image_config = json.loads(image.config or b"{}").get("config") or {}
             # dockerd's mergeAndVerifyLogConfig: the driver and its option keys (values are read at start).
             config.host.log_driver = logdrivers.check_create(config.host.log_driver, dict(config.host.log_opts))
@@ -231,11 +234,8 @@ class ContainerManager:
             # Built to check the settings now (a 400 for the create, not a failed start) and for the argv
             # inspect shows; each start renders its own (render_spec), nothing of it is stored.
             spec = await asyncio.to_thread(build_spec, container_id, image_config, config, rootfs)
-            # Docker's inspect shows Config.Env merged with the image's, and the image's labels too.
-            config.env = merge_env(list(image_config.get("Env") or []), list(config.env))
-            image_labels = image_config.get("Labels") or {}
-            if image_labels:
-                config.labels = {**{str(k): str(v) for k, v in image_labels.items()}, **dict(config.labels)}
+            await asyncio.to_thread(make_workdir, rootfs, config.working_dir or image_config.get("WorkingDir") or "")
+            settle_config(config, image_config)
             config.healthcheck = merge_image_healthcheck(config.healthcheck, image_config)  # dockerd's merge
             points = await self.mounts.resolve(config, image_config, rootfs)
             record = Container(

@@ -44,6 +44,9 @@ from services.gen.skiff.daemon.v1 import (
     PortBinding,
 )
 
+# The drivers dockerd has built in (Skiff serves bridge, host and null); any other name is a plugin's.
+DOCKER_DRIVERS = ("bridge", "host", "null", "overlay", "macvlan", "ipvlan")
+
 log = structlog.get_logger(service="daemon")
 
 BRIDGE_NAME_ENV = "SKIFF_BRIDGE_NAME"
@@ -222,6 +225,8 @@ class Networking:
             raise InvalidArgument("invalid name: name is empty")  # any other name is fine (dockerd)
         want = ipamconfig.parse(r, r.ipam_driver)
         if r.driver not in ("", "bridge"):
+            if r.driver not in DOCKER_DRIVERS:  # dockerd looks an unknown driver up as a plugin
+                raise NotFound(f'plugin "{r.driver}" not found')
             raise InvalidArgument(f"network driver {r.driver} is not supported (bridge only)")
         async with self.lock:
             if any(n.name == r.name for n in self.networks.values()):

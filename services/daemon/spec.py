@@ -135,6 +135,12 @@ def merge_env(image_env: list[str], env: list[str]) -> list[str]:
     return list(merged.values())
 
 
+def config_env(image_env: list[str], env: list[str]) -> list[str]:
+    """Config.Env as dockerd stores it: the container's own, then each of the image's it does not set."""
+    keys = {item.split("=", 1)[0] for item in env}
+    return [*env, *(item for item in image_env if item.split("=", 1)[0] not in keys)]
+
+
 def resolve_args(image_config: dict[str, Any], config: ContainerConfig) -> list[str]:
     """Docker's rule: an explicit entrypoint drops the image's cmd unless a cmd is given too."""
     if config.entrypoint_set:
