@@ -334,3 +334,30 @@ def test_cache_from_limits_reuse_to_the_images_named(stack: Stack, client: docke
     assert reused.returncode == 0 and reused.stdout.count("Using cache") == 2
     elsewhere = cli(stack, "build", "--cache-from", "busybox", str(ctx), buildkit="0")
     assert elsewhere.returncode == 0 and "Using cache" not in elsewhere.stdout
+
+
+def test_base_image_pulled_from_the_loopback_registry_and_builder_prune_cli(
+        stack: Stack, client: docker.DockerClient, tmp_path: Path) -> None:
+    from tests.support.registry import REGISTRY_BIN, run_registry
+
+    if not REGISTRY_BIN.exists():
+        pytest.skip("docker-registry not installed")
+    with run_registry(tmp_path / "registry") as reg:
+        base = f"{reg.host}:{reg.port}/build/base:1"
+        assert cli(stack, "tag", "busybox", base).returncode == 0
+        assert cli(stack, "push", base).returncode == 0, "push"
+        assert cli(stack, "rmi", base).returncode == 0
+        ctx = make_context(tmp_path / "ctx", {"Dockerfile": f"FROM {base}\nRUN echo pulled > /p\n"})
+        first = cli(stack, "build", "-t", "from-registry", str(ctx), buildkit="0")
+        assert first.returncode == 0, first.stderr
+        assert f"Pulling {base}" in first.stdout
+        assert client.images.get(base)
+        again = cli(stack, "build", "--pull", "-t", "from-registry", str(ctx), buildkit="0")
+        assert again.returncode == 0 and f"Pulling {base}" in again.stdout and "Using cache" in again.stdout
+    df = cli(stack, "system", "df")
+    assert "Build Cache" in df.stdout
+    pruned = cli(stack, "builder", "prune", "-f")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "Total" in pruned.stdout
+    assert client.df()["BuildCache"] == []
+    assert client.containers.run("from-registry", ["cat", "/p"], remove=True) == b"pulled\n"

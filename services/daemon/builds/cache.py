@@ -32,6 +32,7 @@ class BuildCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, CacheEntry] = {}
+        self.dirty = False  # steps added or forgotten since the last save (uses alone are not kept)
         if path.exists():
             try:
                 raw = json.loads(path.read_text())
@@ -47,12 +48,17 @@ class BuildCache:
         return entry
 
     def forget(self, key: str) -> None:
-        self.entries.pop(key, None)
+        if self.entries.pop(key, None) is not None:
+            self.dirty = True
 
     def put(self, key: str, image: str, parent: str, description: str) -> None:
         now = time.time()
         self.entries[key] = CacheEntry(image, parent, description, now, now)
+        self.dirty = True
 
     def save(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps({k: asdict(v) for k, v in self.entries.items()}).encode(), durable=False)

@@ -27,13 +27,14 @@ class Context:
     patterns: list[ignore.Pattern] = field(default_factory=list)
 
 
+COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
 def _is_tar(path: Path) -> bool:
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            tf.next()
-        return True
-    except (tarfile.TarError, EOFError, OSError):
-        return False
+    """A tar (ustar magic at 257) or a compressed stream (tarfile tells later if it holds no tar)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    return head.startswith(COMPRESSED) or head[257:262] == b"ustar"
 
 
 def receive(body: Path, root: Path, dockerfile: str) -> Context:

@@ -101,11 +101,15 @@ class BuildsService(BuildsBase):
             received = time.perf_counter()
             build = Build(self.manager, self.cache, options, ctx, folder / "scratch", emit)
             image = await build.run()
-            log.info("built", image=image, context_s=round(received - started, 4),
-                     steps_s=round(time.perf_counter() - received, 4))
+            stepped = time.perf_counter()
+            named = set(build.existing[image].repo_tags) if build.existing and image in build.existing else set()
             for tag in options.tags:
+                if _tag_name(tag) in named:
+                    continue  # a cached rebuild's image has its names already
                 with self.manager.changing_images():
                     await call(self.manager.images.tag(hl.TagImageRequest(source=image, target=tag)))
+            log.info("built", image=image, context_s=round(received - started, 4),
+                     steps_s=round(stepped - received, 4), tags_s=round(time.perf_counter() - stepped, 4))
             queue.put_nowait(BuildMessage(image_id=image))
             if options.quiet:
                 await emit(image + "\n")
