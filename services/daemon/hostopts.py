@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.common.errors import Conflict, Internal, InvalidArgument, NotFound
 from services.daemon import links
-from services.gen.skiff.daemon.v1 import ContainerConfig, MountSpec, State
+from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig, MountSpec, State
 
 if TYPE_CHECKING:
     from services.daemon.records import ContainerRecords
@@ -132,25 +132,39 @@ class StartContext:
     """What a start's spec takes from other containers."""
 
     pid_path: str = ""  # the pid namespace to join (PidMode container:<ref>)
+    ipc_path: str = ""  # the ipc namespace to join (IpcMode container:<ref>)
     link_env: Sequence[str] = ()  # legacy links' variables
+
+
+def _running_donor(records: ContainerRecords, ref: str, what: str) -> Container:
+    """The running container whose namespace a start joins (dockerd's getPidContainer/getIpcContainer)."""
+    try:
+        other = records.get(ref)
+    except NotFound:
+        raise NotFound(f"{what}: No such container: {ref}") from None
+    if other.record.state.status == State.RESTARTING:
+        raise Conflict(f"{what}: Container {other.record.id} is restarting, wait until the container is running")
+    if not other.running or not other.record.state.pid:
+        raise Conflict(f"{what}: container {other.record.id} is not running")
+    return other.record
 
 
 def start_context(records: ContainerRecords, record: Container) -> StartContext:
     """At a start, after networking: the namespaces to join and the links' variables."""
-    pid_path = ""
-    mode = record.config.host.pid_mode
-    if mode.startswith("container:"):
-        ref = mode.partition(":")[2]
-        try:
-            other = records.get(ref)
-        except NotFound:
-            raise NotFound(f"cannot join PID of a non running container: {ref}") from None
-        if other.record.state.status == State.RESTARTING:
-            raise Conflict(f"Container {other.record.id} is restarting, wait until the container is running")
-        if not other.running or not other.record.state.pid:
-            raise Conflict(f"container {other.record.id} is not running")
-        pid_path = f"/proc/{other.record.state.pid}/ns/pid"
-    return StartContext(pid_path=pid_path, link_env=tuple(links.environment(records, record)))
+    host = record.config.host
+    pid_path = ipc_path = ""
+    if host.pid_mode.startswith("container:"):
+        ref = host.pid_mode.partition(":")[2]
+        donor = _running_donor(records, ref, f"cannot join PID of a non running container: {ref}")
+        pid_path = f"/proc/{donor.state.pid}/ns/pid"
+    if host.ipc_mode.startswith("container:"):
+        ref = host.ipc_mode.partition(":")[2]
+        donor = _running_donor(records, ref, f"can't join IPC of container {ref}")
+        if donor.config.host.ipc_mode not in ("shareable", "host"):
+            raise Conflict(f"can't join IPC of container {ref}: non-shareable IPC (hint: use IpcMode:shareable "
+                           "for the donor container)")
+        ipc_path = f"/proc/{donor.state.pid}/ns/ipc"
+    return StartContext(pid_path=pid_path, ipc_path=ipc_path, link_env=tuple(links.environment(records, record)))
 
 
 def _device_rule(rule: str) -> dict[str, Any]:
@@ -164,7 +178,7 @@ def apply_spec(spec: dict[str, Any], config: ContainerConfig, context: StartCont
     """These options into a built spec (``context`` None at create: nothing to join yet)."""
     host = config.host
     linux = spec["linux"]
-    namespaces = [n for n in linux["namespaces"] if n["type"] not in ("pid", "uts", "cgroup")]
+    namespaces = [n for n in linux["namespaces"] if n["type"] not in ("pid", "uts", "cgroup", "ipc")]
     if host.pid_mode.startswith("container:"):
         if context is not None and context.pid_path:
             namespaces.append({"type": "pid", "path": context.pid_path})
@@ -176,11 +190,23 @@ def apply_spec(spec: dict[str, Any], config: ContainerConfig, context: StartCont
         namespaces.append({"type": "uts"})
     if host.cgroupns_mode != "host":
         namespaces.append({"type": "cgroup"})
+    if host.ipc_mode.startswith("container:"):
+        if context is not None and context.ipc_path:
+            namespaces.append({"type": "ipc", "path": context.ipc_path})
+    elif host.ipc_mode != "host":
+        namespaces.append({"type": "ipc"})
     linux["namespaces"] = namespaces
+    _shm(spec, host)
+    if host.oom_score_adj:
+        spec["process"]["oomScoreAdj"] = host.oom_score_adj
     resources = linux["resources"]
     if host.device_cgroup_rules and not host.privileged:
         resources["devices"] = [*resources["devices"], *(_device_rule(r) for r in host.device_cgroup_rules)]
     memory = resources.get("memory") or {}
+    if host.memory_reservation:
+        memory["reservation"] = host.memory_reservation
+    if host.oom_kill_disable:
+        memory["disableOOMKiller"] = True
     if host.memory_swap and _swap_limit():
         memory["swap"] = host.memory_swap
     if host.memory_swappiness_set:
@@ -196,6 +222,22 @@ def apply_spec(spec: dict[str, Any], config: ContainerConfig, context: StartCont
         resources["cpu"] = cpu
     if context is not None and context.link_env:
         spec["process"]["env"] = _with_link_env(spec["process"]["env"], context.link_env)
+
+
+def _shm(spec: dict[str, Any], host: HostConfig) -> None:
+    """/dev/shm as IpcMode and ShmSize want it: the host's (host), none (none), else the engine's tmpfs
+    sized ShmSize. A user's own mount at /dev/shm stays as it is."""
+    mounts = spec.get("mounts") or []
+    ours = next((m for m in mounts if m.get("destination") == "/dev/shm" and m.get("source") == "shm"), None)
+    if ours is None:
+        return
+    if host.ipc_mode == "none":
+        mounts.remove(ours)
+    elif host.ipc_mode == "host":
+        ours.update(type="bind", source="/dev/shm", options=["rbind", "rprivate"])
+    elif host.shm_size:
+        size = f"size={host.shm_size // 1024}k" if host.shm_size % 1024 == 0 else f"size={host.shm_size}"
+        ours["options"] = [o for o in ours["options"] if not o.startswith("size=")] + [size]
 
 
 def _with_link_env(env: list[str], link_env: Sequence[str]) -> list[str]:

@@ -15,6 +15,7 @@ from services.gen.skiff.daemon.v1 import Container, HostConfig
 DEVICE_RULE_RE = re.compile(r"^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})$")
 VOLUMES_FROM_MODES = ("", "ro", "rw", "z", "Z")
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
+MIN_MEMORY = 6 * 1024 * 1024  # dockerd's linuxMinMemory
 # What a 20.10 engine shows for the paths it masks (inspect echoes them; the spec sets them).
 MASKED = ["/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
@@ -83,6 +84,27 @@ def _any_case(body: dict[str, Any], key: str) -> Any:
     return next((v for k, v in body.items() if isinstance(k, str) and k.lower() == key.lower()), None)
 
 
+def _ipc_shm_oom(host_body: dict[str, Any], host: HostConfig) -> None:
+    """IpcMode, ShmSize, OomScoreAdj, MemoryReservation, OomKillDisable (dockerd's checks)."""
+    host.ipc_mode = _mode(host_body.get("IpcMode"), "IpcMode", ("", "private", "shareable", "host", "none",
+                                                                "container"), "IPC mode")
+    host.shm_size = integer(host_body.get("ShmSize"), "ShmSize")
+    if host.shm_size < 0:
+        raise InvalidArgument("SHM size can not be less than 0")
+    host.oom_score_adj = integer(host_body.get("OomScoreAdj"), "OomScoreAdj", bits=32)
+    if not -1000 <= host.oom_score_adj <= 1000:
+        raise InvalidArgument(f"Invalid value {host.oom_score_adj}, range for oom score adj is [-1000, 1000]")
+    host.memory_reservation = integer(host_body.get("MemoryReservation"), "MemoryReservation")
+    if 0 < host.memory_reservation < MIN_MEMORY:
+        raise InvalidArgument("Minimum memory reservation allowed is 6MB")
+    if host.memory > 0 and host.memory_reservation > host.memory:
+        raise InvalidArgument("Minimum memory limit can not be less than memory reservation limit, see usage")
+    kill_disable = host_body.get("OomKillDisable")
+    if kill_disable is not None and not isinstance(kill_disable, bool):
+        raise InvalidArgument("invalid OomKillDisable: expected a boolean")
+    host.oom_kill_disable = bool(kill_disable)
+
+
 def apply_request(body: dict[str, Any], host_body: dict[str, Any], host: HostConfig) -> None:
     """The create body's fields of this module into ``host``."""
     host.pid_mode = _mode(host_body.get("PidMode"), "PidMode", ("", "host", "container"), "PID mode")
@@ -111,6 +133,7 @@ def apply_request(body: dict[str, Any], host_body: dict[str, Any], host: HostCon
             host.cpu_realtime_runtime > host.cpu_realtime_period:
         raise InvalidArgument("cpu real-time runtime cannot be higher than cpu real-time period")
     host.storage_opt = _string_map(host_body.get("StorageOpt"), "StorageOpt")
+    _ipc_shm_oom(host_body, host)
     host.links = string_list(host_body.get("Links"), "Links", allow_single=False)
     for link in host.links:
         name, _, alias = link.partition(":")
@@ -133,16 +156,16 @@ def inspect_fields(c: Container) -> dict[str, Any]:
         "VolumesFrom": list(host.volumes_from) or None,
         "CgroupnsMode": host.cgroupns_mode,
         "GroupAdd": list(host.group_add) or None,
-        "IpcMode": "private",
+        "IpcMode": host.ipc_mode or "private",
         "Cgroup": "",
         # Legacy links as dockerd renders its link index: "/<child>:/<this container>/<alias>" (none on a
         # user network, where links belong to the endpoint).
         "Links": [_link_json(c.name, link) for link in host.links if _legacy_mode(host)] or None,
-        "OomScoreAdj": 0,
+        "OomScoreAdj": host.oom_score_adj,
         "PidMode": host.pid_mode,
         "UTSMode": host.uts_mode,
         "UsernsMode": "",
-        "ShmSize": DEFAULT_SHM_SIZE,
+        "ShmSize": host.shm_size or DEFAULT_SHM_SIZE,
         "Runtime": host.runtime or "runc",
         "ConsoleSize": [0, 0],
         "Isolation": host.isolation,
@@ -160,10 +183,10 @@ def inspect_fields(c: Container) -> dict[str, Any]:
         "DeviceRequests": None,
         "KernelMemory": 0,
         "KernelMemoryTCP": 0,
-        "MemoryReservation": 0,
+        "MemoryReservation": host.memory_reservation,
         "MemorySwap": host.memory_swap,
         "MemorySwappiness": host.memory_swappiness if host.memory_swappiness_set else None,
-        "OomKillDisable": False,
+        "OomKillDisable": host.oom_kill_disable,
         "CpuCount": 0,
         "CpuPercent": 0,
         "IOMaximumIOps": 0,

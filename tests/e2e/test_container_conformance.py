@@ -118,6 +118,38 @@ def test_namespace_modes_honoured(client: docker.DockerClient) -> None:
     assert _ns(pid_of[shared.id], "cgroup") == _ns(me, "cgroup")
 
 
+def test_ipc_shm_and_oom_options(client: docker.DockerClient) -> None:
+    api = client.api
+    me = os.getpid()
+    shm = client.containers.run("busybox", ["sh", "-c", "grep ' /dev/shm ' /proc/mounts; cat /proc/self/oom_score_adj"],
+                                shm_size="128m", oom_score_adj=500, detach=True)
+    mount, adj = _output(shm).splitlines()
+    assert "size=131072k" in mount and adj == "500"
+    shown = api.inspect_container(shm.id)["HostConfig"]
+    assert shown["ShmSize"] == 128 * 1024 * 1024 and shown["OomScoreAdj"] == 500 and shown["IpcMode"] == "private"
+    host_ipc = client.containers.run("busybox", ["readlink", "/proc/self/ns/ipc"], ipc_mode="host", detach=True)
+    assert _output(host_ipc).strip() == _ns(me, "ipc")
+
+    donor = client.containers.run("busybox", ["sleep", "300"], ipc_mode="shareable", detach=True)
+    joiner = client.containers.run("busybox", ["sleep", "300"], ipc_mode=f"container:{donor.id}", detach=True)
+    pids = [api.inspect_container(c.id)["State"]["Pid"] for c in (donor, joiner)]
+    assert _ns(pids[0], "ipc") == _ns(pids[1], "ipc") != _ns(me, "ipc")
+    private = client.containers.run("busybox", ["sleep", "300"], detach=True)
+    refused = client.containers.create("busybox", "true", ipc_mode=f"container:{private.id}")
+    with pytest.raises(docker.errors.APIError) as caught:
+        refused.start()
+    assert caught.value.status_code == 409 and "non-shareable IPC" in str(caught.value.explanation)
+
+    if not CGROUP_V2:
+        soft = client.containers.run("busybox", ["sleep", "300"], mem_reservation="16m", oom_kill_disable=True,
+                                     detach=True)
+        pid = api.inspect_container(soft.id)["State"]["Pid"]
+        assert _v1_cgroup_file(pid, "memory", "memory.soft_limit_in_bytes").strip() == str(16 * 1024 * 1024)
+        assert "oom_kill_disable 1" in _v1_cgroup_file(pid, "memory", "memory.oom_control")
+        shown = api.inspect_container(soft.id)["HostConfig"]
+        assert shown["MemoryReservation"] == 16 * 1024 * 1024 and shown["OomKillDisable"] is True
+
+
 @pytest.mark.skipif(CGROUP_V2, reason="swappiness and the devices list are cgroup v1 files")
 def test_memory_swap_swappiness_and_device_rules_in_cgroups(client: docker.DockerClient) -> None:
     api = client.api

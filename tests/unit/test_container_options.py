@@ -88,8 +88,8 @@ def test_spec_namespaces_and_resources() -> None:
             "linux": {"namespaces": [{"type": t} for t in ("mount", "uts", "pid", "ipc", "cgroup")],
                       "resources": {"devices": [{"allow": False, "access": "rwm"}]}}}
     apply_spec(spec, config, StartContext(pid_path="/proc/7/ns/pid", link_env=("X_NAME=/a/x", "A=2")))
-    assert spec["linux"]["namespaces"] == [{"type": "mount"}, {"type": "ipc"},
-                                           {"type": "pid", "path": "/proc/7/ns/pid"}]
+    assert spec["linux"]["namespaces"] == [{"type": "mount"}, {"type": "pid", "path": "/proc/7/ns/pid"},
+                                           {"type": "ipc"}]
     assert "hostname" not in spec
     assert spec["linux"]["resources"]["devices"][-1] == {"allow": True, "type": "b", "major": -1, "minor": -1,
                                                          "access": "m"}
@@ -106,3 +106,31 @@ def test_prune_filters() -> None:
     assert not selected(record, ContainerPruneRequest(label=["a=2"]))
     assert not selected(record, ContainerPruneRequest(label_not=["a"]))
     assert selected(record, ContainerPruneRequest(label_not=["a", "c"]))  # excluded only when all match
+
+
+def test_ipc_shm_and_oom_options() -> None:
+    def spec_of(host: dict[str, object], context: StartContext | None = None) -> dict[str, object]:
+        shm = {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "size=65536k"]}
+        spec = {"process": {"env": []}, "mounts": [shm],
+                "linux": {"namespaces": [{"type": "ipc"}], "resources": {"devices": []}}}
+        apply_spec(spec, _config(host), context)
+        return spec
+
+    sized = spec_of({"ShmSize": 128 * 1024 * 1024, "OomScoreAdj": 500, "MemoryReservation": 8 << 20,
+                     "OomKillDisable": True})
+    assert sized["mounts"][0]["options"] == ["nosuid", "size=131072k"]
+    assert sized["process"]["oomScoreAdj"] == 500
+    assert sized["linux"]["resources"]["memory"] == {"reservation": 8 << 20, "disableOOMKiller": True}
+    host = spec_of({"IpcMode": "host"})
+    assert host["mounts"][0]["source"] == "/dev/shm" and {"type": "ipc"} not in host["linux"]["namespaces"]
+    assert spec_of({"IpcMode": "none"})["mounts"] == []
+    joined = spec_of({"IpcMode": "container:x"}, StartContext(ipc_path="/proc/9/ns/ipc"))
+    assert {"type": "ipc", "path": "/proc/9/ns/ipc"} in joined["linux"]["namespaces"]
+    shown = inspect_fields(Container(name="c", config=_config({"ShmSize": 1 << 20, "IpcMode": "shareable"})))
+    assert shown["ShmSize"] == 1 << 20 and shown["IpcMode"] == "shareable" and shown["OomScoreAdj"] == 0
+    for host_body, message in (({"IpcMode": "bogus"}, "invalid IPC mode"), ({"ShmSize": -1}, "SHM size"),
+                               ({"OomScoreAdj": 1001}, "range for oom score adj"),
+                               ({"MemoryReservation": 1024}, "Minimum memory reservation allowed is 6MB"),
+                               ({"Memory": 8 << 20, "MemoryReservation": 16 << 20}, "can not be less than memory")):
+        with pytest.raises(InvalidArgument, match=message):
+            _config(host_body)

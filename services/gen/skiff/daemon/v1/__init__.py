@@ -563,6 +563,11 @@ class HostConfig(betterproto.Message):
         115, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
     links: List[str] = betterproto.string_field(116)
+    ipc_mode: str = betterproto.string_field(117)
+    shm_size: int = betterproto.int64_field(118)
+    oom_score_adj: int = betterproto.int32_field(119)
+    memory_reservation: int = betterproto.int64_field(120)
+    oom_kill_disable: bool = betterproto.bool_field(121)
 
 
 @dataclass(eq=False, repr=False)
