@@ -13,6 +13,7 @@ from services.apiserver import (
     containers_removal,
     images,
     images_auth,
+    metrics,
     networks,
     swarm,
     system,
@@ -33,6 +34,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[versions_and_errors], client_max_size=0)
     channel = Channel(path=str(config.paths.daemon_socket))
     app[BACKEND] = Backend.over(channel, config)
+    metrics.attach(app, config, app[BACKEND].system)  # nothing unless --metrics-addr
 
     async def close_channel(_: web.Application) -> None:
         channel.close()
