@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tlscacert", help="CA certificate that signs the clients' certificates")
     parser.add_argument("--tlscert", help="the server's certificate")
     parser.add_argument("--tlskey", help="the server's key")
+    parser.add_argument("--metrics-addr", metavar="HOST:PORT",
+                        help="serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9323; off by default)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = Config.load(args.root, config_file=args.config_file)
@@ -39,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skiff-apiserver: {exc}", file=sys.stderr)
         return 1
     setup_logging("apiserver", level=args.log_level)
+    if args.metrics_addr:
+        from services.apiserver import metrics
+
+        try:
+            metrics.enable(args.metrics_addr)
+        except (OSError, ValueError) as exc:
+            print(f"skiff-apiserver: --metrics-addr {args.metrics_addr}: {exc}", file=sys.stderr)
+            return 1
     from services.apiserver.server import serve
 
     return asyncio.run(serve(config))
