@@ -6,6 +6,8 @@ import asyncio
 import json
 import socket
 from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +23,7 @@ from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import BuildUsageRequest, Empty, EventsSubscribeRequest, ListRequest, VolumesEmpty
 
 hl = highlevel.v1
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 PING_HEADERS = {
     "Api-Version": system.API_VERSION,
     "Docker-Experimental": "false",
@@ -49,12 +52,37 @@ def _mem_total() -> int:
     return 0
 
 
+def _host_facts() -> dict[str, Any]:
+    """What dockerd's info tells of the host: its cgroup version and the limits its controllers allow,
+    IPv4 forwarding, the time (blocking: read in a thread)."""
+    v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+    if v2:
+        controllers = set((CGROUP_ROOT / "cgroup.controllers").read_text().split())
+        memory, swap, cfs = "memory" in controllers, "memory" in controllers, "cpu" in controllers
+        shares, cpuset, pids = cfs, "cpuset" in controllers, "pids" in controllers
+    else:
+        memory = (CGROUP_ROOT / "memory").is_dir()
+        swap = (CGROUP_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists()
+        cfs = (CGROUP_ROOT / "cpu" / "cpu.cfs_quota_us").exists()
+        shares = (CGROUP_ROOT / "cpu" / "cpu.shares").exists()
+        cpuset, pids = (CGROUP_ROOT / "cpuset").is_dir(), (CGROUP_ROOT / "pids").is_dir()
+    try:
+        forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    except OSError:
+        forwarding = False
+    return {"CgroupVersion": "2" if v2 else "1", "MemoryLimit": memory, "SwapLimit": swap, "CpuCfsPeriod": cfs,
+            "CpuCfsQuota": cfs, "CPUShares": shares, "CPUSet": cpuset, "PidsLimit": pids,
+            "OomKillDisable": memory and not v2, "IPv4Forwarding": forwarding,
+            "SystemTime": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+
+
 async def info(request: web.Request) -> web.Response:
     data = await call(backend(request).system.info(Empty()))
     mem = await asyncio.to_thread(_mem_total)
     # What the daemon has in force (it publishes it at start and at each SIGHUP reload).
     settings = await asyncio.to_thread(daemon_config.read_in_force, backend(request).config.paths)
-    return web.json_response(system.info(data, socket.gethostname(), mem, settings))
+    facts = await asyncio.to_thread(_host_facts)
+    return web.json_response({**system.info(data, socket.gethostname(), mem, settings), **facts})
 
 
 async def disk_usage(request: web.Request) -> web.Response:

@@ -62,6 +62,8 @@ class MountResolver:
         explicit: set[str] = set()
         for spec in config.host.mounts:
             spec = _validate(MountSpec().from_dict(spec.to_dict()))
+            if spec.type == "volume" and not spec.mode:
+                spec.mode = "z"  # dockerd's Mode of a volume named in Binds or Mounts (Config.Volumes': "")
             if spec.target in explicit:
                 raise InvalidArgument(f"Duplicate mount point: {spec.target}")
             explicit.add(spec.target)
@@ -86,7 +88,7 @@ class MountResolver:
                 if not spec.no_copy:
                     populate(Path(volume.mountpoint), rootfs, spec.target)
                 points.append(MountPoint(type="volume", name=volume.name, source=volume.mountpoint,
-                                         destination=spec.target, driver="local", mode=spec.mode or "z",
+                                         destination=spec.target, driver="local", mode=spec.mode,
                                          rw=not spec.read_only, anonymous=volume.anonymous))
             else:
                 options = list(spec.options)

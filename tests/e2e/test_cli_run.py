@@ -42,6 +42,11 @@ def test_cli_run_flags_as_dockerd(stack: Stack, client: docker.DockerClient, tmp
     assert "No such image: nosuchimg:latest" in refused(stack, "run", "--pull", "never", "nosuchimg")
     assert 'plugin "nosuch" not found' in refused(stack, "network", "create", "--driver", "nosuch", "nx")
     assert ok(stack, "ps", "-a", "--format", "{{.Names}}").split() == ["envs"]  # nothing half-made
+    # Mounts' Mode: "z" for a volume named in -v or --mount, "" for Config.Volumes' (-v /path) and binds.
+    ok(stack, "create", "--name", "modes", "-v", "named:/n", "-v", "/anon", "-v", "/tmp:/h",
+       "--mount", "type=volume,dst=/am", "busybox")
+    modes = ok(stack, "inspect", "-f", "{{range .Mounts}}{{.Destination}}={{.Mode}} {{end}}", "modes").split()
+    assert sorted(modes) == ["/am=z", "/anon=", "/h=", "/n=z"], modes
 
 
 def test_cli_cp_engine_files(stack: Stack, client: docker.DockerClient) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import docker
 import pytest
@@ -58,3 +59,17 @@ def test_cli_system_df_shared_size(stack: Stack, client: docker.DockerClient) ->
     # The image is in use: nothing of it is reclaimable (SharedSize known, not -1).
     assert images["Active"] == "1" and images["Reclaimable"] == "0B (0%)", images
     assert [i["SharedSize"] for i in client.api.df()["Images"]] == [0]
+
+
+def test_cli_info_host_facts(stack: Stack, client: docker.DockerClient) -> None:
+    """docker info tells the host's cgroup version and what its controllers allow, as dockerd does."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    shown = ok(stack, "info", "--format", "{{.CgroupVersion}} {{.MemoryLimit}} {{.PidsLimit}} {{.CPUShares}} "
+               "{{json .SecurityOptions}} {{json .Plugins.Network}}").split()
+    assert shown[0] == ("2" if v2 else "1")
+    if not v2 and Path("/sys/fs/cgroup/memory").is_dir():
+        assert shown[1] == "true"
+    if not v2 and Path("/sys/fs/cgroup/pids").is_dir():
+        assert shown[2] == "true"
+    assert shown[4] == '["name=seccomp,profile=default"]' and shown[5] == '["bridge","host","null"]'
+    assert ok(stack, "info", "--format", "{{.SystemTime}}").strip().endswith("Z")
