@@ -3,6 +3,8 @@ daemon's stubs over one channel, and each resource module's routes."""
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from aiohttp import web
 from grpclib.client import Channel
@@ -22,7 +24,7 @@ from services.apiserver import (
 from services.apiserver import exec as exec_api
 from services.apiserver.app import BACKEND, Backend, Routes, versions_and_errors
 from services.apiserver.streams import HijackableAppRunner
-from services.common import api_endpoints
+from services.common import api_endpoints, tls_front
 from services.common.config import Config
 from services.common.service import Listener, Serving, http_probe, listen_tcp, listen_unix, run_service, tcp_probe
 
@@ -57,15 +59,23 @@ async def start(config: Config) -> Serving:
     # Streams (wait, logs -f, attach) may last forever: give them a second, then close them.
     runner = HijackableAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    listeners = await listen_api(runner, config)
+    fronts: list[asyncio.Server] = []
+    listeners = await listen_api(runner, config, fronts)
     log.info("started", daemon=str(config.paths.daemon_socket))
     first = listeners[0]
-    return Serving(first, tcp_probe if first.path.startswith("tcp://") else http_probe, runner.cleanup,
+
+    async def stop() -> None:
+        for front in fronts:
+            front.close()
+        await runner.cleanup()
+
+    return Serving(first, tcp_probe if first.path.startswith("tcp://") else http_probe, stop,
                    reload=config.settings.reload, more=listeners[1:])
 
 
-async def listen_api(runner: web.AppRunner, config: Config) -> list[Listener]:
-    """Every -H/hosts endpoint (services.common.api_endpoints), UNIX ones first (the probe's)."""
+async def listen_api(runner: web.AppRunner, config: Config, fronts: list[asyncio.Server]) -> list[Listener]:
+    """Every -H/hosts endpoint (services.common.api_endpoints), UNIX ones first (the probe's). A TLS one is
+    served through services.common.tls_front (a client's half-close must reach a hijacked stream)."""
     endpoints, warnings = api_endpoints.plan(config.settings.current)
     for warning in warnings:
         log.warning(warning)
@@ -80,9 +90,14 @@ async def listen_api(runner: web.AppRunner, config: Config) -> list[Listener]:
                 listener = listen_unix(endpoint.address or config.paths.api_socket, mode=0o660, group="skiff",
                                        activation=endpoint.scheme == "fd")
             listeners.append(listener)
-            ssl_context = endpoint.tls.context() if endpoint.tls is not None else None
-            await web.SockSite(runner, listener.sock, ssl_context=ssl_context).start()
+            if endpoint.tls is not None:
+                assert runner.server is not None
+                fronts.append(await tls_front.serve(listener.sock, endpoint.tls.context(), runner.server))
+            else:
+                await web.SockSite(runner, listener.sock).start()
     except BaseException:
+        for front in fronts:
+            front.close()
         for listener in listeners:
             listener.close()
         raise

@@ -48,6 +48,7 @@ class Listener:
     sock: socket.socket
     path: str
     owned: bool
+    activated: bool = False  # handed over by systemd (LISTEN_FDS)
 
     def close(self) -> None:
         self.sock.close()
@@ -81,7 +82,8 @@ def listen_unix(path: str | os.PathLike[str], *, mode: int = 0o600, group: str |
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ServiceError(f"the socket systemd handed over is not a UNIX stream socket: {sock!r}")
             address = sock.getsockname()
-            return Listener(sock, address if isinstance(address, str) and address else path, owned=False)
+            return Listener(sock, address if isinstance(address, str) and address else path, owned=False,
+                            activated=True)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode) and _answers(path):
             raise ServiceError(f"{path}: another process is serving on this socket")
@@ -271,7 +273,7 @@ async def run_service(name: str, start: Callable[[], Awaitable[Serving]]) -> int
             return 0
         # Until now SIGHUP ends the start (its default); from here on it reloads, as dockerd's.
         loop.add_signal_handler(signal.SIGHUP, _reload, serving, notifier, log)
-        log.info("serving", socket=serving.listener.path, activated=not serving.listener.owned,
+        log.info("serving", socket=serving.listener.path, activated=serving.listener.activated,
                  more=[m.path for m in serving.more])
         status = (serving.status() if serving.status is not None else "serving").replace("\n", " ")
         notifier.send("READY=1", f"STATUS={status}")
