@@ -60,15 +60,16 @@ class ProbeTimedOut(Exception):
     """The probe's process ran past its timeout."""
 
 
-def probe_command(config: HealthConfig) -> list[str] | None:
-    """The probe's argv, or None when the container has no probe (no test, "NONE", an unknown kind)."""
+def probe_command(config: HealthConfig, shell: list[str] | None = None) -> list[str] | None:
+    """The probe's argv, or None when the container has no probe (no test, "NONE", an unknown kind);
+    CMD-SHELL runs under the image's SHELL when it has one, as dockerd's getShell."""
     if not config.test:
         return None
     kind, rest = config.test[0], list(config.test[1:])
     if kind == "CMD":
         return rest
     if kind == "CMD-SHELL":
-        return [*SHELL, *rest]
+        return [*(shell or SHELL), *rest]
     if kind != "NONE":
         log.warning("unknown healthcheck type, no probe", kind=kind)
     return None
@@ -254,7 +255,8 @@ class HealthMonitors:
         """Runs the probe as an exec; any failure to run it is a result (exit -1 and the error), as dockerd's."""
         start = now_rfc3339()
         record = entry.record
-        command = probe_command(record.config.healthcheck) or []
+        shell = (await self.containers.image_config(record)).get("Shell")
+        command = probe_command(record.config.healthcheck, shell if isinstance(shell, list) else None) or []
         timeout = record.config.healthcheck.timeout or DEFAULT_TIMEOUT
         output = LimitedOutput()
         exec_id = ""

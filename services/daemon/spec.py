@@ -56,8 +56,9 @@ DEVICE_RULES = [
 
 CGROUP_PARENT_ENV = "SKIFF_CGROUP_PARENT"
 # The image config's keys a spec reads: the record keeps these (image_config), so that a start renders
-# the same spec even once the image is gone (docker rmi -f of a used image).
-IMAGE_KEYS = ("Entrypoint", "Cmd", "Env", "User", "WorkingDir")
+# the same spec even once the image is gone (docker rmi -f of a used image); and Shell, which health
+# probes of the CMD-SHELL kind run under.
+IMAGE_KEYS = ("Entrypoint", "Cmd", "Env", "User", "WorkingDir", "Shell")
 # The files networking writes for a container; its own versions replace any mount at these places.
 NETWORK_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 

@@ -149,7 +149,9 @@ def test_start_period_and_start_interval(stack: Stack, client: docker.DockerClie
 
 
 def _image_with_healthcheck(client: docker.DockerClient, workdir: Path) -> str:
+    # Its SHELL runs CMD-SHELL probes (dockerd's getShell): here an echo that shows what it was given.
     config = {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+              "Shell": ["/bin/echo", "shell:"],
               "Healthcheck": {"Test": ["CMD-SHELL", "echo from-image"], "Interval": 100 * MS, "Retries": 2}}
     image = build_image([busybox_layer(workdir)], config_extra={"config": config})
     archive = docker_save_archive(image, "hc-image:latest", workdir / "hc-image.tar")
@@ -164,7 +166,7 @@ def test_image_healthcheck_inherited_merged_and_disabled(stack: Stack, client: d
     inherited = _run(client, "hc-inherit", None, image=image)
     assert api.inspect_container(inherited.id)["Config"]["Healthcheck"] == {
         "Test": ["CMD-SHELL", "echo from-image"], "Interval": 100 * MS, "Retries": 2}
-    assert _wait_status(api, inherited.id, "healthy")["Log"][0]["Output"] == "from-image\n"
+    assert _wait_status(api, inherited.id, "healthy")["Log"][0]["Output"] == "shell: echo from-image\n"
     # The container's non-zero fields win, its zero ones come from the image.
     merged = _run(client, "hc-merge", {"interval": 200 * MS, "timeout": 2 * SECOND}, image=image)
     assert api.inspect_container(merged.id)["Config"]["Healthcheck"] == {

@@ -96,6 +96,7 @@ def test_state_health_ps_suffix_and_filter_value() -> None:
 def test_probe_command() -> None:
     assert probe_command(HealthConfig(test=["CMD", "a", "b"])) == ["a", "b"]
     assert probe_command(HealthConfig(test=["CMD-SHELL", "a && b"])) == ["/bin/sh", "-c", "a && b"]
+    assert probe_command(HealthConfig(test=["CMD-SHELL", "a"]), ["/bin/bash", "-ec"]) == ["/bin/bash", "-ec", "a"]
     assert probe_command(HealthConfig(test=["NONE"])) is None
     assert probe_command(HealthConfig(test=[])) is None
     assert probe_command(HealthConfig(test=["WHAT", "x"])) is None
