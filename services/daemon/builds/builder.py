@@ -59,6 +59,10 @@ class Stage:
     author: str = ""
 
 
+class StaleCache(Exception):
+    """An image the cache index named is gone."""
+
+
 def split_stages(instructions: list[Instruction]) -> tuple[list[Instruction], list[Stage]]:
     """The ARGs before the first FROM, and the stages."""
     head: list[Instruction] = []
@@ -97,7 +101,9 @@ class Build:
         self.stages: list[Stage] = []
         self.step = 0
         self.total = 0
-        self.existing: dict[str, hl.ImageSummary] | None = None  # the images there are, listed at the first hit
+        self.unverified: set[str] = set()  # images taken from the cache index, not yet asked for
+        self.hit_keys: list[str] = []
+        self.final: hl.ImageSummary | None = None  # the built image, as highlevel has it
 
     async def say(self, text: str) -> None:
         if not self.options.quiet:
@@ -139,6 +145,18 @@ class Build:
         return [s for s in self.stages if s.index in needed]
 
     async def run(self) -> str:
+        try:
+            return await self._run_once()
+        except StaleCache:
+            # An image the cache index named was removed since: those steps are forgotten and the
+            # build made again (once; this time every missing step is made).
+            for key in self.hit_keys:
+                self.cache.forget(key)
+            self.global_args, self.consumed, self.step = {}, set(), 0
+            self.unverified, self.hit_keys = set(), []
+            return await self._run_once()
+
+    async def _run_once(self) -> str:
         dockerfile = parse(read_dockerfile(self.ctx))
         self.escape = dockerfile.escape
         head, self.stages = split_stages(dockerfile.instructions)
@@ -169,6 +187,7 @@ class Build:
         image = target.image
         if not image:
             raise InvalidArgument("No image was generated. Is your Dockerfile empty?")
+        self.final = await self._verify(image)
         unused = sorted(k for k in self.options.build_args if k not in self.consumed and k not in PROXY_ARGS)
         if unused:
             await self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
@@ -298,20 +317,38 @@ class Build:
         entry = self.cache.lookup(key)
         if entry is None:
             return False
-        if self.existing is None:
-            # One list for the whole build (not an inspect a step): a cached rebuild is mostly lookups.
-            listed = (await call(self.manager.images.list(hl.ListImagesRequest()))).images
-            self.existing = {i.id: i for i in listed}
-        image = self.existing.get(entry.image)
-        if image is None:
-            self.cache.forget(key)
+        if entry.config is None:
+            try:
+                summary = await self._inspect(entry.image)
+            except NotFound:
+                self.cache.forget(key)
+                return False
+            config = json.loads(summary.config or b"{}").get("config") or {}
+        else:
+            # Trusted until the image is needed (a step made over it, COPY --from, the end): one
+            # question to highlevel a build, not one a step.
+            config = json.loads(json.dumps(entry.config))
+            self.unverified.add(entry.image)
+        if self.options.cache_from and not await self._in_cache_from(entry.image):
             return False
-        if self.options.cache_from and not await self._in_cache_from(image.id):
-            return False
-        stage.image = image.id
-        stage.config = json.loads(image.config or b"{}").get("config") or {}
-        await self.say(f" ---> Using cache\n ---> {_short(image.id)}\n")
+        self.hit_keys.append(key)
+        stage.image, stage.config = entry.image, config
+        await self.say(f" ---> Using cache\n ---> {_short(entry.image)}\n")
         return True
+
+    async def _inspect(self, image: str) -> hl.ImageSummary:
+        return (await call(self.manager.images.inspect(hl.InspectImageRequest(reference=image)))).image
+
+    async def _verify(self, image: str) -> hl.ImageSummary | None:
+        """``image`` still there when it came from the cache index (StaleCache if not)."""
+        if image not in self.unverified:
+            return None
+        try:
+            summary = await self._inspect(image)
+        except NotFound:
+            raise StaleCache(image) from None
+        self.unverified.discard(image)
+        return summary
 
     async def _in_cache_from(self, image_id: str) -> bool:
         """cachefrom: only steps in the history of the images named are reused."""
@@ -333,13 +370,14 @@ class Build:
         return False
 
     def _record(self, stage: Stage, key: str, parent: str, image: str, created_by: str, config: dict[str, Any]) -> None:
-        self.cache.put(key, image, parent, created_by)
+        self.cache.put(key, image, parent, created_by, config)
         stage.image, stage.config = image, config
 
     async def _config_step(self, stage: Stage, cfg: dict[str, Any], created_by: str) -> None:
         key = step_key(stage.image, created_by, json.dumps(cfg, sort_keys=True) + stage.author)
         if await self._cached(stage, key):
             return
+        await self._verify(stage.image)
         parent = stage.image
         image = await self.steps.commit(parent, cfg, created_by, stage.author)
         self._record(stage, key, parent, image, created_by, cfg)
@@ -358,6 +396,7 @@ class Build:
         key = step_key(stage.image, created_by, json.dumps(stage.config, sort_keys=True))
         if await self._cached(stage, key):
             return
+        await self._verify(stage.image)
         parent = stage.image
         if not parent:
             raise InvalidArgument(f"The command '{' '.join(argv)}' cannot run in an empty (scratch) image")
@@ -386,6 +425,7 @@ class Build:
             if dep is None and ref.lower() == stage.name:
                 raise InvalidArgument(f"{item.keyword.upper()} --from={ref}: a stage cannot copy from itself")
             source_image = dep.image if dep is not None else (await self._base_image(ref)).id
+            await self._verify(source_image)
             root, patterns, origin = await self.steps.view(source_image), [], source_image
         picked = pick(root, srcs, item.keyword, patterns)
         workdir = str(stage.config.get("WorkingDir") or "/")
@@ -395,6 +435,7 @@ class Build:
         key = step_key(stage.image, created_by, extra)
         if await self._cached(stage, key):
             return
+        await self._verify(stage.image)
         parent = stage.image
         cfg = json.loads(json.dumps(stage.config))
 
@@ -418,6 +459,7 @@ class Build:
         key = step_key(stage.image, created_by, json.dumps(cfg, sort_keys=True))
         if await self._cached(stage, key):
             return
+        await self._verify(stage.image)
         parent = stage.image
 
         def make(rootfs: Path) -> None:

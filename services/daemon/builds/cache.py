@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from services.common.atomic import atomic_write
 
@@ -22,6 +23,7 @@ class CacheEntry:
     created: float
     last_used: float
     uses: int = 0
+    config: dict[str, Any] | None = None  # the image's Config: a hit needs no question to highlevel
 
 
 def step_key(parent: str, created_by: str, extra: str = "") -> str:
@@ -51,9 +53,9 @@ class BuildCache:
         if self.entries.pop(key, None) is not None:
             self.dirty = True
 
-    def put(self, key: str, image: str, parent: str, description: str) -> None:
+    def put(self, key: str, image: str, parent: str, description: str, config: dict[str, Any]) -> None:
         now = time.time()
-        self.entries[key] = CacheEntry(image, parent, description, now, now)
+        self.entries[key] = CacheEntry(image, parent, description, now, now, config=config)
         self.dirty = True
 
     def save(self) -> None:

@@ -102,7 +102,7 @@ class BuildsService(BuildsBase):
             build = Build(self.manager, self.cache, options, ctx, folder / "scratch", emit)
             image = await build.run()
             stepped = time.perf_counter()
-            named = set(build.existing[image].repo_tags) if build.existing and image in build.existing else set()
+            named = set(build.final.repo_tags) if build.final is not None else set()
             for tag in options.tags:
                 if _tag_name(tag) in named:
                     continue  # a cached rebuild's image has its names already
