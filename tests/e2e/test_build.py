@@ -365,7 +365,8 @@ def test_base_image_pulled_from_the_loopback_registry_and_builder_prune_cli(
 
 def test_cache_naming_removed_images_builds_again(stack: Stack, client: docker.DockerClient,
                                                   tmp_path: Path) -> None:
-    ctx = make_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nENV A=1\nRUN echo a > /a\nCMD [\"cat\", \"/a\"]\n"})
+    dockerfile = "FROM busybox\nENV A=1\nRUN echo a > /a\nCMD [\"cat\", \"/a\"]\n"
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": dockerfile})
     assert cli(stack, "build", "-t", "stale:1", str(ctx), buildkit="0").returncode == 0
     assert cli(stack, "rmi", "stale:1").returncode == 0  # its nameless parents go with it
     again = cli(stack, "build", "-t", "stale:1", str(ctx), buildkit="0")
