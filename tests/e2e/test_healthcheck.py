@@ -278,6 +278,24 @@ def test_health_across_container_restarts(stack: Stack, client: docker.DockerCli
     assert _status(api, policy.id) == "healthy"
 
 
+def test_pause_stops_probes(stack: Stack, client: docker.DockerClient) -> None:
+    api = client.api
+    box = _run(client, "hc-pause", {"test": "true", "interval": 100 * MS, "retries": 1})
+    _wait_status(api, box.id, "healthy")
+    box.pause()
+    paused = time.time()
+    # A paused container's monitor stops and its health reads unhealthy, as dockerd's; no event for it.
+    assert _status(api, box.id) == "unhealthy"
+    ps = api.containers(filters={"health": "unhealthy"})
+    assert [c["Id"] for c in ps] == [box.id] and ps[0]["Status"].endswith("(Paused)")
+    resumed = time.time()
+    box.unpause()
+    # Probes again once unpaused; none ran (none was recorded) while it was paused.
+    health = _wait_status(api, box.id, "healthy")
+    assert not [e for e in health["Log"] if paused < _seconds(e["Start"]) < resumed], health["Log"]
+    assert _seconds(health["Log"][-1]["Start"]) > resumed
+
+
 def test_health_across_daemon_restart(stack: Stack, client: docker.DockerClient) -> None:
     api = client.api
     box = _run(client, "hc-daemon", {"test": "test ! -e /bad", "interval": 100 * MS, "retries": 1})
