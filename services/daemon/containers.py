@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from services.common.daemon_config import DaemonConfig, LiveConfig
+from services.common.daemon_config import DaemonConfig, LiveConfig, runtime_for
 from services.common.errors import (
     AlreadyExists,
     Conflict,
@@ -280,7 +280,8 @@ class ContainerManager:
                 create = hl.CreateTaskRequest(
                     id=record.id, spec=await asyncio.to_thread(render_spec, record, image_config, network,
                                                                start_context(self.records, record)),
-                    runtime=self.runtime, terminal=cfg.tty, stdin=cfg.open_stdin, stdin_once=cfg.stdin_once,
+                    runtime=runtime_for(self.settings.current, cfg.host.runtime, self.runtime),
+                    terminal=cfg.tty, stdin=cfg.open_stdin, stdin_once=cfg.stdin_once,
                     log=logdrivers.task_log(record))
                 try:
                     await call(self.tasks.create(create))

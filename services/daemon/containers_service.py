@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from services.common.config import Config
-from services.common.daemon_config import apply_log_defaults
+from services.common.daemon_config import apply_log_defaults, apply_runtime_default
 from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, grpc_errors
 from services.daemon.containers import ContainerManager
@@ -49,7 +49,8 @@ class ContainersService(ContainersBase):
     @grpc_errors
     async def create(self, create_container_request: CreateContainerRequest) -> CreateContainerResponse:
         config = create_container_request.config
-        apply_log_defaults(self.manager.settings.current, config.host)  # daemon.json's log-driver, log-opts
+        apply_runtime_default(self.manager.settings.current, config.host)  # daemon.json's default-runtime, runtimes
+        apply_log_defaults(self.manager.settings.current, config.host)  # and log-driver, log-opts
         warnings = await prepare(self.records, config)  # dockerd's checks and defaults of HostConfig's options
         record = await self.manager.create(create_container_request.name, config)
         return CreateContainerResponse(id=record.id, warnings=warnings)

@@ -79,6 +79,28 @@ def configured(prefix: Path, settings: dict[str, Any], request: pytest.FixtureRe
         client.close()
 
 
+def test_runtime_added_and_used_with_docker_run(configured: tuple[Stack, docker.DockerClient]) -> None:
+    stack, client = configured
+    info = client.info()
+    assert info["Runtimes"]["runc-e2e"] == {"path": RUNC}
+    assert {"runc", "io.containerd.runc.v2"} <= set(info["Runtimes"]) and info["DefaultRuntime"] == "runc"
+    said = cli(stack, "run", "--rm", "--runtime", "runc-e2e", "busybox", "echo", "from runc-e2e")
+    assert said.returncode == 0 and said.stdout == "from runc-e2e\n", said.stderr
+    done = cli(stack, "run", "-d", "--runtime", "runc-e2e", "busybox", "sleep", "60")
+    assert done.returncode == 0, done.stderr
+    cid = done.stdout.strip()
+    try:
+        assert client.api.inspect_container(cid)["HostConfig"]["Runtime"] == "runc-e2e"
+        # runc itself holds the container: its own state, under the --root highlevel gives runtimes.
+        listed = subprocess.run([RUNC, "--root", str(stack.paths.highlevel_run / "runtime-state"), "list", "-q"],
+                                capture_output=True, text=True, timeout=30)
+        assert cid in listed.stdout.split(), (listed.stdout, listed.stderr)
+    finally:
+        client.api.remove_container(cid, force=True)
+    unknown = cli(stack, "run", "--rm", "--runtime", "nosuch", "busybox", "true")
+    assert unknown.returncode != 0 and "Unknown runtime specified nosuch" in unknown.stderr
+
+
 def test_new_network_subnet_from_default_address_pool(configured: tuple[Stack, docker.DockerClient],
                                                       settings: dict[str, Any]) -> None:
     _, client = configured
