@@ -10,7 +10,9 @@ with the user (:func:`with_groups`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.common.errors import Conflict, Internal, InvalidArgument, NotFound
 from services.daemon import links
-from services.gen.skiff.daemon.v1 import ContainerConfig, HostConfig, MountSpec, State
+from services.gen.skiff.daemon.v1 import ContainerConfig, DeviceMapping, HostConfig, MountSpec, State
 
 if TYPE_CHECKING:
     from services.daemon.records import ContainerRecords
@@ -200,6 +202,11 @@ def apply_spec(spec: dict[str, Any], config: ContainerConfig, context: StartCont
     if host.oom_score_adj:
         spec["process"]["oomScoreAdj"] = host.oom_score_adj
     resources = linux["resources"]
+    if host.devices:
+        made, allowed = devices_of(host.devices)
+        linux["devices"] = [*(linux.get("devices") or []), *made]
+        if not host.privileged:
+            resources["devices"] = [*resources["devices"], *allowed]
     if host.device_cgroup_rules and not host.privileged:
         resources["devices"] = [*resources["devices"], *(_device_rule(r) for r in host.device_cgroup_rules)]
     memory = resources.get("memory") or {}
@@ -222,6 +229,48 @@ def apply_spec(spec: dict[str, Any], config: ContainerConfig, context: StartCont
         resources["cpu"] = cpu
     if context is not None and context.link_env:
         spec["process"]["env"] = _with_link_env(spec["process"]["env"], context.link_env)
+
+
+def _device(st: os.stat_result, in_container: str, permissions: str) -> tuple[dict[str, Any], ...]:
+    kind = "c" if stat.S_ISCHR(st.st_mode) else "b"
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    return ({"path": in_container, "type": kind, "major": major, "minor": minor, "fileMode": stat.S_IMODE(st.st_mode),
+             "uid": st.st_uid, "gid": st.st_gid},
+            {"allow": True, "type": kind, "major": major, "minor": minor, "access": permissions})
+
+
+def devices_of(mappings: Sequence[DeviceMapping]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """--device as dockerd's DevicesFromPath (blocking: stats host paths): a device node (a link to one
+    followed), or every device under a folder; (linux.devices entries, their cgroup allow rules)."""
+    made: list[dict[str, Any]] = []
+    allowed: list[dict[str, Any]] = []
+    for mapping in mappings:
+        on_host = os.path.realpath(mapping.path_on_host)
+        in_container = mapping.path_in_container or mapping.path_on_host
+        permissions = mapping.cgroup_permissions or "rwm"
+        found: list[tuple[dict[str, Any], ...]] = []
+        try:
+            st = os.stat(on_host)
+        except OSError as exc:
+            raise InvalidArgument(f"error gathering device information while adding custom device "
+                                  f"\"{mapping.path_on_host}\": {exc.strerror.lower()}") from None
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            found.append(_device(st, in_container, permissions))
+        elif stat.S_ISDIR(st.st_mode):
+            for folder, _, names in os.walk(on_host):
+                for name in sorted(names):
+                    path = os.path.join(folder, name)
+                    with contextlib.suppress(OSError):
+                        child = os.lstat(path)
+                        if stat.S_ISCHR(child.st_mode) or stat.S_ISBLK(child.st_mode):
+                            found.append(_device(child, in_container + path[len(on_host):], permissions))
+        if not found:
+            raise InvalidArgument(f"error gathering device information while adding custom device "
+                                  f"\"{mapping.path_on_host}\": not a device node")
+        for device, rule in found:
+            made.append(device)
+            allowed.append(rule)
+    return made, allowed
 
 
 def _shm(spec: dict[str, Any], host: HostConfig) -> None:

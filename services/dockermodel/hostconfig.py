@@ -9,7 +9,7 @@ from typing import Any
 
 from services.common.errors import InvalidArgument
 from services.dockermodel.fields import integer, string, string_list
-from services.gen.skiff.daemon.v1 import Container, HostConfig
+from services.gen.skiff.daemon.v1 import Container, DeviceMapping, HostConfig
 
 # dockerd's deviceCgroupRuleRegex (oci/devices_linux.go): type, major:minor (or *), access.
 DEVICE_RULE_RE = re.compile(r"^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})$")
@@ -84,6 +84,26 @@ def _any_case(body: dict[str, Any], key: str) -> Any:
     return next((v for k, v in body.items() if isinstance(k, str) and k.lower() == key.lower()), None)
 
 
+def _devices(value: Any) -> list[DeviceMapping]:
+    """HostConfig.Devices: [{"PathOnHost", "PathInContainer", "CgroupPermissions"}] (looked up by the daemon)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
+        raise InvalidArgument("invalid Devices: expected a list of objects")
+    found = []
+    for item in value:
+        on_host = string(item.get("PathOnHost"), "Devices.PathOnHost")
+        in_container = string(item.get("PathInContainer"), "Devices.PathInContainer")
+        permissions = string(item.get("CgroupPermissions"), "Devices.CgroupPermissions")
+        if not on_host.startswith("/") or (in_container and not in_container.startswith("/")):
+            raise InvalidArgument(f"invalid device mapping: {on_host}:{in_container}: paths must be absolute")
+        if permissions and (set(permissions) - set("rwm") or len(set(permissions)) != len(permissions)):
+            raise InvalidArgument(f"invalid device mode: {permissions}")
+        found.append(DeviceMapping(path_on_host=on_host, path_in_container=in_container,
+                                   cgroup_permissions=permissions))
+    return found
+
+
 def _ipc_shm_oom(host_body: dict[str, Any], host: HostConfig) -> None:
     """IpcMode, ShmSize, OomScoreAdj, MemoryReservation, OomKillDisable (dockerd's checks)."""
     host.ipc_mode = _mode(host_body.get("IpcMode"), "IpcMode", ("", "private", "shareable", "host", "none",
@@ -134,6 +154,7 @@ def apply_request(body: dict[str, Any], host_body: dict[str, Any], host: HostCon
         raise InvalidArgument("cpu real-time runtime cannot be higher than cpu real-time period")
     host.storage_opt = _string_map(host_body.get("StorageOpt"), "StorageOpt")
     _ipc_shm_oom(host_body, host)
+    host.devices = _devices(host_body.get("Devices"))
     host.links = string_list(host_body.get("Links"), "Links", allow_single=False)
     for link in host.links:
         name, _, alias = link.partition(":")
@@ -178,7 +199,8 @@ def inspect_fields(c: Container) -> dict[str, Any]:
         "BlkioDeviceWriteIOps": None,
         "CpuRealtimePeriod": host.cpu_realtime_period,
         "CpuRealtimeRuntime": host.cpu_realtime_runtime,
-        "Devices": [],
+        "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container,
+                     "CgroupPermissions": d.cgroup_permissions} for d in host.devices],
         "DeviceCgroupRules": list(host.device_cgroup_rules) or None,
         "DeviceRequests": None,
         "KernelMemory": 0,

@@ -150,6 +150,21 @@ def test_ipc_shm_and_oom_options(client: docker.DockerClient) -> None:
         assert shown["MemoryReservation"] == 16 * 1024 * 1024 and shown["OomKillDisable"] is True
 
 
+def test_devices(client: docker.DockerClient) -> None:
+    # /dev/fuse is outside the default device rules: "r" lets the container open it for reading only.
+    script = ("ls -l /dev/myfuse /dev/myzero | cut -c1-1; head -c 3 /dev/myzero | wc -c; "
+              "(echo x > /dev/myfuse) 2>&1 | grep -o 'not permitted'")
+    box = client.containers.run("busybox", ["sh", "-c", script], detach=True,
+                                devices=["/dev/fuse:/dev/myfuse:r", "/dev/zero:/dev/myzero"])
+    assert _output(box).splitlines() == ["c", "c", "3", "not permitted"]
+    assert client.api.inspect_container(box.id)["HostConfig"]["Devices"] == [
+        {"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/myfuse", "CgroupPermissions": "r"},
+        {"PathOnHost": "/dev/zero", "PathInContainer": "/dev/myzero", "CgroupPermissions": "rwm"}]
+    with pytest.raises(docker.errors.APIError) as caught:
+        client.containers.create("busybox", "true", devices=["/dev/no-such-device"])
+    assert "error gathering device information while adding custom device" in str(caught.value.explanation)
+
+
 @pytest.mark.skipif(CGROUP_V2, reason="swappiness and the devices list are cgroup v1 files")
 def test_memory_swap_swappiness_and_device_rules_in_cgroups(client: docker.DockerClient) -> None:
     api = client.api

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.daemon.hostopts import StartContext, apply_spec, with_groups
+from services.daemon.hostopts import StartContext, apply_spec, devices_of, with_groups
 from services.daemon.links import link_env, parse
 from services.daemon.removal import selected
 from services.dockermodel.hostconfig import inspect_fields
 from services.dockermodel.request import container_config_from_request
-from services.gen.skiff.daemon.v1 import Container, ContainerConfig, ContainerPruneRequest, HostConfig
+from services.gen.skiff.daemon.v1 import Container, ContainerConfig, ContainerPruneRequest, DeviceMapping, HostConfig
 
 
 def _config(host: dict[str, object], **top: object) -> ContainerConfig:
@@ -134,3 +134,17 @@ def test_ipc_shm_and_oom_options() -> None:
                                ({"Memory": 8 << 20, "MemoryReservation": 16 << 20}, "can not be less than memory")):
         with pytest.raises(InvalidArgument, match=message):
             _config(host_body)
+
+
+def test_devices_from_host_paths() -> None:
+    made, allowed = devices_of([DeviceMapping(path_on_host="/dev/null", path_in_container="/dev/n",
+                                              cgroup_permissions="rw")])
+    assert made[0]["path"] == "/dev/n" and (made[0]["type"], made[0]["major"], made[0]["minor"]) == ("c", 1, 3)
+    assert allowed == [{"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"}]
+    if Path("/dev/net/tun").exists():  # a folder: every device under it, at the same place inside
+        made, _ = devices_of([DeviceMapping(path_on_host="/dev/net", path_in_container="/dev/x")])
+        assert "/dev/x/tun" in [d["path"] for d in made]
+    with pytest.raises(InvalidArgument, match="error gathering device information"):
+        devices_of([DeviceMapping(path_on_host="/dev/no-such-device")])
+    with pytest.raises(InvalidArgument, match="invalid device mode"):
+        _config({"Devices": [{"PathOnHost": "/dev/null", "CgroupPermissions": "rx"}]})

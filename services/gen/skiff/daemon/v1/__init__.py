@@ -568,6 +568,14 @@ class HostConfig(betterproto.Message):
     oom_score_adj: int = betterproto.int32_field(119)
     memory_reservation: int = betterproto.int64_field(120)
     oom_kill_disable: bool = betterproto.bool_field(121)
+    devices: List["DeviceMapping"] = betterproto.message_field(122)
+
+
+@dataclass(eq=False, repr=False)
+class DeviceMapping(betterproto.Message):
+    path_on_host: str = betterproto.string_field(1)
+    path_in_container: str = betterproto.string_field(2)
+    cgroup_permissions: str = betterproto.string_field(3)
 
 
 @dataclass(eq=False, repr=False)
