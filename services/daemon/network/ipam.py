@@ -182,6 +182,12 @@ class Ipam:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
+        # The temp file of a daemon killed inside atomic_write (``.<id>.json.<pid>.tmp``, found by skiff
+        # soak): its writer is gone, nothing reads it.
+        for stale in self.folder.glob(".*.json.*.tmp"):
+            pid = stale.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                stale.unlink(missing_ok=True)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
