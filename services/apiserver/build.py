@@ -5,6 +5,7 @@ to the daemon's Builds service, its messages streamed back as Docker's JSON line
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from services.common.grpc import call, client_errors
 from services.gen.skiff.daemon.v1 import BuildCacheRecord, BuildChunk, BuildOptions, BuildPruneRequest, Ulimit
 
 CHUNK = 1 << 20
+WATCH_INTERVAL = 0.25  # seconds between looks at the client's connection
 
 
 def _json_query(request: web.Request, name: str, default: Any) -> Any:
@@ -70,9 +72,25 @@ async def build(request: web.Request) -> web.StreamResponse:
             yield BuildChunk(data=data)
 
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    relay = asyncio.ensure_future(_relay(request, response, chunks()))
+    try:
+        # aiohttp does not cancel a handler whose client went away: a build would run on for nobody
+        # (a RUN step's container with it). Its connection is watched; a close cancels the build.
+        while not relay.done():
+            await asyncio.wait([relay], timeout=WATCH_INTERVAL)
+            transport = request.transport
+            if not relay.done() and (transport is None or transport.is_closing()):
+                relay.cancel()
+        return relay.result()
+    finally:
+        relay.cancel()
+
+
+async def _relay(request: web.Request, response: web.StreamResponse,
+                 chunks: AsyncIterator[BuildChunk]) -> web.StreamResponse:
     try:
         with client_errors():
-            async for msg in backend(request).builds.build(chunks()):
+            async for msg in backend(request).builds.build(chunks):
                 if not response.prepared:
                     await response.prepare(request)
                 if msg.stream:

@@ -373,3 +373,26 @@ def test_cache_naming_removed_images_builds_again(stack: Stack, client: docker.D
     assert again.returncode == 0, again.stderr
     assert " ---> Running in " in again.stdout
     assert client.containers.run("stale:1", remove=True) == b"a\n"
+
+
+def test_client_gone_mid_run_stops_and_removes_the_step_container(stack: Stack, client: docker.DockerClient,
+                                                                  tmp_path: Path) -> None:
+    import socket
+
+    body = _tar([_file("Dockerfile")], {"Dockerfile": b"FROM busybox\nRUN echo started && sleep 60\n"}).getvalue()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(str(stack.paths.api_socket))
+    sock.sendall(b"POST /v1.41/build?rm=1 HTTP/1.1\r\nHost: skiff\r\nContent-Type: application/x-tar\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    seen = b""
+    while b'"started\\n"' not in seen:  # the command's output, not the Step line
+        chunk = sock.recv(4096)
+        assert chunk, seen
+        seen += chunk
+    assert client.containers.list()  # the step's container runs
+    sock.close()
+    deadline = time.monotonic() + 30
+    while client.containers.list(all=True) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.containers.list(all=True) == []
