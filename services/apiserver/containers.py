@@ -13,11 +13,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from services.apiserver import containers_filters
 from services.apiserver import stdin as stdin_pump
 from services.apiserver.app import Routes, backend
 from services.apiserver.params import flag, int_query, json_body, parse_filters, since_ns
 from services.apiserver.streams import MULTIPLEXED, RAW, frame, hijack, relay
-from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotSupported, SkiffError
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, NotSupported, SkiffError
 from services.common.grpc import call, client_errors
 from services.dockermodel.health import check_health_filter
 from services.dockermodel.render import container_inspect, stats_json
@@ -44,6 +45,7 @@ from services.gen.skiff.daemon.v1 import (
     WaitCondition,
     WaitRequest,
 )
+from services.gen.skiff.highlevel.v1 import InspectImageRequest
 
 log = structlog.get_logger(service="apiserver")
 STATS_INTERVAL = 1.0  # dockerd samples once a second
@@ -128,12 +130,34 @@ async def wait(request: web.Request) -> web.StreamResponse:
 async def list_(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"))
     check_health_filter(filters.get("health", []))
+    containers_filters.check(filters)
+    limit = int_query(request, "limit", 0) or 0
+    here = containers_filters.wanted_here(filters)
+    # before/since are positions in the list of every container, running or not.
+    ordered = "before" in filters or "since" in filters
+    all_ = flag(request, "all")
     reply = await call(backend(request).containers.list_summaries(ListRequest(
-        all=flag(request, "all"), limit=int_query(request, "limit", 0) or 0,
+        all=all_ or ordered, limit=0 if here else limit,
         filters=ListFilters(id=filters.get("id", []), name=filters.get("name", []),
                             label=filters.get("label", []), status=filters.get("status", []),
                             health=filters.get("health", [])))))
-    return web.Response(body=reply.json, content_type="application/json")
+    if not here:
+        return web.Response(body=reply.json, content_type="application/json")
+    ancestors = set()
+    for ref in filters.get("ancestor", []):
+        with contextlib.suppress(NotFound):  # dockerd: an unknown image matches nothing
+            image = await call(backend(request).images.inspect(InspectImageRequest(reference=ref)))
+            ancestors.add(image.image.id)
+    marks: dict[str, str] = {}
+    for key in ("before", "since"):
+        for ref in filters.get(key, []):
+            try:
+                marks[key] = (await call(backend(request).containers.inspect(ContainerRef(id=ref)))).id
+            except NotFound:
+                raise NotFound(f"no such container {ref}") from None
+    entries = containers_filters.apply(json.loads(reply.json), filters, ancestors, marks.get("before"),
+                                       marks.get("since"), running_only=ordered and not all_ and limit <= 0)
+    return web.json_response(entries[:limit] if limit > 0 else entries)
 
 
 async def inspect(request: web.Request) -> web.Response:

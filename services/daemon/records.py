@@ -137,7 +137,7 @@ class ContainerRecords:
                 continue
             if filters.id and not any(record.id.startswith(i) for i in filters.id):
                 continue
-            if filters.name and not any(re.search(n.lstrip("/"), record.name) for n in filters.name):
+            if filters.name and not any(_name_matches(n, record.name) for n in filters.name):
                 continue
             if filters.status and status_name(record.state.status) not in filters.status:
                 continue
@@ -153,6 +153,14 @@ class ContainerRecords:
 def check_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    """dockerd's filters.Match on the name with its slash and without: "a1", "^a1" and "^/a1$" find /a1."""
+    try:
+        return pattern in (name, f"/{name}") or any(re.search(pattern, n) for n in (f"/{name}", name))
+    except re.error:
+        return False
 
 
 def _label_matches(labels: dict[str, str], wanted: str) -> bool:
