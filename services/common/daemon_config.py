@@ -6,14 +6,15 @@ unknown key or a bad value, naming the key, as dockerd does. Each takes the keys
 
 - apiserver: ``hosts``, ``tls``, ``tlsverify``, ``tlscacert``, ``tlscert``, ``tlskey``;
 - daemon: ``default-runtime``/``runtimes``, ``log-driver``/``log-opts`` (defaults of a container's
-  LogConfig), ``default-address-pools``, ``bip``, ``mtu``, ``cgroup-parent``, ``labels``, ``debug``;
-  it also publishes the configuration in force (``<run>/daemon/config.json``) that ``docker info``
-  shows;
+  LogConfig), ``default-ulimits`` (merged into a new container's), ``dns`` (a container's resolv.conf
+  when it names none), ``default-address-pools``, ``bip`` and ``mtu`` (the default bridge),
+  ``cgroup-parent``, ``labels``, ``debug``; it also publishes the configuration in force
+  (``<run>/daemon/config.json``) that ``docker info`` shows;
 - ``data-root``/``exec-root`` must agree with the prefix's ``<lib>``/``<run>`` (Skiff moves both
   with ``--root``).
 
-The remaining keys (``dns``, ``registry-mirrors``, ``insecure-registries``, ``default-ulimits``,
-``max-concurrent-downloads``) are checked and shown by ``docker info``.
+``registry-mirrors``, ``insecure-registries`` and ``max-concurrent-downloads`` are checked and shown
+by ``docker info``; highlevel's pulls do not use them yet.
 
 SIGHUP reloads the file: the keys dockerd's ``daemon/reload.go`` reloads (RELOADABLE) take effect;
 a bad file is logged and the configuration in force is kept, as dockerd does.
@@ -456,6 +457,15 @@ def apply_log_defaults(config: DaemonConfig, host: Any) -> None:
             host.log_opts.setdefault(key, value)
 
 
+def apply_ulimit_defaults(config: DaemonConfig, host: Any, make: Any) -> None:
+    """dockerd's mergeUlimits: each of default-ulimits the container does not set itself, added
+    (``make(name=, soft=, hard=)`` builds the daemon's Ulimit message)."""
+    own = {u.name for u in host.ulimits}
+    for name, limit in config.default_ulimits.items():
+        if name not in own:
+            host.ulimits.append(make(name=name, soft=limit.soft, hard=limit.hard))
+
+
 def runtime_for(config: DaemonConfig, name: str, builtin: str) -> str:
     """What highlevel runs for Docker's runtime ``name``: runc's names are the engine's own (``builtin``)."""
     extra = config.runtimes.get(name)
@@ -480,6 +490,7 @@ def in_force_path(paths: Paths) -> Path:
 def publish(paths: Paths, config: DaemonConfig) -> None:
     from services.common.atomic import atomic_write
 
+    in_force_path(paths).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(in_force_path(paths), json.dumps(config.in_force(), indent=1).encode(), durable=False, mode=0o644)
 
 
