@@ -1,7 +1,11 @@
 """``run`` of /bin/true from a busybox bundle, and create/start/delete split, for skiff-lowlevel,
 runc and crun side by side: medians and ratios to runc.
 
-Usage (as root): .venv/bin/python bench/lowlevel.py [--runs N]
+``skiff-lowlevel`` is the engine's own path (services.common.config.resolve_runtime);
+``skiff-lowlevel (installed)`` is the command pip installed beside this Python (or the first on PATH),
+as tools that take a runc-compatible binary call it (services/lowlevel/skiff-lowlevel).
+
+Usage (as root): .venv/bin/python bench/lowlevel.py [--runs N] [--max-installed-ratio R]
 The runtimes take turns, one round of each per run, so that a change of load on the machine
 weighs on all of them alike instead of on whichever was being measured at the time.
 crun refuses this machine's hybrid cgroups unless it runs in a private mount namespace with
@@ -29,7 +33,19 @@ from tests.support.busybox import make_bundle  # noqa: E402
 CRUN_WRAPPER = 'set -e; e=$(mktemp); mount --bind "$e" /sys/fs/cgroup/unified/cgroup.controllers; rm -f "$e"; exec "$@"'
 
 
+INSTALLED = "skiff-lowlevel (installed)"
+
+
+def installed_command() -> list[str] | None:
+    """The skiff-lowlevel command of this Python's install (its bin/), else the one on PATH."""
+    beside = Path(sys.executable).parent / "skiff-lowlevel"
+    found = str(beside) if beside.exists() else shutil.which("skiff-lowlevel")
+    return [found] if found else None
+
+
 def runtime_argv(name: str) -> list[str] | None:
+    if name == INSTALLED:
+        return installed_command()
     try:
         argv = resolve_runtime(name)
     except FileNotFoundError:
@@ -75,12 +91,14 @@ def bench_round(name: str, argv: list[str], bundle: Path, state: Path, figures: 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--max-installed-ratio", type=float, default=None,
+                        help="exit 1 when the installed command's run median exceeds this ratio to runc's")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="skiff-bench-"))
     try:
         bundle = make_bundle(work / "bundle", ["/bin/true"])
         runtimes: dict[str, list[str]] = {}
-        for name in ("skiff-lowlevel", "runc", "crun"):
+        for name in ("skiff-lowlevel", INSTALLED, "runc", "crun"):
             argv = runtime_argv(name)
             if argv is None:
                 print(f"{name}: not installed, skipped")
@@ -99,13 +117,18 @@ def main() -> int:
         results = {name: {k: statistics.median(v) * 1000 for k, v in fig.items()} for name, fig in samples.items()}
         base = results.get("runc")
         print(f"medians over {args.runs} runs, ms (ratio to runc)")
-        print(f"{'runtime':16}" + "".join(f"{k:>18}" for k in ("run", "create", "start", "delete")))
+        print(f"{'runtime':26}" + "".join(f"{k:>18}" for k in ("run", "create", "start", "delete")))
         for name, fig in results.items():
             cells = []
             for k in ("run", "create", "start", "delete"):
                 ratio = f" ({fig[k] / base[k]:.2f}x)" if base else ""
                 cells.append(f"{fig[k]:8.1f}{ratio:>10}")
-            print(f"{name:16}" + "".join(cells))
+            print(f"{name:26}" + "".join(cells))
+        if args.max_installed_ratio is not None and base and INSTALLED in results:
+            ratio = results[INSTALLED]["run"] / base["run"]
+            if ratio > args.max_installed_ratio:
+                print(f"installed skiff-lowlevel run: {ratio:.2f}x runc, above {args.max_installed_ratio}x")
+                return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

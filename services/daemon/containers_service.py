@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from services.common.config import Config
-from services.common.daemon_config import apply_log_defaults, apply_runtime_default
+from services.common.daemon_config import apply_log_defaults, apply_runtime_default, apply_ulimit_defaults
 from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, grpc_errors
 from services.daemon.containers import ContainerManager
@@ -33,6 +33,7 @@ from services.gen.skiff.daemon.v1 import (
     State,
     StopRequest,
     SystemBase,
+    Ulimit,
     WaitRequest,
     WaitResponse,
 )
@@ -51,6 +52,7 @@ class ContainersService(ContainersBase):
         config = create_container_request.config
         apply_runtime_default(self.manager.settings.current, config.host)  # daemon.json's default-runtime, runtimes
         apply_log_defaults(self.manager.settings.current, config.host)  # and log-driver, log-opts
+        apply_ulimit_defaults(self.manager.settings.current, config.host, Ulimit)  # and default-ulimits
         warnings = await prepare(self.records, config)  # dockerd's checks and defaults of HostConfig's options
         record = await self.manager.create(create_container_request.name, config)
         return CreateContainerResponse(id=record.id, warnings=warnings)

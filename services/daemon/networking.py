@@ -166,6 +166,10 @@ class Networking:
         await asyncio.to_thread(self.records.save, net)
         self.networks[net.id] = net
 
+    def mtu_of(self, net: Network) -> int:
+        """daemon.json's mtu for the default ``bridge`` network (as dockerd's --mtu), else Ethernet's."""
+        return (self.settings.current.mtu or MTU) if net.name == "bridge" else MTU
+
     async def _make_bridge(self, net: Network, want: ipamconfig.IpamRequest, adopt_device: bool = False) -> None:
         def make() -> None:
             pools = {p.network_id: p for p in self.ipam.pools()}
@@ -178,7 +182,8 @@ class Networking:
             try:
                 bridge.ensure_bridge(
                     bridge.BridgeSpec(
-                        net.bridge, net.id, ipaddress.IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"), MTU,
+                        net.bridge, net.id, ipaddress.IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"),
+                        self.mtu_of(net),
                         ipaddress.IPv6Interface(f"{pool.v6.gateway}/{pool.v6.subnet.prefixlen}") if pool.v6 else None,
                     )
                 )
@@ -358,7 +363,7 @@ class Networking:
             domainname=cfg.domainname,
             peers=tuple(peers),
             extra_hosts=tuple(dns.parse_add_host(h) for h in host.extra_hosts),
-            dns=tuple(host.dns),
+            dns=tuple(host.dns) or self.settings.current.dns,  # daemon.json's dns: when the container has none
             dns_search=tuple(host.dns_search),
             dns_options=tuple(host.dns_options),
             embedded=any(self.networks[ep.network_id].name != "bridge" for ep in eps if ep.network_id in self.networks),
@@ -430,7 +435,7 @@ class Networking:
                 gateway=ipaddress.IPv4Address(net.gateway),
                 ifname=f"eth{index}",
                 default_route=(index == 0),
-                mtu=MTU,
+                mtu=self.mtu_of(net),
                 address6=addr6,
                 gateway6=ipaddress.IPv6Address(net.gateway6) if addr6 else None,
                 mac=want.mac,

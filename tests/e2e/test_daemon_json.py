@@ -60,6 +60,9 @@ def settings(prefix: Path) -> dict[str, Any]:
         "default-address-pools": [{"base": free_base(), "size": 24}],
         "log-opts": {"max-size": "1m", "max-file": "2"},
         "labels": ["tier=e2e", "generation=1"],
+        "default-ulimits": {"nofile": {"Name": "nofile", "Soft": 1111, "Hard": 2222}},
+        "dns": ["192.0.2.53"],
+        "mtu": 1400,
     }
 
 
@@ -128,6 +131,18 @@ def test_log_opts_defaults_applied(configured: tuple[Stack, docker.DockerClient]
     finally:
         for c in (plain, own, other):
             c.remove(force=True)
+
+
+def test_ulimits_dns_and_mtu_defaults(configured: tuple[Stack, docker.DockerClient]) -> None:
+    _, client = configured
+    shown = client.containers.run("busybox", ["sh", "-c", "ulimit -n; grep nameserver /etc/resolv.conf; "
+                                              "cat /sys/class/net/eth0/mtu"], remove=True).decode().split("\n")
+    # default-ulimits (soft shown by ulimit -n), dns (no --dns given), mtu (the default bridge).
+    assert shown[:3] == ["1111", "nameserver 192.0.2.53", "1400"], shown
+    own = client.containers.run("busybox", ["sh", "-c", "ulimit -n; grep nameserver /etc/resolv.conf"], remove=True,
+                                ulimits=[docker.types.Ulimit(name="nofile", soft=333, hard=444)],
+                                dns=["192.0.2.54"]).decode().split("\n")
+    assert own[:2] == ["333", "nameserver 192.0.2.54"], own
 
 
 def test_sighup_reloads_labels_and_keeps_the_rest(configured: tuple[Stack, docker.DockerClient],
