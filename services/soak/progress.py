@@ -20,8 +20,8 @@ def line(account: Account, total: int | None) -> str:
         merged.merge(h)
     rates = account.launches_per_second()
     recent = sum(rates[-5:]) / min(len(rates), 5) if rates else 0.0
-    done = f"{account.tried}/{total}" if total else f"{account.tried}"
-    return (f"launched {done} ok {account.succeeded} failed {sum(account.failed.values())} | "
+    done = f"{account.succeeded}/{total}" if total else f"{account.succeeded}"
+    return (f"launched {done}, tried {account.tried}, failed {sum(account.failed.values())} | "
             f"{recent:.1f}/s | p99 {merged.percentile(99) * 1000:.0f} ms | lost {len(account.lost)} "
             f"wrong {len(account.wrong_exit) + len(account.wrong_state)} | faults {len(account.faults)} | "
             f"{account.now():.0f} s")

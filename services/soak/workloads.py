@@ -143,6 +143,8 @@ class Workload:
             if exc.status != 404:
                 self.account.not_removed.append(f"{name}: {exc}")
                 return
+            # Nothing of this run removed it: the engine lost it (or someone removed it behind our back).
+            self.account.lost.append(f"{name}: gone before its removal ({exc.status} {exc.message})")
         self.launches.live.pop(cid, None)
 
     async def _guarded(self, cid: str, name: str, check: object) -> None:
