@@ -77,12 +77,26 @@ def stop_all(started: list[Service]) -> None:
             service.proc.wait(STOP_TIMEOUT)
 
 
+def engine_version() -> str:
+    """The installed distribution's version (pip install . or -e .), else the source tree's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("skiff")
+    except metadata.PackageNotFoundError:
+        from services.dockermodel.system import ENGINE_VERSION
+
+        return ENGINE_VERSION
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skiff", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"Skiff version {engine_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the engine in the foreground")
     up.add_argument("--root", help="state prefix (default: $SKIFF_ROOT, else /)")
     up.add_argument("--runtime", help="OCI runtime: skiff-lowlevel, runc, crun or a path")
+    up.add_argument("--config-file", help="daemon.json for the three services (default: <etc>/daemon.json)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     paths = resolve_paths(args.root)
     env = dict(os.environ, SKIFF_ROOT=str(paths.prefix))
@@ -101,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             argv_ = [sys.executable, "-m", service.module, "--root", str(paths.prefix)]
             if args.runtime and service.module != "services.apiserver":
                 argv_ += ["--runtime", args.runtime]
+            if args.config_file:
+                argv_ += ["--config-file", args.config_file]
             channel, address = notify_channel()
             with channel:
                 # Its own process group: a ^C in this terminal reaches skiff up only, which stops them in order.
