@@ -396,3 +396,29 @@ def test_client_gone_mid_run_stops_and_removes_the_step_container(stack: Stack, 
     while client.containers.list(all=True) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert client.containers.list(all=True) == []
+
+
+HEREDOCS = """\
+FROM busybox
+RUN <<EOF
+echo first line > /script.txt
+echo second line >> /script.txt
+EOF
+RUN cat <<END > /fed.txt
+fed through the shell
+END
+COPY <<CONF /etc/app.conf
+key=value
+CONF
+COPY --from=busybox /bin/busybox /opt/busybox
+CMD ["cat", "/script.txt", "/fed.txt", "/etc/app.conf"]
+"""
+
+
+def test_heredocs_and_copy_from_an_image(stack: Stack, client: docker.DockerClient, tmp_path: Path) -> None:
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": HEREDOCS})
+    result = cli(stack, "build", "-t", "heredocs", str(ctx), buildkit="0")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert client.containers.run("heredocs", remove=True) == \
+        b"first line\nsecond line\nfed through the shell\nkey=value\n"
+    assert client.containers.run("heredocs", ["/opt/busybox", "echo", "ok"], remove=True) == b"ok\n"

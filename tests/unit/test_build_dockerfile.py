@@ -93,3 +93,13 @@ def test_stages_split() -> None:
     assert [s.name for s in stages] == ["one", ""] and len(stages[0].body) == 1
     with pytest.raises(ParseError):
         split_stages(parse("RUN x\n").instructions)
+
+
+def test_heredocs() -> None:
+    df = parse("FROM busybox\nRUN <<EOF\necho one\necho two\nEOF\nCOPY <<-\"A\" <<B /d/\n\tx\n\tA\ny\nB\nCMD x\n")
+    run, copy = df.instructions[1], df.instructions[2]
+    assert run.heredocs == [("EOF", "echo one\necho two\n")]
+    assert copy.heredocs == [("A", "x\n"), ("B", "y\n")]
+    assert df.instructions[3].keyword == "cmd"
+    with pytest.raises(ParseError, match="unterminated heredoc"):
+        parse("FROM busybox\nRUN <<EOF\necho\n")

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import posixpath
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,9 @@ class Stage:
     args: dict[str, str | None] = field(default_factory=dict)
     cmd_set: bool = False
     author: str = ""
+
+
+_HEREDOC_MARK = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2")
 
 
 class StaleCache(Exception):
@@ -385,6 +389,12 @@ class Build:
 
     async def _run(self, stage: Stage, item: Instruction, shell: list[str]) -> None:
         argv = ins_.command_form(item, shell)
+        if item.heredocs:
+            # RUN <<EOF: the body is the script; RUN cmd <<EOF: the shell reads the here-document.
+            bare = _HEREDOC_MARK.sub("", item.rest).strip() == ""
+            script = item.heredocs[0][1] if bare and len(item.heredocs) == 1 else \
+                item.rest + "\n" + "".join(body + word + "\n" for word, body in item.heredocs)
+            argv = [*shell, script]
         env_keys = {e.partition("=")[0] for e in stage.config.get("Env") or []}
         args = sorted((k, v) for k, v in stage.args.items() if v is not None and k not in env_keys)
         shown = [f"{k}={v}" for k, v in args if k not in PROXY_ARGS]
@@ -419,6 +429,19 @@ class Build:
         chmod = process_word(item.flags.get("chmod", ""), env, self.escape)
         root, patterns = self.ctx.root, self.ctx.patterns
         origin = ""
+        docs = dict(item.heredocs)
+        inline = [w for w in srcs if w.startswith("<<")]
+        if inline:
+            if len(inline) != len(srcs) or "from" in item.flags:
+                raise InvalidArgument(f"{item.keyword.upper()}: here-documents cannot be mixed with other sources")
+            # COPY <<EOF /dest: each here-document a file of its own, named after its word.
+            root = self.scratch / f"heredoc-{self.step}"
+            root.mkdir(exist_ok=True)
+            for word in inline:
+                name = _HEREDOC_MARK.sub(r"\3", word)
+                (root / name).write_text(docs.get(name, ""))
+                (root / name).chmod(0o644)
+            srcs, patterns = [_HEREDOC_MARK.sub(r"\3", w) for w in inline], []
         if "from" in item.flags:
             ref = process_word(item.flags["from"], {**self._global_env(), **env}, self.escape)
             dep = self._stage_ref(ref, stage.index)

@@ -15,6 +15,7 @@ KNOWN = frozenset({"from", "run", "cmd", "entrypoint", "env", "arg", "label", "e
                    "user", "volume", "stopsignal", "healthcheck", "onbuild", "maintainer", "shell"})
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _FLAG = re.compile(r"^--([a-zA-Z][a-zA-Z0-9-]*)(?:=(.*))?$")
+_HEREDOC = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2")
 _FLAGGED = frozenset({"from", "copy", "add", "healthcheck", "run"})
 
 
@@ -30,6 +31,7 @@ class Instruction:
     flags: dict[str, str] = field(default_factory=dict)
     json_args: list[str] | None = None  # the JSON form's list, when it is one
     line: int = 0
+    heredocs: list[tuple[str, str]] = field(default_factory=list)  # (word, body) of RUN/COPY/ADD <<WORD
 
 
 @dataclass(slots=True)
@@ -86,10 +88,31 @@ def parse(text: str) -> Dockerfile:
             parts.append(lines[i].strip())
             i += 1
         joined = "".join(parts).strip()
-        out.append(parse_line(joined, start))
+        ins = parse_line(joined, start)
+        if ins.keyword in ("run", "copy", "add") and ins.json_args is None:
+            i = _read_heredocs(ins, lines, i)
+        out.append(ins)
     if not out:
         raise ParseError("the Dockerfile (Dockerfile) cannot be empty")
     return Dockerfile(out, escape, directives)
+
+
+def _read_heredocs(ins: Instruction, lines: list[str], i: int) -> int:
+    """The bodies of the instruction's ``<<WORD`` (``<<-WORD`` strips leading tabs), in order; the
+    line index after the last terminator."""
+    for m in _HEREDOC.finditer(ins.rest):
+        strip_tabs, word = m.group(1) == "-", m.group(3)
+        body: list[str] = []
+        while True:
+            if i >= len(lines):
+                raise ParseError(f"unterminated heredoc {word} (line {ins.line})")
+            text = lines[i].lstrip("\t") if strip_tabs else lines[i]
+            i += 1
+            if text == word:
+                break
+            body.append(text + "\n")
+        ins.heredocs.append((word, "".join(body)))
+    return i
 
 
 def parse_line(text: str, line: int = 0) -> Instruction:
