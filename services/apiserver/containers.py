@@ -41,6 +41,7 @@ from services.gen.skiff.daemon.v1 import (
     State,
     StatsSample,
     StopRequest,
+    TopRequest,
     UpdateContainerRequest,
     WaitCondition,
     WaitRequest,
@@ -184,7 +185,8 @@ async def unpause(request: web.Request) -> web.Response:
 
 
 async def top(request: web.Request) -> web.Response:
-    reply = await call(backend(request).ops.top(ContainerRef(id=request.match_info["id"])))
+    reply = await call(backend(request).ops.top(TopRequest(id=request.match_info["id"],
+                                                           ps_args=request.query.get("ps_args", ""))))
     return web.json_response({"Titles": list(reply.titles), "Processes": [list(r.cells) for r in reply.rows]})
 
 

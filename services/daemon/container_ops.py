@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from services.common.grpc import call, grpc_errors
+from services.daemon import procps
 from services.daemon.containers import ContainerManager
 from services.daemon.records import NAME_RE, now_rfc3339
 from services.daemon.restart import POLICIES
@@ -27,6 +26,7 @@ from services.gen.skiff.daemon.v1 import (
     StatsSample,
     StdinData,
     StopRequest,
+    TopRequest,
     TopResponse,
     TopRow,
     UpdateContainerRequest,
@@ -34,7 +34,6 @@ from services.gen.skiff.daemon.v1 import (
 )
 
 hl = highlevel.v1
-TOP_TITLES = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -93,13 +92,13 @@ class Operations:
             entry.notify()
         self.containers.emit("pause" if pause else "unpause", entry, {})
 
-    async def top(self, ref: str) -> TopResponse:
+    async def top(self, ref: str, ps_args: str) -> TopResponse:
         entry = self.containers.get(ref)
         if not entry.running:
             raise Conflict(f"Container {entry.record.id} is not running")
         pids = (await call(self.tasks.list_pids(hl.TaskRequest(id=entry.record.id)))).pids
-        rows = await asyncio.to_thread(_ps_rows, list(pids))
-        return TopResponse(titles=TOP_TITLES, rows=[TopRow(cells=r) for r in rows])
+        titles, rows = await asyncio.to_thread(procps.table, list(pids), ps_args)
+        return TopResponse(titles=titles, rows=[TopRow(cells=r) for r in rows])
 
     async def stats(self, ref: str) -> StatsSample:
         entry = self.containers.get(ref)
@@ -184,34 +183,6 @@ def _system_cpu_ns() -> int:
     return sum(int(v) for v in fields) * 1_000_000_000 // CLOCK_TICKS
 
 
-def _ps_rows(pids: list[int]) -> list[list[str]]:
-    """ps -ef's columns, read from /proc (no ps binary needed, none of the container's)."""
-    boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
-    rows = []
-    for pid in sorted(pids):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            status = Path(f"/proc/{pid}/status").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rindex(")") + 2:].split()
-        ppid, tty_nr = fields[1], int(fields[4])
-        utime, stime, start = int(fields[11]), int(fields[12]), int(fields[19])
-        uid = next((line.split()[1] for line in status.splitlines() if line.startswith("Uid:")), "0")
-        cpu_seconds = (utime + stime) // CLOCK_TICKS
-        started = boot + start / CLOCK_TICKS
-        elapsed = max(time.time() - started, 1.0)
-        percent = int(100 * (utime + stime) / CLOCK_TICKS / elapsed)
-        stime_text = time.strftime("%H:%M", time.localtime(started))
-        tty = "?" if tty_nr == 0 else f"pts/{tty_nr & 0xff}"
-        cmd = cmdline.replace(b"\0", b" ").decode(errors="replace").strip() or \
-            "[" + stat[stat.index("(") + 1:stat.rindex(")")] + "]"
-        duration = f"{cpu_seconds // 3600:02d}:{cpu_seconds // 60 % 60:02d}:{cpu_seconds % 60:02d}"
-        rows.append([uid if uid != "0" else "root", str(pid), ppid, str(percent), stime_text, tty, duration, cmd])
-    return rows
-
-
 class ContainerOpsService(ContainerOpsBase):
     def __init__(self, ops: Operations) -> None:
         self.ops = ops
@@ -248,8 +219,8 @@ class ContainerOpsService(ContainerOpsBase):
         return Empty()
 
     @grpc_errors
-    async def top(self, container_ref: ContainerRef) -> TopResponse:
-        return await self.ops.top(container_ref.id)
+    async def top(self, top_request: TopRequest) -> TopResponse:
+        return await self.ops.top(top_request.id, top_request.ps_args)
 
     @grpc_errors
     async def stats(self, container_ref: ContainerRef) -> StatsSample:

@@ -928,6 +928,16 @@ class StdinData(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class TopRequest(betterproto.Message):
+    """
+    ps_args: docker top's ("-o pid,comm", "aux"); "" is ps -ef's columns.
+    """
+
+    id: str = betterproto.string_field(1)
+    ps_args: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
 class TopRow(betterproto.Message):
     cells: List[str] = betterproto.string_field(1)
 
@@ -1983,7 +1993,7 @@ class ContainerOpsStub(betterproto.ServiceStub):
 
     async def top(
         self,
-        container_ref: "ContainerRef",
+        top_request: "TopRequest",
         *,
         timeout: Optional[float] = None,
         deadline: Optional["Deadline"] = None,
@@ -1991,7 +2001,7 @@ class ContainerOpsStub(betterproto.ServiceStub):
     ) -> "TopResponse":
         return await self._unary_unary(
             "/skiff.daemon.v1.ContainerOps/Top",
-            container_ref,
+            top_request,
             TopResponse,
             timeout=timeout,
             deadline=deadline,
@@ -3084,7 +3094,7 @@ class ContainerOpsBase(ServiceBase):
     async def unpause(self, container_ref: "ContainerRef") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def top(self, container_ref: "ContainerRef") -> "TopResponse":
+    async def top(self, top_request: "TopRequest") -> "TopResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def stats(self, container_ref: "ContainerRef") -> "StatsSample":
@@ -3134,7 +3144,7 @@ class ContainerOpsBase(ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_top(
-        self, stream: "grpclib.server.Stream[ContainerRef, TopResponse]"
+        self, stream: "grpclib.server.Stream[TopRequest, TopResponse]"
     ) -> None:
         request = await stream.recv_message()
         response = await self.top(request)
@@ -3197,7 +3207,7 @@ class ContainerOpsBase(ServiceBase):
             "/skiff.daemon.v1.ContainerOps/Top": grpclib.const.Handler(
                 self.__rpc_top,
                 grpclib.const.Cardinality.UNARY_UNARY,
-                ContainerRef,
+                TopRequest,
                 TopResponse,
             ),
             "/skiff.daemon.v1.ContainerOps/Stats": grpclib.const.Handler(
