@@ -11,6 +11,7 @@ from grpclib.client import Channel
 
 from services.apiserver import (
     archive,
+    build,
     containers,
     containers_removal,
     images,
@@ -29,7 +30,8 @@ from services.common.config import Config
 from services.common.service import Listener, Serving, http_probe, listen_tcp, listen_unix, run_service, tcp_probe
 
 log = structlog.get_logger(service="apiserver")
-RESOURCES = (system, containers, containers_removal, exec_api, archive, images, images_auth, networks, volumes, swarm)
+RESOURCES = (system, containers, containers_removal, exec_api, archive, images, images_auth, networks, volumes, swarm,
+             build)
 
 
 def make_app(config: Config) -> web.Application:
