@@ -105,8 +105,13 @@ def mount_specs(body: dict[str, Any], host: dict[str, Any]) -> tuple[list[MountS
     return specs, [mount_target(str(v)) for v in volumes]
 
 
+def _shown(c: Container) -> list[MountPoint]:
+    """The mount points dockerd lists: not the tmpfs of HostConfig.Tmpfs (--tmpfs), only --mount's."""
+    return [p for p in c.mount_points if p.type != "tmpfs" or p.destination not in c.config.host.tmpfs]
+
+
 def inspect_mounts(c: Container) -> list[dict[str, Any]]:
-    return [_mount_json(p) for p in c.mount_points]
+    return [_mount_json(p) for p in _shown(c)]
 
 
 def _mount_json(p: MountPoint) -> dict[str, Any]:
@@ -133,4 +138,4 @@ def apply_request(body: dict[str, Any], host: dict[str, Any], config: ContainerC
 
 
 def summary_mounts(c: Container) -> list[dict[str, Any]]:
-    return [{k: v for k, v in _mount_json(p).items() if k != "Mode" or p.type != "tmpfs"} for p in c.mount_points]
+    return [{k: v for k, v in _mount_json(p).items() if k != "Mode" or p.type != "tmpfs"} for p in _shown(c)]

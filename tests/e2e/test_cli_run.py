@@ -61,3 +61,15 @@ def test_cli_cp_engine_files(stack: Stack, client: docker.DockerClient) -> None:
     assert hosts.returncode == 0 and "named" in hosts.stdout
     message = refused(stack, "cp", "box:/nonexist", "-")
     assert "Could not find the file /nonexist in container box" in message, message
+
+
+def test_cli_tmpfs_mounts_listed_as_dockerd(stack: Stack, client: docker.DockerClient) -> None:
+    """A --mount type=tmpfs is in inspect's Mounts and ps's; a --tmpfs (HostConfig.Tmpfs) in neither."""
+    ok(stack, "run", "-d", "--name", "tm", "--mount", "type=tmpfs,dst=/mt", "--tmpfs", "/t", "busybox", "sleep", "300")
+    mounts = json.loads(ok(stack, "inspect", "-f", "{{json .Mounts}}", "tm"))
+    assert [(m["Type"], m["Destination"]) for m in mounts] == [("tmpfs", "/mt")]
+    assert ok(stack, "ps", "-f", "name=tm", "--format", "{{.Mounts}}|{{.LocalVolumes}}") == "|0\n"
+    assert json.loads(ok(stack, "inspect", "-f", "{{json .HostConfig.Tmpfs}}", "tm")) == {"/t": ""}
+    # both are mounted all the same
+    shown = ok(stack, "exec", "tm", "grep", "-c", " /m\\?t tmpfs", "/proc/mounts")
+    assert shown == "2\n", shown
