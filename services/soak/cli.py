@@ -41,6 +41,13 @@ def duration(text: str) -> float:
     return h * 3600 + m * 60 + s
 
 
+def faults(text: str) -> list[str]:
+    try:
+        return parse_faults(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def rate(text: str) -> float:
     value = float(text.removesuffix("/s"))
     if value <= 0:
@@ -70,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", type=int, default=20, help="numbered lines each container prints")
     p.add_argument("--hold", type=float, default=0.3, help="seconds each container lives after its lines")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds any one API call may take")
-    p.add_argument("--faults", type=parse_faults, default=[], help=f"comma-separated: {','.join(KINDS)}")
+    p.add_argument("--faults", type=faults, default=[], help=f"comma-separated: {','.join(KINDS)}")
     p.add_argument("--fault-every", default="10s", help="a duration, or 'random' (exponential, mean --fault-mean)")
     p.add_argument("--fault-mean", type=duration, default=10.0)
     p.add_argument("--fault-delay", type=duration, default=1.0, help="how long a killed service stays down")

@@ -21,6 +21,7 @@ from services.soak.client import CallFailed, DockerApi
 from services.soak.engine import SERVICES, Engine, EngineError
 from services.soak.workloads import Launches
 
+RESTART_ATTEMPTS = 3
 KINDS = tuple(f"{verb}-{service}" for verb in ("kill", "term") for service in SERVICES) + (
     "kill-shim", "kill-container")
 
@@ -77,12 +78,17 @@ class Injector:
         pid = self.engine.pid_of(service)
         await asyncio.to_thread(self.engine.signal_service, service, signum)
         await asyncio.sleep(self.delay)
-        try:
-            await asyncio.to_thread(self.engine.restart, service)
-            self.account.fault(kind, service, f"pid {pid}, restarted after {self.delay:g} s")
-        except EngineError as exc:
-            self.account.fault(kind, service, f"restart failed: {exc}")
-            self.account.notes.append(f"{service} could not be restarted after {kind}: {exc}")
+        for attempt in range(1, RESTART_ATTEMPTS + 1):  # as systemd's Restart=on-failure would, bounded
+            try:
+                await asyncio.to_thread(self.engine.restart, service)
+                self.account.fault(kind, service, f"pid {pid}, restarted after {self.delay:g} s"
+                                   + (f" ({attempt} attempts)" if attempt > 1 else ""))
+                return
+            except EngineError as exc:
+                failure = exc
+                await asyncio.sleep(self.delay)
+        self.account.fault(kind, service, f"restart failed: {failure}")
+        self.account.notes.append(f"{service} could not be restarted after {kind}: {failure}")
 
     async def _container(self, kind: str, rng: random.Random) -> None:
         for cid in rng.sample(sorted(self.launches.live), min(len(self.launches.live), 5)):

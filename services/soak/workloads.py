@@ -136,15 +136,26 @@ class Workload:
             self.account.wrong_state.append(f"{name}: {wrong}, expected {({'Status': status, **more})}")
 
     async def _remove(self, cid: str, name: str) -> None:
+        reached = False  # an attempt whose answer was lost may have removed it: a 404 after it is ours
+
+        async def attempt() -> object:
+            nonlocal reached
+            try:
+                return await self.api.call("DELETE /containers/{id}", "DELETE", f"/containers/{cid}",
+                                           params={"force": "1", "v": "1"})
+            except CallFailed as exc:
+                reached = reached or exc.status is None or exc.status >= 500
+                raise
+
         try:
-            await persist(lambda: self.api.call("DELETE /containers/{id}", "DELETE", f"/containers/{cid}",
-                                                params={"force": "1", "v": "1"}), self._deadline())
+            await persist(attempt, self._deadline())
         except CallFailed as exc:
             if exc.status != 404:
                 self.account.not_removed.append(f"{name}: {exc}")
                 return
-            # Nothing of this run removed it: the engine lost it (or someone removed it behind our back).
-            self.account.lost.append(f"{name}: gone before its removal ({exc.status} {exc.message})")
+            if not reached:
+                # Nothing of this run removed it: the engine lost it (or it was removed behind our back).
+                self.account.lost.append(f"{name}: gone before its removal ({exc.status} {exc.message})")
         self.launches.live.pop(cid, None)
 
     async def _guarded(self, cid: str, name: str, check: object) -> None:
