@@ -296,7 +296,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
 async def attach(request: web.Request) -> web.StreamResponse:
     """dockerd's attach: the logs first (``logs=1``, a stopped container's too), then, with ``stream=1``,
-    the live output and the client's input (stdin alone too) until the container exits, the client
+    the live output and the client's input (stdin alone too) until the container exits (a stopped one:
+    after its next run, which ``docker start -a`` starts once attached), the client
     detaches (the detach keys, on a terminal) or, on a terminal or with no output asked for, its
     input ends."""
     containers = backend(request).containers
@@ -312,15 +313,10 @@ async def attach(request: web.Request) -> web.StreamResponse:
     live = None
     if flag(request, "stream", True):
         live = containers.attach(AttachRequest(id=record.id, stdout=stdout, stderr=stderr)).__aiter__()
-        try:
-            with client_errors():
-                # The daemon's first (empty) entry says it is following: only then may the client start
-                # the container. It also says what serving the stream needs (stdin), or refuses a stopped one.
-                info = (await live.__anext__()).attached
-        except Conflict:
-            if not logs:
-                raise
-            live = None  # a stopped container: its logs are all there is
+        with client_errors():
+            # The daemon's first (empty) entry says it is following (a stopped container: through its next
+            # run): only then may the client start the container. It also says what serving stdin needs.
+            info = (await live.__anext__()).attached
     # The input is taken before the answer goes (taken after, the first keys a client sent were lost).
     parser = stdin_pump.read_hijacked(request) if live is not None and stdin and info.open_stdin else None
     # The upgrade answer goes out at once: the CLI starts the container only once it is attached.
@@ -328,7 +324,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     if logs:
         await _attach_logs(response, containers, record.id, stdout, stderr, tty)
     if live is None or (parser is None and not (stdout or stderr)):
-        # Nothing to stream (a stopped container, or no output asked for and no stdin to take): done, as dockerd.
+        # Nothing to stream (no stream asked for, or no output and no stdin to take): done, as dockerd.
         if live is not None:
             await live.aclose()  # type: ignore[attr-defined]
         await response.write_eof()

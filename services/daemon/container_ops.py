@@ -49,8 +49,9 @@ class Operations:
         except StopAsyncIteration:
             return
         entry = self.containers.get(first.container)
-        # `docker run -i` attaches before it starts the container: stdin waits for the start (or the client).
-        while entry.record.state.status == State.CREATED and not entry.removed:
+        # `docker run -i` and `docker start -ai` attach before they start the container: its stdin waits for
+        # the start (or the client).
+        while not first.exec_id and not entry.running and not entry.removed:
             await entry.changed.wait()
         if not entry.running:
             raise Conflict(f"Container {entry.record.id} is not running")

@@ -557,10 +557,9 @@ class ContainerManager:
                 yield item
 
     async def attach_output(self, ref: str, stdout: bool, stderr: bool) -> AsyncIterator[LogEntry]:
-        """Live output from now until the container's next exit, read from the shim's log."""
+        """Live output from now until the container's next exit, read from the shim's log. A container not
+        running is followed through its next run, as dockerd's attach (``docker start -a``) is."""
         entry = self.get(ref)
-        if not entry.running and entry.record.state.status != State.CREATED:
-            raise Conflict("You cannot attach to a stopped container, start it first")
         wanted = ({LogStream.STDOUT} if stdout else set()) | ({LogStream.STDERR} if stderr else set())
         exits = entry.exits
         codec = logfile.codec_of(entry.record.config.host.log_driver)

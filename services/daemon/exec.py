@@ -67,6 +67,9 @@ class ExecRecord:
     watcher: asyncio.Task[None] | None = None
     # Saves of one record go one at a time, each writing its latest state; none after it is forgotten.
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The exit is recorded (and told) once, by the attach's end or the wait, whichever comes first;
+    # the other waits until it is told, so a client's next request sees the exec_die before its own events.
+    exit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     forgotten: bool = False
 
     @property
@@ -353,13 +356,14 @@ class ExecManager:
     async def _exited(self, record: ExecRecord, entry: Entry, code: int, announce: bool = True) -> None:
         """The exit is on disk before it is told (a daemon killed now still reports it after restart).
         Once: the attach's end and the wait both report it."""
-        if record.exit_code is not None and not record.running:
-            return
-        record.exit_code, record.running = code, False
-        await self._save(record)
-        if announce:
-            self._emit(f"exec_die: {_command(record.request)}", entry,
-                       {"execID": record.id, "exec_id": record.id, "exitCode": str(code)})
+        async with record.exit_lock:
+            if record.exit_code is not None and not record.running:
+                return
+            record.exit_code, record.running = code, False
+            await self._save(record)
+            if announce:
+                self._emit(f"exec_die: {_command(record.request)}", entry,
+                           {"execID": record.id, "exec_id": record.id, "exitCode": str(code)})
 
     async def _forget_task(self, record: ExecRecord) -> None:
         """highlevel (and the shim) may let the finished process go: its exit is in the record."""

@@ -237,23 +237,35 @@ def test_exec_user_by_name(client: docker.DockerClient) -> None:
     box.remove(force=True)
 
 
-def test_attach_logs_of_stopped_container(client: docker.DockerClient) -> None:
+def test_attach_to_stopped_container(client: docker.DockerClient, stack: Stack) -> None:
     api = client.api
     box = api.create_container("busybox", ["sh", "-c", "echo hello; echo oops >&2"])
     api.start(box)
     api.wait(box)
     assert api.attach(box, stream=False, logs=True) == b"hello\noops\n"
     assert api.attach(box, stream=False, logs=True, stderr=False) == b"hello\n"
+    # logs and stream: the logs, then the next run's output (docker start -a attaches, then starts).
     sock = _raw(api.attach_socket(box, {"logs": 1, "stream": 1, "stdout": 1, "stderr": 1}))
     try:
-        frames = [_read_frame(sock), _read_frame(sock)]
-        assert sock.recv(1) == b""
+        logged = [_read_frame(sock), _read_frame(sock)]
+        api.start(box)
+        live = [_read_frame(sock), _read_frame(sock)]
+        sock.settimeout(15)
+        assert sock.recv(1) == b""  # its exit ends the stream
     finally:
         sock.close()
-    assert frames == [(1, b"hello\n"), (2, b"oops\n")]
-    with pytest.raises(docker.errors.APIError) as stopped:
-        api.attach_socket(box, {"stream": 1, "stdout": 1})
-    assert stopped.value.status_code == 409
+    assert logged == live == [(1, b"hello\n"), (2, b"oops\n")]
+    if shutil.which("docker") is not None:
+        again = subprocess.run(["docker", "start", "-a", box["Id"]], env=_cli_env(stack), capture_output=True,
+                               text=True, timeout=60)
+        assert again.returncode == 0 and (again.stdout, again.stderr) == ("hello\n", "oops\n"), again
+        reading = api.create_container("busybox", ["sh", "-c", "read l; echo got:$l"], stdin_open=True)
+        api.start(reading)
+        api.kill(reading)  # exited: its stdin waits for the next start
+        piped = subprocess.run(["docker", "start", "-ai", reading["Id"]], input="abc\n", env=_cli_env(stack),
+                               capture_output=True, text=True, timeout=60)
+        assert piped.returncode == 0 and piped.stdout == "got:abc\n", piped
+        api.remove_container(reading)
     api.remove_container(box)
 
 
