@@ -90,14 +90,20 @@ def engine_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # a client tool with its own flags (services/soak)
+        from services.soak.cli import main as soak
+
+        return soak(argv[1:])
     parser = argparse.ArgumentParser(prog="skiff", description=__doc__)
     parser.add_argument("--version", action="version", version=f"Skiff version {engine_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("soak", help="load and soak test a Docker-API engine (skiff soak --help)")
     up = sub.add_parser("up", help="start the engine in the foreground")
     up.add_argument("--root", help="state prefix (default: $SKIFF_ROOT, else /)")
     up.add_argument("--runtime", help="OCI runtime: skiff-lowlevel, runc, crun or a path")
     up.add_argument("--config-file", help="daemon.json for the three services (default: <etc>/daemon.json)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     paths = resolve_paths(args.root)
     env = dict(os.environ, SKIFF_ROOT=str(paths.prefix))
     stopping = False
