@@ -477,6 +477,11 @@ def runtime_for(config: DaemonConfig, name: str, builtin: str) -> str:
     return extra.path if extra is not None else builtin
 
 
+def bridge_mtu(config: DaemonConfig, network: str, default: int) -> int:
+    """daemon.json's mtu for the default ``bridge`` network (as dockerd's --mtu); ``default`` elsewhere."""
+    return (config.mtu or default) if network == "bridge" else default
+
+
 def subnet_candidates(config: DaemonConfig) -> tuple[str, ...]:
     """The subnets a new network may get, in order: default-address-pools' cuts; () for the built-in list."""
     return tuple(subnet for pool in config.default_address_pools for subnet in pool.subnets())

@@ -15,6 +15,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 import structlog
 
@@ -64,8 +65,7 @@ class _TLSConnection(asyncio.Protocol):
     # ---- the client's side ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.tcp = transport
+        self.tcp = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport's subclasses
 
     def data_received(self, data: bytes) -> None:
         self.incoming.write(data)
@@ -157,13 +157,12 @@ class _TLSConnection(asyncio.Protocol):
             theirs.close()
             self._abort()
             return
-        assert isinstance(transport, asyncio.Transport)
         if self.closed:
             transport.close()
             return
-        self.pair = transport
+        self.pair = cast(asyncio.Transport, transport)
         for chunk in self.pending:
-            transport.write(chunk)
+            self.pair.write(chunk)
         self.pending.clear()
         if self.pending_eof:
             self._client_ended()

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from services.common.atomic import atomic_write
-from services.common.daemon_config import DaemonConfig, LiveConfig, subnet_candidates
+from services.common.daemon_config import DaemonConfig, LiveConfig, bridge_mtu
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from services.common.paths import Paths
 from services.daemon import links as legacy_links
@@ -166,24 +166,19 @@ class Networking:
         await asyncio.to_thread(self.records.save, net)
         self.networks[net.id] = net
 
-    def mtu_of(self, net: Network) -> int:
-        """daemon.json's mtu for the default ``bridge`` network (as dockerd's --mtu), else Ethernet's."""
-        return (self.settings.current.mtu or MTU) if net.name == "bridge" else MTU
-
     async def _make_bridge(self, net: Network, want: ipamconfig.IpamRequest, adopt_device: bool = False) -> None:
         def make() -> None:
             pools = {p.network_id: p for p in self.ipam.pools()}
             pool = pools.get(net.id)
             new = pool is None
             if pool is None:
-                pool = ipamconfig.make_pool(self.ipam, net, want, list(pools.values()), adopt_device,
-                                            candidates=subnet_candidates(self.settings.current))
+                pool = ipamconfig.make_pool(self.ipam, net, want, list(pools.values()), adopt_device, self.settings)
             ipamconfig.describe(net, want, pool)
             try:
                 bridge.ensure_bridge(
                     bridge.BridgeSpec(
                         net.bridge, net.id, ipaddress.IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"),
-                        self.mtu_of(net),
+                        bridge_mtu(self.settings.current, net.name, MTU),
                         ipaddress.IPv6Interface(f"{pool.v6.gateway}/{pool.v6.subnet.prefixlen}") if pool.v6 else None,
                     )
                 )
@@ -435,7 +430,7 @@ class Networking:
                 gateway=ipaddress.IPv4Address(net.gateway),
                 ifname=f"eth{index}",
                 default_route=(index == 0),
-                mtu=self.mtu_of(net),
+                mtu=bridge_mtu(self.settings.current, net.name, MTU),
                 address6=addr6,
                 gateway6=ipaddress.IPv6Address(net.gateway6) if addr6 else None,
                 mac=want.mac,

@@ -17,9 +17,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from services.common.daemon_config import LiveConfig, subnet_candidates
 from services.common.errors import InvalidArgument
 from services.daemon.network import bridge
 from services.daemon.network.ipam import (
@@ -120,9 +121,10 @@ def random_ula(taken: Iterable[IPNetwork]) -> ipaddress.IPv6Network:
 
 
 def make_pool(ipam: Ipam, net: Network, want: IpamRequest, taken: list[Pool], adopt_device: bool = False,
-              candidates: Sequence[str] = ()) -> Pool:
+              settings: LiveConfig | None = None) -> Pool:
     """Create the network's pool as planned (blocking: netlink and files); a subnet not given comes from
-    ``candidates`` (daemon.json's default-address-pools), else from the built-in list."""
+    daemon.json's default-address-pools (``settings``), else from the built-in list."""
+    candidates = subnet_candidates(settings.current) if settings is not None else ()
     v4 = want.v4
     if v4 is None and adopt_device:
         found = bridge.existing_ipv4(net.bridge)
