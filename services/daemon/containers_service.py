@@ -97,7 +97,7 @@ class ContainersService(ContainersBase):
     async def list_summaries(self, list_request: ListRequest) -> ListSummariesResponse:
         r = list_request
         return ListSummariesResponse(json=self.summaries.render(self.records.list(r.all, r.filters, r.limit),
-                                                                link_names(self.records)))
+                                                                link_names(self.records), self.records.versions))
 
     @grpc_errors
     async def inspect(self, container_ref: ContainerRef) -> Container:

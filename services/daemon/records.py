@@ -65,6 +65,9 @@ class ContainerRecords:
         self.store = store
         self.entries: dict[str, Entry] = {}
         self.names: dict[str, str] = {}
+        # By id, how many times the record was saved: the list's kept entries (summaries.py) are
+        # made again when this moves, as dockerd's list reads what a container's checkpoint left.
+        self.versions: dict[str, int] = {}
 
     async def load(self) -> None:
         for record in await asyncio.to_thread(self.store.load_all):
@@ -73,11 +76,13 @@ class ContainerRecords:
     def add(self, record: Container) -> Entry:
         entry = self.entries[record.id] = Entry(record)
         self.names[record.name] = record.id
+        self.versions[record.id] = self.versions.get(record.id, 0) + 1
         return entry
 
     def drop(self, record: Container) -> None:
         """Out of the table (its files go with RecordStore.delete)."""
         self.entries.pop(record.id, None)
+        self.versions.pop(record.id, None)
         if self.names.get(record.name) == record.id:
             del self.names[record.name]
 
@@ -126,6 +131,7 @@ class ContainerRecords:
         """The record, encoded here on the event loop (nothing can change it half-way through) and
         written in a thread. Encoding in the thread raced coroutines that kept changing the record."""
         data = bytes(record)
+        self.versions[record.id] = self.versions.get(record.id, 0) + 1
         await asyncio.to_thread(self.store.write, record.id, data)
 
     def list(self, all_: bool, filters: ListFilters, limit: int = 0) -> list[Container]:

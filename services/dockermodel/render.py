@@ -25,7 +25,7 @@ def _network_mode(host: HostConfig) -> str:
     return host.network_mode if host.network_mode in ("host", "none") else "none"
 
 
-def _status_text(c: Container) -> str:
+def status_text(c: Container) -> str:
     """dockerd's State.String(): a paused container is "Up ... (Paused)", a restarting one tells its last exit."""
     state = c.state
     if state.status in (State.RUNNING, State.PAUSED):
@@ -65,7 +65,7 @@ def summary_changing(c: Container) -> dict[str, Any]:
         "Names": [f"/{c.name}"],
         "Ports": networks.summary_ports(c),
         "State": STATUS_NAMES.get(c.state.status, "created"),
-        "Status": _status_text(c),
+        "Status": status_text(c),
         "NetworkSettings": {"Networks": networks.summary_networks(c)},
     }
 
