@@ -95,9 +95,12 @@ class ContainersService(ContainersBase):
 
     @grpc_errors
     async def list_summaries(self, list_request: ListRequest) -> ListSummariesResponse:
-        r = list_request
-        return ListSummariesResponse(json=self.summaries.render(self.records.list(r.all, r.filters, r.limit),
-                                                                link_names(self.records), self.records.versions))
+        return ListSummariesResponse(json=self.render_list(list_request))
+
+    def render_list(self, r: ListRequest) -> bytes:
+        """GET /containers/json's body; the list lane (daemon/list_lane.py) answers with it too."""
+        return self.summaries.render(self.records.list(r.all, r.filters, r.limit), link_names(self.records),
+                                     self.records.versions)
 
     @grpc_errors
     async def inspect(self, container_ref: ContainerRef) -> Container:

@@ -23,6 +23,7 @@ from services.daemon.events import EventBus, EventsService
 from services.daemon.exec import ExecManager, ExecsService
 from services.daemon.health import HealthMonitors
 from services.daemon.images import ImagesService
+from services.daemon.list_lane import ListLane
 from services.daemon.mounts import ContainerMounts
 from services.daemon.networking import Networking
 from services.daemon.networks_service import NetworksService
@@ -119,9 +120,13 @@ async def start(config: Config) -> Serving:
     server = Server(daemon.services)
     listener = listen_unix(paths.daemon_socket)
     await server.start(sock=listener.sock)
+    containers_service = next(s for s in daemon.services if isinstance(s, ContainersService))
+    list_lane = ListLane(containers_service.render_list)
+    await list_lane.start(paths.daemon_socket)
     log.info("started", highlevel=str(paths.highlevel_socket))
 
     async def stop() -> None:
+        await list_lane.close()
         server.close()
         await server.wait_closed()
         await daemon.close()
