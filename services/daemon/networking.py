@@ -23,7 +23,7 @@ import structlog
 
 from services.common.atomic import atomic_write
 from services.common.daemon_config import DaemonConfig, LiveConfig, bridge_mtu
-from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError, Unavailable
 from services.common.paths import Paths
 from services.daemon import links as legacy_links
 from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile, resolver
@@ -43,9 +43,6 @@ from services.gen.skiff.daemon.v1 import (
     NetworkSettings,
     PortBinding,
 )
-
-# The drivers dockerd has built in (Skiff serves bridge, host and null); any other name is a plugin's.
-DOCKER_DRIVERS = ("bridge", "host", "null", "overlay", "macvlan", "ipvlan")
 
 log = structlog.get_logger(service="daemon")
 
@@ -225,8 +222,11 @@ class Networking:
             raise InvalidArgument("invalid name: name is empty")  # any other name is fine (dockerd)
         want = ipamconfig.parse(r, r.ipam_driver)
         if r.driver not in ("", "bridge"):
-            if r.driver not in DOCKER_DRIVERS:  # dockerd looks an unknown driver up as a plugin
+            if r.driver not in ("host", "null", "overlay", "macvlan", "ipvlan"):  # not dockerd's: a plugin's
                 raise NotFound(f'plugin "{r.driver}" not found')
+            if r.driver == "overlay":  # swarm-scoped: dockerd asks for a swarm first
+                raise Unavailable('This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" '
+                                  "to connect this node to swarm and try again.")
             raise InvalidArgument(f"network driver {r.driver} is not supported (bridge only)")
         async with self.lock:
             if any(n.name == r.name for n in self.networks.values()):

@@ -41,6 +41,7 @@ def test_cli_run_flags_as_dockerd(stack: Stack, client: docker.DockerClient, tmp
     assert "Invalid signal: NOSIG" in refused(stack, "create", "--stop-signal", "NOSIG", "busybox")
     assert "No such image: nosuchimg:latest" in refused(stack, "run", "--pull", "never", "nosuchimg")
     assert 'plugin "nosuch" not found' in refused(stack, "network", "create", "--driver", "nosuch", "nx")
+    assert "This node is not a swarm manager." in refused(stack, "network", "create", "--driver", "overlay", "nx")
     assert ok(stack, "ps", "-a", "--format", "{{.Names}}").split() == ["envs"]  # nothing half-made
     # Mounts' Mode: "z" for a volume named in -v or --mount, "" for Config.Volumes' (-v /path) and binds.
     ok(stack, "create", "--name", "modes", "-v", "named:/n", "-v", "/anon", "-v", "/tmp:/h",
