@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hostns import NetNamespace, make_bridge, private_subnet, sweep
+from hostns import NetNamespace, make_bridge, private_subnet, survey, sweep
 
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
@@ -55,6 +55,7 @@ class Engine:
         self.ns: NetNamespace | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
         self.leftovers: list[str] = []
+        self.left_at_stop: list[str] = []
 
     @property
     def socket(self) -> Path:
@@ -159,6 +160,8 @@ class Engine:
             try:
                 self.stop()
             finally:
+                # What the engine's own stop left counts as left behind, even when the sweep then ends it.
+                self.left_at_stop = survey(self.root, self.ns, self.cgroup_parent)
                 self.leftovers = sweep(self.root, self.ns, self.cgroup_parent)
                 if not self.leftovers and not keep_root:
                     shutil.rmtree(self.root, ignore_errors=True)

@@ -196,6 +196,20 @@ def mounts_under(root: Path) -> list[str]:
     return mounts
 
 
+def survey(root: Path, ns: NetNamespace | None, cgroup_parent: str) -> list[str]:
+    """What a stopped engine left on the host by itself, before ``sweep`` ends it: its processes (by
+    its root, namespace or cgroup parent), mounts under its root (not the namespace's pin, ours), and
+    cgroups below its cgroup parent (not the parent itself: runc and Skiff remove a container's own
+    cgroup only, so the parent stays after dockerd too)."""
+    pin = str(ns.path) if ns is not None else None
+    top = {str(CGROUP_ROOT / h.name / cgroup_parent.strip("/")) for h in CGROUP_ROOT.iterdir()} \
+        if CGROUP_ROOT.is_dir() else set()
+    left = [f"process {p}: {_printable(_cmdline(p))}" for p in sorted(owned_processes(root, ns, cgroup_parent))]
+    left += [f"mount {m}" for m in mounts_under(root) if m != pin]
+    left += [f"cgroup {c}" for c in cgroup_dirs(cgroup_parent) if str(c) not in top]
+    return left
+
+
 def sweep(root: Path, ns: NetNamespace | None, cgroup_parent: str, deadline: float = 20.0) -> list[str]:
     """SIGKILL the engine's processes, unmount its mounts, remove its cgroups and its namespace.
 

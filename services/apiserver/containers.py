@@ -280,20 +280,23 @@ async def logs(request: web.Request) -> web.StreamResponse:
     # Docker's --until: nothing written after it, and a follower stops there even when no entry comes.
     follow = flag(request, "follow")
     deadline = asyncio.timeout(max(0.0, until - time.time()) if until and follow else None)
-    with client_errors(), contextlib.suppress(TimeoutError):
-        async with deadline:
-            async for entry in containers.logs(LogsRequest(
-                    id=record.id, follow=follow, stdout=stdout, stderr=stderr,
-                    tail=tail if tail is not None else -1, timestamps=timestamps)):
-                if since or until:
-                    at = parse_time(entry.time)
-                    if until and at > until:
-                        break
-                    if since and at < since:
-                        continue
-                data = _payload(entry, timestamps, details)
-                await response.write(data if tty else frame(entry.stream, data))
-    await response.write_eof()
+    try:
+        with client_errors(), contextlib.suppress(TimeoutError):
+            async with deadline:
+                async for entry in containers.logs(LogsRequest(
+                        id=record.id, follow=follow, stdout=stdout, stderr=stderr,
+                        tail=tail if tail is not None else -1, timestamps=timestamps)):
+                    if since or until:
+                        at = parse_time(entry.time)
+                        if until and at > until:
+                            break
+                        if since and at < since:
+                            continue
+                    data = _payload(entry, timestamps, details)
+                    await response.write(data if tty else frame(entry.stream, data))
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client stopped reading (docker-py closes a logs stream it is done with): nothing to report
     return response
 
 

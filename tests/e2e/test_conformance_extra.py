@@ -1,0 +1,40 @@
+"""What docker-py's own integration suite (scripts/conformance, issue 11) showed beyond the issue's list of
+causes, guarded here without docker-py's source: a client that stops reading a logs stream half-way
+(docker-py closes a stream it is done with) ends the request quietly, as with dockerd, instead of an
+"Error handling request" traceback in the apiserver's log."""
+
+from __future__ import annotations
+
+import time
+
+import docker
+
+from tests.e2e.stack import Stack
+
+QUIET_WINDOW = 3.0  # s: a failed write shows within milliseconds of the client's close; this is the bound
+
+
+def _assert_quiet(stack: Stack, client: docker.DockerClient) -> None:
+    """Within the bound, the apiserver logs no handler error and still answers."""
+    log = stack.logs["services.apiserver"]
+    deadline = time.monotonic() + QUIET_WINDOW
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        assert "Error handling request" not in text, text[-3000:]
+        assert client.ping()
+        time.sleep(0.1)
+
+
+def test_logs_follower_gone_then_container_removed_ends_quietly(stack: Stack,
+                                                                client: docker.DockerClient) -> None:
+    """docker-py's test_logs_streaming_and_follow_and_cancel: a follower closes its stream (docker-py's
+    CancellableStream.close shuts the socket down) while the container runs on, quiet; the test's
+    teardown then removes the container by force, which ends the follow on a connection long gone."""
+    container = client.containers.run("busybox", ["sh", "-c", "echo hello; sleep 600"], detach=True)
+    try:
+        stream = client.api.logs(container.id, stream=True, follow=True)
+        assert next(stream) == b"hello\n"
+        stream.close()
+    finally:
+        container.remove(force=True)
+    _assert_quiet(stack, client)
