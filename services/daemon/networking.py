@@ -124,10 +124,7 @@ class Networking:
                 scope="local",
                 created=now_rfc3339(),
                 bridge=self.bridge_name,
-                options={
-                    "com.docker.network.bridge.default_bridge": "true",
-                    "com.docker.network.bridge.name": self.bridge_name,
-                },
+                options={**bridge.DEFAULT_BRIDGE_OPTIONS, "com.docker.network.bridge.name": self.bridge_name},
             )
             want = ipamconfig.parse(CreateNetworkRequest(subnet=self.default_subnet))
             await self._make_bridge(net, want, adopt_device=not self.default_subnet)

@@ -56,3 +56,13 @@ def test_cli_network_prune_filters(stack: Stack, client: docker.DockerClient) ->
     assert names(stack, "type=custom") == ["pbusy"]
     refused = cli(stack, "network", "prune", "-f", "--filter", "nosuch=1")
     assert refused.returncode == 1 and "Invalid filter 'nosuch'" in refused.stderr
+
+
+def test_cli_default_bridge_options(stack: Stack, client: docker.DockerClient) -> None:
+    """The default bridge's Options as dockerd shows them (scripts read its MTU this way)."""
+    mtu = ok(stack, "network", "inspect", "bridge", "-f", '{{index .Options "com.docker.network.driver.mtu"}}')
+    assert mtu == "1500\n"
+    options = ok(stack, "network", "inspect", "bridge", "-f", "{{json .Options}}")
+    for key in ("default_bridge", "enable_icc", "enable_ip_masquerade", "name"):
+        assert f'"com.docker.network.bridge.{key}"' in options, options
+    assert '"com.docker.network.bridge.host_binding_ipv4":"0.0.0.0"' in options

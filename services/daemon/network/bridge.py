@@ -26,6 +26,14 @@ from services.daemon.network import netns
 
 DEFAULT_BRIDGE = "skiff0"
 DEFAULT_MTU = 1500
+# The default bridge network's options as dockerd shows them (its device's name is added by the caller).
+DEFAULT_BRIDGE_OPTIONS = {
+    "com.docker.network.bridge.default_bridge": "true",
+    "com.docker.network.bridge.enable_icc": "true",
+    "com.docker.network.bridge.enable_ip_masquerade": "true",
+    "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
+    "com.docker.network.driver.mtu": str(DEFAULT_MTU),
+}
 IFNAMSIZ_MAX = 15
 BRIDGE_ALIAS = "skiff-net:"
 ENDPOINT_ALIAS = "skiff-ep:"
