@@ -220,7 +220,10 @@ async def update(request: web.Request) -> web.Response:
         id=request.match_info["id"], memory=_int(body, "Memory"), pids_limit=_int(body, "PidsLimit"),
         cpu_quota=quota, cpu_period=period, cpu_shares=_int(body, "CpuShares"), nano_cpus=nano_cpus,
         restart_policy=str(policy.get("Name") or ""), restart_max_retries=_int(policy, "MaximumRetryCount"))))
-    return web.json_response({"Warnings": list(reply.warnings)})
+    warnings = list(reply.warnings)
+    if _int(body, "KernelMemory") > 0:  # accepted and not applied, as dockerd 20.10 warns
+        warnings.append("Specifying a kernel memory limit is deprecated and will be removed in a future release.")
+    return web.json_response({"Warnings": warnings})
 
 
 async def stats(request: web.Request) -> web.StreamResponse:

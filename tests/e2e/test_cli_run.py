@@ -43,6 +43,9 @@ def test_cli_run_flags_as_dockerd(stack: Stack, client: docker.DockerClient, tmp
     assert 'plugin "nosuch" not found' in refused(stack, "network", "create", "--driver", "nosuch", "nx")
     assert "This node is not a swarm manager." in refused(stack, "network", "create", "--driver", "overlay", "nx")
     assert ok(stack, "ps", "-a", "--format", "{{.Names}}").split() == ["envs"]  # nothing half-made
+    updated = cli(stack, "update", "--kernel-memory", "10m", "envs")
+    assert updated.returncode == 0, updated.stderr
+    assert "Specifying a kernel memory limit is deprecated" in updated.stdout + updated.stderr
     # Mounts' Mode: "z" for a volume named in -v or --mount, "" for Config.Volumes' (-v /path) and binds.
     ok(stack, "create", "--name", "modes", "-v", "named:/n", "-v", "/anon", "-v", "/tmp:/h",
        "--mount", "type=volume,dst=/am", "busybox")
