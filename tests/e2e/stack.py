@@ -141,11 +141,23 @@ class Stack:
         left += [f"shim {p}" for p in self.shim_pids()]
         mounts = Path("/proc/self/mountinfo").read_text()
         left += [f"mount {line.split()[4]}" for line in mounts.splitlines() if str(self.prefix) in line]
-        for id_ in ids:
-            for found in Path("/sys/fs/cgroup").rglob(f"*{id_}*"):
-                left.append(f"cgroup {found}")
+        left += [f"cgroup {found}" for found in cgroups_named(ids)]
         left += [f"cgroup {folder}" for folder in remove_cgroup_parent(self.prefix)]
         return left
+
+
+def cgroups_named(parts: list[str]) -> list[str]:
+    """Cgroup folders whose name holds one of ``parts``, in one walk of every hierarchy.
+
+    os.walk skips a folder that goes while it walks (another test's cgroups are removed meanwhile;
+    Path.rglob raised FileNotFoundError for them).
+    """
+    if not parts:
+        return []
+    found = []
+    for top, folders, _ in os.walk("/sys/fs/cgroup"):
+        found += [os.path.join(top, name) for name in folders if any(part in name for part in parts)]
+    return found
 
 
 def _cmdline(pid: int) -> str:
