@@ -81,6 +81,29 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split("."))
 
 
+# The response a handler has started (its headers out): an error after that cannot be a response of its own.
+STARTED = "skiff.started_response"
+
+
+async def remember_started(request: web.Request, response: web.StreamResponse) -> None:
+    """An ``on_response_prepare`` signal: which response this request has started."""
+    request[STARTED] = response
+
+
+def _end_started(request: web.Request, exc: BaseException) -> web.StreamResponse | None:
+    """A streaming handler failed after its headers went out (the daemon died under a wait, logs -f,
+    attach): an error response written now would land inside the stream and garble it, and the
+    client would wait for the rest for ever. The connection is closed instead: the client sees the
+    stream end early, at once."""
+    started: web.StreamResponse | None = request.get(STARTED)
+    if started is None:
+        return None
+    log.warning("stream cut", path=request.path, error=str(exc))
+    if request.transport is not None:
+        request.transport.close()
+    return started
+
+
 @web.middleware
 async def versions_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """``/v1.NN/`` checked against what we speak; typed errors become Docker's JSON."""
@@ -99,7 +122,7 @@ async def versions_and_errors(request: web.Request, handler: Handler) -> web.Str
     try:
         return await handler(request)
     except SkiffError as exc:
-        return from_skiff_error(exc)
+        return _end_started(request, exc) or from_skiff_error(exc)
     except web.HTTPNotFound:
         return error_response(404, "page not found")
     except web.HTTPMethodNotAllowed:
@@ -110,4 +133,4 @@ async def versions_and_errors(request: web.Request, handler: Handler) -> web.Str
         raise
     except Exception as exc:  # a real fault: 500 with its text, logged with the traceback
         log.exception("handler failed", path=request.path)
-        return error_response(500, f"{type(exc).__name__}: {exc}")
+        return _end_started(request, exc) or error_response(500, f"{type(exc).__name__}: {exc}")

@@ -7,7 +7,6 @@ import asyncio
 
 import structlog
 from aiohttp import web
-from grpclib.client import Channel
 
 from services.apiserver import (
     archive,
@@ -23,9 +22,9 @@ from services.apiserver import (
     volumes,
 )
 from services.apiserver import exec as exec_api
-from services.apiserver.app import BACKEND, Backend, Routes, versions_and_errors
+from services.apiserver.app import BACKEND, Backend, Routes, remember_started, versions_and_errors
 from services.apiserver.streams import HijackableAppRunner
-from services.common import api_endpoints, tls_front
+from services.common import api_endpoints, grpc, tls_front
 from services.common.config import Config
 from services.common.service import Listener, Serving, http_probe, listen_tcp, listen_unix, run_service, tcp_probe
 
@@ -36,7 +35,8 @@ RESOURCES = (system, containers, containers_removal, exec_api, archive, images, 
 
 def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[versions_and_errors], client_max_size=0)
-    channel = Channel(path=str(config.paths.daemon_socket))
+    app.on_response_prepare.append(remember_started)  # an error after a stream started ends it, no garbling
+    channel = grpc.channel(str(config.paths.daemon_socket))
     app[BACKEND] = Backend.over(channel, config)
     metrics.attach(app, config, app[BACKEND].system)  # nothing unless --metrics-addr
 

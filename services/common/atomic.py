@@ -6,6 +6,10 @@ gone at reboot anyway), where the fsync would only cost time on the launch path.
 
 On ``posix`` alone, not ``os``: the shim and lowlevel use it too, and every import there costs
 every launch (``os`` is 2.5 ms of a skiff-lowlevel run, which otherwise never loads it).
+
+A writer SIGKILLed between its temporary file's creation and the rename leaves ``.<name>.<pid>.tmp``
+behind: the first write of a process into a folder sweeps the temporaries of writers no longer alive
+(``sweep``), so a restarted service clears what its killed predecessor left where it writes again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,43 @@ import posix as os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from os import PathLike
+
+_SWEPT: set[str] = set()  # the folders this process has swept already
+
+
+def _writer_pid(name: str) -> int:
+    """The pid in ``.<name>.<pid>.tmp``; 0 for any other name."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return 0
+    pid = name[:-4].rpartition(".")[2]
+    return int(pid) if pid.isdigit() else 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(folder: str) -> None:
+    """Removes the temporaries in ``folder`` left by writers that died before their rename."""
+    own = os.getpid()
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return
+    for name in names:
+        pid = _writer_pid(name)
+        # Our own pid: another thread of ours may be writing it now.
+        if pid and pid != own and not _alive(pid):
+            try:
+                os.unlink(f"{folder}{name}")
+            except OSError:
+                pass
 
 
 def atomic_write(
@@ -33,6 +74,11 @@ def atomic_write(
     path = os.fspath(path)
     head, _, name = path.rpartition("/")
     folder = head + "/" if head or path.startswith("/") else ""
+    if folder not in _SWEPT:
+        if len(_SWEPT) >= 4096:
+            _SWEPT.clear()  # bounded memory (a folder per container); a second sweep costs one listdir
+        _SWEPT.add(folder)
+        sweep(folder)
     # The pid keeps two processes writing the same file from sharing (and truncating) one temp file.
     tmp = f"{folder}.{name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)

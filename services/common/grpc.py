@@ -1,19 +1,24 @@
 """The one mapping between services.common.errors kinds and gRPC status codes, both ways.
 
 Servers decorate their handlers with ``grpc_errors``; clients wrap calls in ``client_errors()``
-(or ``await call(...)``) and get the typed SkiffError back, never a bare GRPCError.
+(or ``await call(...)``) and get the typed SkiffError back, never a bare GRPCError. Every service
+reaches another through ``channel()``: a call in flight when its peer dies fails, never hangs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+from grpclib.client import Channel, Handler, Stream
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 
 from services.common.errors import ERROR_BY_KIND, ErrorKind, SkiffError, Unavailable
 
@@ -80,3 +85,73 @@ def client_errors() -> Iterator[None]:
 async def call(awaitable: Awaitable[T]) -> T:
     with client_errors():
         return await awaitable
+
+
+_FINISHING: set[asyncio.Future[Any]] = set()
+
+
+async def finish_even_if_caller_goes(work: Awaitable[T]) -> T:
+    """Server side: an operation that must not stop halfway when its caller goes away.
+
+    grpclib cancels a handler whose client's connection is lost (the client SIGKILLed); cut there, a
+    start or a task create leaves what it made so far (a forked shim) known to no one. As dockerd
+    finishes a start whose client went, the work runs on to its end; a caller still there gets its
+    outcome."""
+    task = asyncio.ensure_future(work)
+    _FINISHING.add(task)
+    task.add_done_callback(_finished)
+    return await asyncio.shield(task)
+
+
+def _finished(task: asyncio.Future[Any]) -> None:
+    _FINISHING.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: its caller may be gone, the outcome is not an unhandled error
+
+
+class _LossReporting(H2Protocol):
+    """grpclib's connection, which also tells its channel when the peer is gone."""
+
+    def __init__(self, on_lost: Callable[[], None], *args: Any) -> None:
+        super().__init__(*args)
+        self._on_lost = on_lost
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self._on_lost()
+
+
+class WatchedChannel(Channel):
+    """grpclib's channel without its hang on a lost peer (grpclib issue 216).
+
+    On connection loss grpclib fails the calls whose HTTP/2 stream is open, but not those still
+    parked in ``send_request`` (the transport's write buffer full, or the peer's
+    MAX_CONCURRENT_STREAMS reached): they waited for ever. Here every call not yet sent when the
+    connection goes fails at once (``StreamTerminatedError``, hence ``Unavailable``); the next call
+    connects again.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent: weakref.WeakSet[Stream[Any, Any]] = weakref.WeakSet()
+
+    def request(self, *args: Any, **kwargs: Any) -> Stream[Any, Any]:
+        stream = super().request(*args, **kwargs)
+        self._unsent.add(stream)
+        return stream
+
+    def _protocol_factory(self) -> H2Protocol:
+        return _LossReporting(self._fail_unsent, Handler(), self._config, self._h2_config)
+
+    def _fail_unsent(self) -> None:
+        error = StreamTerminatedError("Connection lost")
+        for stream in list(self._unsent):
+            wrapper = getattr(stream, "_wrapper", None)  # made when the call is entered
+            if wrapper is not None and not stream._send_request_done:
+                wrapper.cancel(error)  # wakes the task parked inside it with this error
+        self._unsent.clear()
+
+
+def channel(path: str) -> Channel:
+    """The client channel to a service's UNIX socket."""
+    return WatchedChannel(path=path)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from services.common.config import Config
 from services.common.daemon_config import apply_log_defaults, apply_runtime_default, apply_ulimit_defaults
 from services.common.errors import FailedPrecondition, Unavailable
-from services.common.grpc import call, grpc_errors
+from services.common.grpc import call, finish_even_if_caller_goes, grpc_errors
 from services.daemon.containers import ContainerManager
 from services.daemon.hostopts import prepare
 from services.daemon.links import link_names
@@ -59,7 +59,8 @@ class ContainersService(ContainersBase):
 
     @grpc_errors
     async def start(self, container_ref: ContainerRef) -> Empty:
-        await self.manager.start(container_ref.id)  # FailedPrecondition when running: the API's 304
+        # FailedPrecondition when running: the API's 304. Finished even if the apiserver dies meanwhile.
+        await finish_even_if_caller_goes(self.manager.start(container_ref.id))
         return Empty()
 
     @grpc_errors

@@ -11,7 +11,7 @@ from grpclib._typing import IServable
 from grpclib.client import Channel
 from grpclib.server import Server
 
-from services.common import daemon_config
+from services.common import daemon_config, grpc
 from services.common.config import Config
 from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.daemon.archive import ArchiveService
@@ -114,7 +114,7 @@ async def serve(config: Config) -> int:
 
 async def start(config: Config) -> Serving:
     paths = config.paths
-    channel = Channel(path=str(paths.highlevel_socket))
+    channel = grpc.channel(str(paths.highlevel_socket))
     daemon = build_daemon(config, channel)
     await daemon.load()
     server = Server(daemon.services)

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 
 from services.common.errors import InvalidArgument
-from services.common.grpc import grpc_errors
+from services.common.grpc import finish_even_if_caller_goes, grpc_errors
 from services.common.shimproto import FrameKind, Op
 from services.gen.skiff.highlevel.v1 import (
     AttachOutput,
@@ -65,6 +65,11 @@ class TasksService(TasksBase):
 
     @grpc_errors
     async def create(self, create_task_request: CreateTaskRequest) -> CreateTaskResponse:
+        # Finished even if the daemon dies meanwhile: its shim is then a task highlevel knows (the
+        # daemon's reconcile deletes it), never an orphan forked and forgotten.
+        return await finish_even_if_caller_goes(self._create(create_task_request))
+
+    async def _create(self, create_task_request: CreateTaskRequest) -> CreateTaskResponse:
         r = create_task_request
         if r.spec and r.bundle:
             raise InvalidArgument("a spec or a bundle, not both")
