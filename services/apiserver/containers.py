@@ -304,10 +304,14 @@ async def logs(request: web.Request) -> web.StreamResponse:
                         if since and at < since:
                             continue
                     data = _payload(entry, timestamps, details)
-                    await response.write(data if tty else frame(entry.stream, data))
+                    try:
+                        await response.write(data if tty else frame(entry.stream, data))
+                    except ConnectionResetError:
+                        # Caught here: client_errors would take it for the daemon's connection (Unavailable).
+                        return response  # the client stopped reading (docker-py closes a stream it is done with)
         await response.write_eof()
     except ConnectionResetError:
-        pass  # the client stopped reading (docker-py closes a logs stream it is done with): nothing to report
+        pass  # the client went away before the end: nothing to report
     return response
 
 
