@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -51,12 +52,24 @@ async def _stream(request: web.Request, chunks: AsyncIterator[ArchiveChunk], wit
         if with_stat:
             response.headers["X-Docker-Container-Path-Stat"] = stat_header(first.stat)
         await response.prepare(request)
-        if first.data:
-            await response.write(first.data)
+        if first.data and not await _send(response, first.data):
+            return response
         async for chunk in it:
-            await response.write(chunk.data)
-    await response.write_eof()
+            if not await _send(response, chunk.data):
+                return response
+    with contextlib.suppress(ConnectionResetError):  # the client had all it wanted and went
+        await response.write_eof()
     return response
+
+
+async def _send(response: web.StreamResponse, data: bytes) -> bool:
+    """False when the client has gone (it stopped reading, as docker-py's get_archive may): nothing to
+    report. Caught here, at the write: client_errors would take it for the daemon's connection."""
+    try:
+        await response.write(data)
+    except ConnectionResetError:
+        return False
+    return True
 
 
 async def get(request: web.Request) -> web.StreamResponse:

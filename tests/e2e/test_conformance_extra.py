@@ -10,6 +10,7 @@ import time
 import docker
 
 from tests.e2e.stack import Stack
+from tests.support.tasks import wait_for
 
 QUIET_WINDOW = 3.0  # s: a failed write shows within milliseconds of the client's close; this is the bound
 
@@ -53,5 +54,23 @@ def test_logs_follower_gone_while_output_comes_ends_quietly(stack: Stack, client
         _assert_quiet(stack, client)
         container.reload()
         assert container.status == "running"
+    finally:
+        container.remove(force=True)
+
+
+def test_archive_reader_gone_before_the_end_ends_quietly(stack: Stack, client: docker.DockerClient) -> None:
+    """docker-py's get_archive hands back a stream the caller may leave unread: a client that closes a
+    GET /containers/{id}/archive answer half-way ends the request quietly."""
+    container = client.containers.run("busybox", ["sh", "-c", "dd if=/dev/zero of=/big bs=1M count=8; sleep 600"],
+                                      detach=True)
+    try:
+        wait_for(lambda: container.exec_run(["stat", "-c", "%s", "/big"]).output.strip() == b"8388608",
+                 timeout=30, what="the 8 MiB file")
+        chunks, stat = container.get_archive("/big", chunk_size=4096)
+        assert stat["size"] == 8388608
+        assert next(chunks)
+        chunks.close()  # a generator: closing it drops the response and its connection
+        _assert_quiet(stack, client)
+        assert container.get_archive("/big")[1]["size"] == 8388608
     finally:
         container.remove(force=True)
