@@ -111,29 +111,21 @@ async def wait(request: web.Request) -> web.StreamResponse:
     stream = backend(request).containers.wait(WaitRequest(id=request.match_info["id"],
                                                           condition=WAIT_CONDITIONS[condition]))
     response: web.StreamResponse | None = None
-    try:
-        with client_errors():
-            async for message in stream:
-                if not message.exited:
-                    # Registered: the headers go out now, before the client starts the container.
-                    response = web.StreamResponse(status=200)
-                    response.content_type = "application/json"
-                    await response.prepare(request)
-                    continue
-                body = json.dumps({"StatusCode": message.exit_code, "Error": None}).encode() + b"\n"
-                if response is None:
-                    return web.Response(body=body, content_type="application/json")
-                await response.write(body)
-                await response.write_eof()
-                return response
-        raise InvalidArgument("wait ended without an exit status")
-    except SkiffError as exc:
-        if response is None:
-            raise
-        # The 200 is out (the daemon died meanwhile): as dockerd, the error goes in the wait's body.
-        await response.write(json.dumps({"StatusCode": -1, "Error": {"Message": exc.message}}).encode() + b"\n")
-        await response.write_eof()
-        return response
+    with client_errors():
+        async for message in stream:
+            if not message.exited:
+                # Registered: the headers go out now, before the client starts the container.
+                response = web.StreamResponse(status=200)
+                response.content_type = "application/json"
+                await response.prepare(request)
+                continue
+            body = json.dumps({"StatusCode": message.exit_code, "Error": None}).encode() + b"\n"
+            if response is None:
+                return web.Response(body=body, content_type="application/json")
+            await response.write(body)
+            await response.write_eof()
+            return response
+    raise InvalidArgument("wait ended without an exit status")
 
 
 async def list_(request: web.Request) -> web.Response:

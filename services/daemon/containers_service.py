@@ -54,7 +54,9 @@ class ContainersService(ContainersBase):
         apply_log_defaults(self.manager.settings.current, config.host)  # and log-driver, log-opts
         apply_ulimit_defaults(self.manager.settings.current, config.host, Ulimit)  # and default-ulimits
         warnings = await prepare(self.records, config)  # dockerd's checks and defaults of HostConfig's options
-        record = await self.manager.create(create_container_request.name, config)
+        # Finished even if the apiserver dies meanwhile: cut, its snapshot's prepare could land after
+        # the cleanup (a mount no record owns).
+        record = await finish_even_if_caller_goes(self.manager.create(create_container_request.name, config))
         return CreateContainerResponse(id=record.id, warnings=warnings)
 
     @grpc_errors
