@@ -36,10 +36,6 @@ def explain(done: subprocess.CompletedProcess[str], logs: Path) -> str:
     return f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}\n" + "\n".join(tails)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open engine bugs the soak finds (see issue 15's report): requests parked in grpclib's send_request "
-    "hang for ever when the daemon is SIGKILLed (grpclib issue 216: no deadline on apiserver->daemon calls); "
-    "a start cancelled by a killed apiserver leaves highlevel's freshly forked shim running, unknown to it"))
 def test_a_faulted_soak_loses_nothing(tmp_path: Path) -> None:
     """The issue's CI gate: 200 launches at 20 at once, a service or a shim SIGKILLed every 5 s."""
     needs_root()
