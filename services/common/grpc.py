@@ -87,6 +87,21 @@ async def call(awaitable: Awaitable[T]) -> T:
         return await awaitable
 
 
+async def while_unavailable(attempt: Callable[[], Awaitable[T]], *, within: float) -> T:
+    """``attempt`` again, with a bounded back-off, while its peer is away (Unavailable: restarting)
+    for up to ``within`` seconds; then its last error stands."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + within, 0.1
+    while True:
+        try:
+            return await attempt()
+        except Unavailable:
+            if loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
 _FINISHING: set[asyncio.Future[Any]] = set()
 
 

@@ -30,7 +30,7 @@ from services.common.errors import (
     SkiffError,
     Unavailable,
 )
-from services.common.grpc import call, client_errors
+from services.common.grpc import call, client_errors, while_unavailable
 from services.common.paths import Paths
 from services.daemon import logdrivers
 from services.daemon import logs as logfile
@@ -141,6 +141,8 @@ class ContainerManager:
                 await self._mark_exited(entry, hl.ExitStatus(exit_code=255, exited_at=now_rfc3339()))
             elif entry.running:
                 self._watch(entry)
+            elif entry.record.config.host.auto_remove and entry.record.state.started_at:  # dockerd's restore:
+                self._spawn(self._auto_remove(entry.record.id))  # --rm, exited, not removed when we died
             elif task is not None:
                 # A start cut short by a crash: highlevel has a task the record never saw start,
                 # and its network was never recorded. The start failed for its caller; it fails
@@ -353,8 +355,8 @@ class ContainerManager:
             self._spawn(self._auto_remove(entry.record.id))
 
     async def _auto_remove(self, container_id: str) -> None:
-        try:
-            await self.remove(container_id, force=True)
+        try:  # highlevel restarting is no reason to keep a --rm container: tried again for a while
+            await while_unavailable(lambda: self.remove(container_id, force=True), within=60.0)
         except SkiffError as exc:
             log.warning("auto-remove failed", id=container_id, error=exc.message)
 

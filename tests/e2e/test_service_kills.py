@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import docker
+import pytest
 
 from tests.e2e.stack import Stack
 from tests.support.tasks import pid_alive, wait_for
@@ -189,3 +190,20 @@ def test_temporaries_of_a_killed_writer_are_swept(stack: Stack, client: docker.D
     client.api.wait(cid, timeout=30)
     assert not left.exists(), os.listdir(folder)
     client.api.remove_container(cid)
+
+
+@pytest.mark.parametrize("module", ["services.daemon", "services.highlevel"])
+def test_an_rm_container_that_exits_while_a_service_is_down_goes(stack: Stack, client: docker.DockerClient,
+                                                                module: str) -> None:
+    """``--rm`` honoured across a kill: a container that exited while the daemon (or highlevel) was
+    down is removed once it is back (its removal failed on the refused connection and stayed undone)."""
+    box = client.containers.run("busybox", ["sh", "-c", WAITER], detach=True, auto_remove=True)
+    box.reload()
+    pid = box.attrs["State"]["Pid"]
+    _kill(stack, module)
+    try:
+        (Path(f"/proc/{pid}/root") / "go").touch()
+        wait_for(lambda: not pid_alive(pid), 15, "the exit while the service is down")
+    finally:
+        stack.start(module)
+    wait_for(lambda: client.api.containers(all=True) == [], 30, "the --rm container removed")
