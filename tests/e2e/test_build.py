@@ -312,18 +312,23 @@ FROM busybox
 RUN cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes
 RUN echo "nofile=$(ulimit -n)"
 RUN echo "links=$(ls /sys/class/net | tr '\\n' ' ')"
+RUN echo "shm=$(df -k /dev/shm | tail -n 1 | awk '{print $2}')k"
+RUN echo "shares=$(cat /sys/fs/cgroup/cpu.weight 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.shares)"
 """
 
 
 def test_run_steps_honour_memory_ulimits_and_network_mode(stack: Stack, client: docker.DockerClient,
                                                           tmp_path: Path) -> None:
     ctx = make_context(tmp_path / "ctx", {"Dockerfile": RESOURCES})
-    result = cli(stack, "build", "--memory", "64m", "--ulimit", "nofile=512:512", "--network", "none", str(ctx),
-                 buildkit="0")
+    result = cli(stack, "build", "--memory", "64m", "--ulimit", "nofile=512:512", "--network", "none",
+                 "--shm-size", "16m", "--cpu-shares", "512", str(ctx), buildkit="0")
     assert result.returncode == 0, result.stderr
     assert "67108864" in result.stdout
     assert "nofile=512" in result.stdout
     assert "links=lo \n" in result.stdout
+    assert "shm=16384k" in result.stdout
+    # cgroup v1 keeps the shares as given; v2 converts them to a weight (512 -> 20, as runc converts).
+    assert "shares=512" in result.stdout or "shares=20\n" in result.stdout
 
 
 def test_cache_from_limits_reuse_to_the_images_named(stack: Stack, client: docker.DockerClient,

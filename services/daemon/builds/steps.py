@@ -85,7 +85,7 @@ class Steps:
         """RUN: a container from ``parent`` running ``argv``, its output streamed, committed on success."""
         o = self.options
         host = HostConfig(network_mode=o.network_mode or "bridge", memory=o.memory, cpu_shares=o.cpu_shares,
-                          ulimits=list(o.ulimits))
+                          shm_size=o.shm_size, ulimits=list(o.ulimits))
         create = ContainerConfig(
             image=parent, cmd=argv, entrypoint=[], entrypoint_set=True, env=env,
             working_dir=str(config.get("WorkingDir") or ""), user=str(config.get("User") or ""),
