@@ -167,17 +167,9 @@ class RootExtractor:
             st = os.lstat(name, dir_fd=pfd)
         except FileNotFoundError:
             return False
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return True
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-            try:
-                rmtree_fd(fd)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=pfd)
-        else:
-            os.unlink(name, dir_fd=pfd)
+        if stat.S_ISDIR(st.st_mode) and keep_dir:
+            return True
+        remove_entry(name, pfd, st)
         return False
 
     # -- checks before writing ----------------------------------------------------------------
@@ -341,16 +333,21 @@ class RootExtractor:
 def rmtree_fd(dir_fd: int) -> None:
     """Empty a folder given by descriptor without ever following a symlink."""
     for name in os.listdir(dir_fd):
-        st = os.lstat(name, dir_fd=dir_fd)
-        if stat.S_ISDIR(st.st_mode):
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            try:
-                rmtree_fd(fd)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=dir_fd)
-        else:
-            os.unlink(name, dir_fd=dir_fd)
+        remove_entry(name, dir_fd)
+
+
+def remove_entry(name: str, dir_fd: int, st: os.stat_result | None = None) -> None:
+    """Remove ``name`` below ``dir_fd``, a folder with all it holds; a symlink is removed, never followed."""
+    st = st or os.lstat(name, dir_fd=dir_fd)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        rmtree_fd(fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def extract_archive(archive: str | os.PathLike[str], root: str | os.PathLike[str], options: ExtractOptions,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.untar import ExtractOptions, RootExtractor, rmtree_fd, split_name
+from services.common.untar import ExtractOptions, RootExtractor, remove_entry, split_name
 from services.daemon.builds import ignore
 
 MAX_HOPS = 40
@@ -90,18 +90,10 @@ def _walk_drop(dir_fd: int, prefix: str, patterns: list[ignore.Pattern], keep: s
             # A folder with an exception below it stays, for the exception's sake.
             exceptions = any(p.exclusion and p.text.startswith(rel + "/") for p in patterns)
             if not (is_dir and exceptions) and not any(k.startswith(rel + "/") for k in keep):
-                if is_dir:
-                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-                    try:
-                        rmtree_fd(sub)
-                    finally:
-                        os.close(sub)
-                    os.rmdir(name, dir_fd=dir_fd)
-                else:
-                    os.unlink(name, dir_fd=dir_fd)
+                remove_entry(name, dir_fd, st)
                 continue
         if is_dir:
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
                 _walk_drop(sub, rel + "/", patterns, keep)
             finally:
