@@ -86,13 +86,20 @@ def dockerd(work: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def skiff(work: Path) -> Iterator[Path]:
+def skiff(work: Path, cgroup: Path | None = None) -> Iterator[Path]:
+    """A private engine under ``work``; with ``cgroup``, its services start in that cgroup (v1 cpuacct)."""
     root = work / "skiff-root"
     # Its own bridge, subnet and cgroup parent (as the tests do), all removed afterwards: an engine
     # keeps its default bridge when it stops, as dockerd keeps docker0, and the bench must leave none.
     env = {**os.environ, **network_env(root), "SKIFF_CGROUP_PARENT": cgroup_parent(root)}
+
+    def join() -> None:
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
     proc = subprocess.Popen([sys.executable, "-m", "services.up", "up", "--root", str(root)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "skiff.log", "wb"))  # noqa: SIM115
+                            stdout=subprocess.DEVNULL, stderr=open(work / "skiff.log", "wb"),  # noqa: SIM115
+                            preexec_fn=join if cgroup is not None else None)
     sock = root / "run" / "skiff" / "skiff.sock"
     try:
         wait_socket(sock, proc)

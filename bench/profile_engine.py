@@ -29,9 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.engine import READY_TIMEOUT, cli, stop, wait_socket  # noqa: E402
-from services.common.paths import Paths  # noqa: E402
-from tests.e2e.netstack import cgroup_parent, cleanup_networks, network_env, remove_cgroup_parent  # noqa: E402
+from bench.engine import cli, skiff  # noqa: E402
 from tests.support.busybox import docker_archive  # noqa: E402
 
 SERVICES = ("services.apiserver", "services.daemon", "services.highlevel")
@@ -83,34 +81,6 @@ def engine_cgroup() -> Iterator[Path | None]:
                     print(f"left {folder} (still in use)", file=sys.stderr)
                     break
                 time.sleep(0.1)
-
-
-@contextmanager
-def skiff(work: Path, cgroup: Path | None) -> Iterator[tuple[Path, dict[str, int]]]:
-    root = work / "skiff-root"
-    env = {**os.environ, **network_env(root), "SKIFF_CGROUP_PARENT": cgroup_parent(root)}
-
-    def join() -> None:
-        if cgroup is not None:
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-
-    proc = subprocess.Popen([sys.executable, "-m", "services.up", "up", "--root", str(root)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "skiff.log", "wb"),  # noqa: SIM115
-                            preexec_fn=join)
-    sock = root / "run" / "skiff" / "skiff.sock"
-    try:
-        wait_socket(sock, proc)
-        ready = time.monotonic() + READY_TIMEOUT
-        while cli(sock, "info").returncode != 0 and time.monotonic() < ready:
-            time.sleep(0.1)
-        yield sock, service_pids(root)
-    finally:
-        ids = cli(sock, "ps", "-aq").stdout.decode().split()
-        if ids:
-            cli(sock, "rm", "-f", *ids)
-        stop(proc)
-        cleanup_networks(Paths(root))
-        remove_cgroup_parent(root)
 
 
 class Sampler:
@@ -222,7 +192,8 @@ def main() -> int:
     report: list[str] = []
     try:
         tar = docker_archive(work / "busybox.tar", work / "rootfs")
-        with engine_cgroup() as cgroup, skiff(work, cgroup) as (sock, pids):
+        with engine_cgroup() as cgroup, skiff(work, cgroup) as sock:
+            pids = service_pids(sock.parents[2])
             if cli(sock, "load", "-i", str(tar)).returncode != 0:
                 raise RuntimeError("docker load failed")
             cli(sock, "run", "--rm", "--network", "none", "busybox", "true")  # warm-up
