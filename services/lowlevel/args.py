@@ -252,11 +252,16 @@ _VERSION_SPEC: FlagSpec = {"--version": ("version", False, False), "-v": ("versi
 
 def invoked_as() -> str:
     """The program as it was started (Go's os.Args[0], which runc's usage errors quote)."""
+    import posix
     import sys
 
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
     if argv0.endswith(".py") or argv0 in ("", "-c", "-m"):
-        # python -I -S .../__main__.py: the name a wrapper gave with exec -a, else ours
+        # python -I -S .../__main__.py: the name the installed launcher (a /bin/sh script, which has
+        # no exec -a) was called by, else the name a wrapper gave with exec -a, else ours
+        launched = posix.environ.get(b"SKIFF_LOWLEVEL_NAME")
+        if launched:
+            return launched.decode(errors="replace")
         orig = getattr(sys, "orig_argv", None) or [""]
         name = orig[0].rpartition("/")[2]
         return orig[0] if name and not name.startswith("python") else PROG
