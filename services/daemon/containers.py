@@ -153,7 +153,8 @@ class ContainerManager:
         # A create cut short by a crash (the daemon killed between highlevel's Prepare and the record's
         # save) left a container snapshot (keyed by the 64-hex id) that no record owns: it goes.
         for snap in (await call(self.snapshots.list(hl.ListSnapshotsRequest()))).snapshots:
-            if len(snap.key) == 64 and snap.key not in self.entries and all(c in "0123456789abcdef" for c in snap.key):
+            if len(snap.key) == 64 and snap.key not in self.entries and all(c in "0123456789abcdef" for c in snap.key) \
+                    and snap.labels.get("skiff.namespace", "moby") == "moby":  # not skiff-cri's pods' snapshots
                 log.warning("removing the snapshot of an unfinished create", id=snap.key)
                 with contextlib.suppress(SkiffError):
                     await call(self.snapshots.remove(hl.SnapshotKeyRequest(key=snap.key)))

@@ -49,6 +49,7 @@ log = structlog.get_logger(service="highlevel")
 
 RUNTIME_TIMEOUT = 30.0
 SHIM_EXIT_TIMEOUT = 5.0
+DEFAULT_NAMESPACE = "moby"  # the Docker daemon's; a request's empty namespace means it
 
 
 class TaskStatus(enum.Enum):
@@ -107,6 +108,7 @@ class Task:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     oom_kills: int = 0  # the highest oom_kill count already published as an ``oom`` event
     oom_watcher: asyncio.Task[None] | None = None
+    namespace: str = DEFAULT_NAMESPACE  # as containerd's: the daemon's tasks and CRI's see none of the other's
 
     @property
     def client(self) -> ShimClient:
@@ -135,6 +137,7 @@ class CreateOptions:
     log_format: str = ""  # "json-file" (""), "local"
     log_compress: bool = False
     log_attrs: dict[str, str] | None = None
+    namespace: str = DEFAULT_NAMESPACE
 
 
 def pid_alive(pid: int) -> bool:
@@ -234,7 +237,7 @@ class TaskManager:
             "log_path": opts.log_path or str(state_dir / "log.json"),
             "log_max_size": opts.log_max_size, "log_max_file": opts.log_max_file or 1,
             "log_format": opts.log_format, "log_compress": opts.log_compress, "log_attrs": opts.log_attrs or {},
-        }
+            "namespace": opts.namespace}
         # The shim's whole truth: never seen half-written (by the shim, or by recover after a crash).
         atomic_write(state_dir / "bootstrap.json", json.dumps(boot).encode(), durable=False)
         try:
@@ -250,7 +253,7 @@ class TaskManager:
             raise
         init = ProcRecord("", pid=int(answer["pid"]), terminal=opts.terminal)
         task = Task(opts.id, state_dir, socket_path, runtime, runtime_argv, opts.bundle,
-                    int(answer["shim_pid"]), init)
+                    int(answer["shim_pid"]), init, namespace=opts.namespace)
         self.tasks[opts.id] = task
         self.events.publish(EventType.CREATE, opts.id, pid=init.pid)
         init.watcher = asyncio.create_task(self._watch(task, init))
@@ -551,7 +554,8 @@ class TaskManager:
             return
         init = ProcRecord("", pid=int(status.get("pid") or 0), terminal=bool(boot.get("terminal")))
         task = Task(id_, state_dir, boot["socket"], boot.get("runtime_name", ""), boot["runtime"], boot["bundle"],
-                    shim_pid, init, started_at=status.get("started_at", ""))
+                    shim_pid, init, started_at=status.get("started_at", ""),
+                    namespace=boot.get("namespace") or DEFAULT_NAMESPACE)
         if status.get("status") in ("running", "paused", "stopped"):
             init.started.set()
         self.tasks[id_] = task

@@ -44,7 +44,7 @@ from services.gen.skiff.highlevel.v1 import TaskStatus as ProtoStatus
 from services.highlevel.bundles import check_id, remove_bundle, write_bundle
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimGone
-from services.highlevel.tasks import CreateOptions, ExitInfo, TaskManager, TaskStatus
+from services.highlevel.tasks import DEFAULT_NAMESPACE, CreateOptions, ExitInfo, TaskManager, TaskStatus
 
 STATUS_TO_PROTO = {
     TaskStatus.CREATED: ProtoStatus.CREATED,
@@ -84,7 +84,8 @@ class TasksService(TasksBase):
                              stdin_once=r.stdin_once, log_path=r.log.path if r.log else "",
                              log_max_size=r.log.max_size if r.log else 0, log_max_file=r.log.max_file if r.log else 1,
                              log_format=r.log.format if r.log else "", log_compress=bool(r.log and r.log.compress),
-                             log_attrs=dict(r.log.attrs) if r.log else None)
+                             log_attrs=dict(r.log.attrs) if r.log else None,
+                             namespace=r.namespace or DEFAULT_NAMESPACE)
         try:
             task = await self.manager.create(opts)
         except BaseException:
@@ -172,11 +173,14 @@ class TasksService(TasksBase):
         return TaskState(id=raw["id"], exec_id=raw["exec_id"], pid=raw["pid"], status=STATUS_TO_PROTO[raw["status"]],
                          terminal=raw["terminal"], exit=exit_.to_proto() if exit_ else None,
                          bundle=task.bundle if task else "", runtime=task.runtime if task else "",
-                         started_at=raw.get("started_at", ""), shim_pid=raw.get("shim_pid", 0))
+                         started_at=raw.get("started_at", ""), shim_pid=raw.get("shim_pid", 0),
+                         namespace=task.namespace if task else "")
 
     @grpc_errors
     async def list(self, list_tasks_request: ListTasksRequest) -> ListTasksResponse:
-        ids = list(self.manager.tasks)
+        r = list_tasks_request
+        namespace = r.namespace or DEFAULT_NAMESPACE
+        ids = [i for i, t in self.manager.tasks.items() if r.all_namespaces or t.namespace == namespace]
         states = await asyncio.gather(*(self.manager.state(i) for i in ids), return_exceptions=True)
         return ListTasksResponse(tasks=[self._state(s) for s in states if isinstance(s, dict)])
 

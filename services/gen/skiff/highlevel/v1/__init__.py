@@ -367,6 +367,7 @@ class CreateTaskRequest(betterproto.Message):
     stdin: bool = betterproto.bool_field(5)
     stdin_once: bool = betterproto.bool_field(6)
     log: "LogConfig" = betterproto.message_field(7)
+    namespace: str = betterproto.string_field(9)
 
 
 @dataclass(eq=False, repr=False)
@@ -493,11 +494,13 @@ class TaskState(betterproto.Message):
     runtime: str = betterproto.string_field(8)
     started_at: str = betterproto.string_field(9)
     shim_pid: int = betterproto.uint32_field(10)
+    namespace: str = betterproto.string_field(11)
 
 
 @dataclass(eq=False, repr=False)
 class ListTasksRequest(betterproto.Message):
-    pass
+    namespace: str = betterproto.string_field(1)
+    all_namespaces: bool = betterproto.bool_field(2)
 
 
 @dataclass(eq=False, repr=False)
