@@ -65,12 +65,16 @@ class JsonFileLog:
 
 
 def open_log(boot: dict[str, Any]) -> Any:
-    """The writer bootstrap.json asks for (``log_format`` json-file or local), or None without a path."""
+    """The writer bootstrap.json asks for (``log_format`` json-file, local or cri), or None without a path."""
     path = boot.get("log_path")
     if not path:
         return None
     size, count = int(boot.get("log_max_size") or 0), int(boot.get("log_max_file") or 1)
     compress = bool(boot.get("log_compress"))
+    if boot.get("log_format") == "cri":  # skiff-cri's containers: kubelet reads and rotates the file
+        from services.shim.crilog import CriLog
+
+        return CriLog(path)
     if boot.get("log_format") == "local":
         from services.shim.locallog import LocalLog
 
