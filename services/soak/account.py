@@ -101,6 +101,8 @@ class Account:
         hangs = sum(self.timings.hangs.values())
         if hangs:
             why.append(f"{hangs} calls without an answer in time")
+        if self.timings.garbled:
+            why.append(f"{len(self.timings.garbled)} garbled answers")
         leaked = sum(len(v) for v in self.leaks.values())
         if leaked:
             why.append(f"{leaked} leaks ({', '.join(k for k, v in self.leaks.items() if v)})")
@@ -121,6 +123,7 @@ class Account:
             "not_removed": {"count": len(self.not_removed), "cases": self.not_removed[:EXAMPLES]},
             "orphans_removed": self.orphans_removed,
             "hangs": {"by_route": dict(self.timings.hangs), "cases": self.timings.hang_cases},
+            "garbled_answers": {"count": len(self.timings.garbled), "cases": self.timings.garbled[:EXAMPLES]},
             "call_failures": dict(self.timings.failures.most_common()),
             "launch_latency": self.launch_latency.summary(),
             "latency": {route: h.summary() for route, h in sorted(self.timings.routes.items())},
@@ -143,9 +146,8 @@ class Account:
                      f"wrong states: {len(self.wrong_state)}; log lines lost: {self.lost_lines}, "
                      f"duplicated: {self.duplicated_lines}; not removed: {len(self.not_removed)}; "
                      f"hung calls: {sum(self.timings.hangs.values())}")
-        for case in [*self.timings.hang_cases[:5], *self.lost[:5], *self.wrong_exit[:5], *self.wrong_state[:5],
-                     *self.line_cases[:5],
-                     *self.not_removed[:5]]:
+        for case in [*self.timings.hang_cases[:5], *self.timings.garbled[:5], *self.lost[:5], *self.wrong_exit[:5],
+                     *self.wrong_state[:5], *self.line_cases[:5], *self.not_removed[:5]]:
             lines.append(f"  {case}")
         leaked = {k: v for k, v in self.leaks.items() if v}
         lines.append("leaks: " + ("none" if not leaked else "; ".join(f"{k}: {len(v)}" for k, v in leaked.items())))

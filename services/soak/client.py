@@ -30,12 +30,14 @@ T = TypeVar("T")
 class CallFailed(Exception):
     """One API call failed; ``status`` is None when no HTTP answer came (timeout, connection)."""
 
-    def __init__(self, route: str, status: int | None, message: str, *, timed_out: bool = False) -> None:
+    def __init__(self, route: str, status: int | None, message: str, *, timed_out: bool = False,
+                 garbled: bool = False) -> None:
         super().__init__(f"{route}: {status or 'no answer'} {message}")
         self.route = route
         self.status = status
         self.message = message
         self.timed_out = timed_out
+        self.garbled = garbled  # a success status whose body is not the JSON the route answers
 
     @property
     def cause(self) -> str:
@@ -46,12 +48,14 @@ class CallFailed(Exception):
 
 @dataclass(slots=True)
 class Timings:
-    """Latency per route (successful calls) and failures per cause; hangs are calls that timed out."""
+    """Latency per route (successful calls) and failures per cause; hangs are calls that timed out,
+    garbled answers are successes whose body could not be read (both fail a run)."""
 
     routes: dict[str, Histogram] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
     hangs: Counter[str] = field(default_factory=Counter)
     hang_cases: list[str] = field(default_factory=list)  # the first few, with their path and time
+    garbled: list[str] = field(default_factory=list)
 
     def record(self, route: str, seconds: float) -> None:
         self.routes.setdefault(route, Histogram()).record(seconds)
@@ -109,10 +113,20 @@ class DockerApi:
             failed = CallFailed(route, status, message)
             self.timings.failures[failed.cause] += 1
             raise failed
-        self.timings.record(route, time.monotonic() - started)
         if raw:
+            self.timings.record(route, time.monotonic() - started)
             return content
-        return json.loads(content) if content.strip() else None
+        try:
+            decoded = json.loads(content) if content.strip() else None
+        except ValueError as exc:
+            # Not the engine's JSON (a stream cut or two answers run together): a wrong answer the
+            # account fails the run for, never a crash of the tool.
+            failed = CallFailed(route, status, f"garbled answer ({exc}): {content[:120]!r}", garbled=True)
+            self.timings.failures[failed.cause] += 1
+            self.timings.garbled.append(f"{method} {path} at {time.strftime('%H:%M:%S')}: {failed.message}")
+            raise failed from None
+        self.timings.record(route, time.monotonic() - started)
+        return decoded
 
 
 def transient(exc: CallFailed) -> bool:

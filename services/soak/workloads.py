@@ -293,8 +293,13 @@ class Lost(Exception):
 async def sweep(api: DockerApi, account: Account, launches: Launches, deadline: float) -> None:
     """After the run: every container with this run's label goes (the ones whose create answer was
     lost never reached ``live``: counted as orphans, not failures)."""
-    listed = await persist(lambda: api.call("GET /containers/json", "GET", "/containers/json", params={
-        "all": "1", "filters": f'{{"label":["{LABEL}={launches.run_id}"]}}'}), deadline)
+    try:
+        listed = await persist(lambda: api.call("GET /containers/json", "GET", "/containers/json", params={
+            "all": "1", "filters": f'{{"label":["{LABEL}={launches.run_id}"]}}'}), deadline)
+    except CallFailed as exc:  # the account says why; what this run still holds is not known removed
+        account.not_removed.extend(f"{name}: the sweep's list failed: {exc}" for name in launches.live.values())
+        launches.live.clear()
+        return
     for entry in listed or []:
         cid = str(entry["Id"])
         if cid not in launches.live:

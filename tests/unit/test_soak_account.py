@@ -1,12 +1,17 @@
 """skiff soak's account: log lines lost and duplicated, the verdict and what it lets pass, the
-report's shape, the failure causes grouped across containers."""
+report's shape, the failure causes grouped across containers; a garbled answer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
+
+import pytest
+from aiohttp import web
 
 from services.soak.account import Account
-from services.soak.client import CallFailed, demux
+from services.soak.client import CallFailed, DockerApi, demux, transient
 from services.soak.workloads import script
 
 
@@ -81,3 +86,33 @@ def test_demux_and_the_script() -> None:
     assert demux(framed) == (["a 1", "a 2"], ["e"])
     assert script("t", 3, 5, 0.2).endswith("sleep 0.2; exit 5")
     assert script("t", 3, 5, 0.2, wait_for_term=True).startswith("trap 'exit 5' TERM;")
+
+
+def test_a_garbled_answer_fails_the_call_and_the_run(tmp_path: Path) -> None:
+    """Found by the soak (a daemon restarted on newer code than its apiserver's answered the list lane
+    in a form the apiserver passed on as the list): a 200 whose body is not JSON crashed the tool
+    (exit 2, the engine's mounts left to the teardown). It is a failed call and a failed run."""
+
+    async def main() -> tuple[Account, CallFailed]:
+        async def garbled(request: web.Request) -> web.Response:
+            return web.Response(body=b"12\x1e[{}]", content_type="application/json")
+
+        app = web.Application()
+        app.router.add_get("/v1.41/containers/json", garbled)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, str(tmp_path / "api.sock")).start()
+        account = Account()
+        api = DockerApi(str(tmp_path / "api.sock"), account.timings, timeout=10)
+        try:
+            with pytest.raises(CallFailed) as failed:
+                await api.call("GET /containers/json", "GET", "/containers/json")
+        finally:
+            await api.close()
+            await runner.cleanup()
+        return account, failed.value
+
+    account, failed = asyncio.run(main())
+    assert failed.garbled and failed.status == 200 and not transient(failed)
+    assert account.verdict() == ["1 garbled answers", "no launch succeeded"]
+    assert account.to_json()["garbled_answers"]["count"] == 1
