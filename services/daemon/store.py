@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
@@ -32,12 +31,17 @@ class RecordStore:
         atomic_write(folder / RECORD, data)
 
     def load_all(self) -> list[Container]:
+        """The records, at the daemon's start. A folder without one is what a daemon killed inside
+        a create (before its first record's rename) or a removal left: nothing owns it, it goes
+        (the soak saw ``.record.pb.<pid>.tmp`` stay for ever after kill-daemon)."""
         records: list[Container] = []
         if not self.root.is_dir():
             return records
         for folder in self.root.iterdir():
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 records.append(Container().parse((folder / RECORD).read_bytes()))
+            except FileNotFoundError:
+                shutil.rmtree(folder, ignore_errors=True)
         return records
 
     def delete(self, container_id: str) -> None:

@@ -34,3 +34,19 @@ def test_an_ipam_temp_file_of_a_killed_daemon_goes(tmp_path: Path) -> None:
     live.write_text("{being written")
     Ipam(tmp_path)
     assert not stale.exists() and live.exists()
+
+
+def test_a_container_folder_a_killed_create_left_without_its_record_goes(tmp_path: Path) -> None:
+    """A daemon SIGKILLed inside a create's first record write left ``<id>/.record.pb.<pid>.tmp`` and
+    no record: no container owned the folder and it stayed for ever (the soak's file probe, gate run
+    of 2026-12-06). The next start removes it; a folder with its record stays."""
+    from services.daemon.store import RECORD, RecordStore
+    from services.gen.skiff.daemon.v1 import Container
+
+    store = RecordStore(tmp_path)
+    store.save(Container(id="a" * 64, name="/kept"))
+    cut = tmp_path / ("b" * 64)
+    cut.mkdir()
+    (cut / f".{RECORD}.{4194304 + 1}.tmp").write_bytes(b"half")
+    assert [r.name for r in RecordStore(tmp_path).load_all()] == ["/kept"]
+    assert not cut.exists() and (tmp_path / ("a" * 64) / RECORD).exists()
