@@ -1,0 +1,49 @@
+"""skiff soak's manners after a failed launch: no launch is sent until the engine answers again, one
+probe for all the launchers (found by the faulted CI gate: 20 launchers spent their 700 attempts on
+outages before 200 launches succeeded, on a loaded machine)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from services.soak.cli import Backoff
+from services.soak.client import DockerApi, Timings
+
+
+def test_launches_wait_for_the_engine_to_answer_again(tmp_path: Path) -> None:
+    async def main() -> tuple[list[float], float, float]:
+        probes: list[float] = []
+        back_at = time.monotonic() + 0.8  # the "service" is down until then
+
+        async def info(request: web.Request) -> web.Response:
+            probes.append(time.monotonic())
+            if time.monotonic() < back_at:
+                return web.json_response({"message": "gRPC peer: Connection refused"}, status=503)
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_get("/v1.41/info", info)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, str(tmp_path / "api.sock")).start()
+        api = DockerApi(str(tmp_path / "api.sock"), Timings(), timeout=5)
+        backoff = Backoff(api)
+        try:
+            await backoff.before()  # up at first: no wait
+            await asyncio.gather(*(backoff.after(False) for _ in range(20)))  # 20 launchers fail at once
+            assert not backoff.up.is_set()
+            waiters = [asyncio.create_task(backoff.before()) for _ in range(20)]
+            await asyncio.wait_for(asyncio.gather(*waiters), 10)
+            resumed = time.monotonic()
+        finally:
+            await api.close()
+            await runner.cleanup()
+        return probes, resumed, back_at
+
+    probes, resumed, back_at = asyncio.run(main())
+    assert resumed >= back_at  # nobody launched while the engine was down
+    assert len(probes) < 10  # one prober backing off, not 20 launchers hammering
