@@ -10,7 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.soak.cli import Backoff
+from services.soak.account import Account
+from services.soak.cli import Attempts, Backoff
 from services.soak.client import DockerApi, Timings
 
 
@@ -47,3 +48,17 @@ def test_launches_wait_for_the_engine_to_answer_again(tmp_path: Path) -> None:
     probes, resumed, back_at = asyncio.run(main())
     assert resumed >= back_at  # nobody launched while the engine was down
     assert len(probes) < 10  # one prober backing off, not 20 launchers hammering
+
+
+def test_each_fault_allows_the_launches_it_may_fail() -> None:
+    """The attempt bound of --count grows by the launches in flight for every fault injected."""
+    account = Account()
+    attempts = Attempts(account, total=2, in_flight=20)
+    numbers = [attempts.next(0) for _ in range(106)]
+    assert numbers == [*range(1, 107)] and attempts.next(0) is None  # 3 x 2 + 100
+    assert account.notes == ["stopped after 106 attempts"]
+    account.fault("kill-daemon", "daemon")
+    assert [attempts.next(0) for _ in range(21)] == [*range(107, 127), None]
+    account.launch_ok(0.1)
+    assert attempts.next(1) is None  # one succeeded, one under way: the total of 2 is reached
+    assert Attempts(Account(), None, 10).next(0) == 1  # --duration: no bound
