@@ -35,6 +35,7 @@ DEFAULT_CAPS = (
     "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
     "CAP_AUDIT_WRITE",
 )
+# Every capability, in the kernel's numbering (the index is the bit).
 ALL_CAPS = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
     "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
@@ -74,20 +75,35 @@ def clamp_oom(value: int) -> int:
     return max(min(value, 1000), own_oom_score_adj(), -1000)
 
 
+def current_caps() -> list[str]:
+    """Every capability this process's bounding set holds: what "all" can mean for a container (as
+    containerd's WithAllCurrentCapabilities; a node without CAP_SYS_RESOURCE cannot grant it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                mask = int(line.split()[1], 16)
+                return [name for bit, name in enumerate(ALL_CAPS) if mask & (1 << bit)]
+    except (OSError, ValueError):
+        pass
+    return list(ALL_CAPS)
+
+
 def _cap_names(names: list[str]) -> list[str]:
     return ["ALL" if n.upper() == "ALL" else "CAP_" + n.upper().removeprefix("CAP_") for n in names]
 
 
 def capabilities(config: ContainerConfig) -> list[str]:
     sc = config.linux.security_context if config.linux else None
+    everything = current_caps()
     if sc is not None and sc.privileged:
-        return list(ALL_CAPS)
-    caps = list(DEFAULT_CAPS)
+        return everything
+    caps = [c for c in DEFAULT_CAPS if c in everything]
     if sc is not None and sc.capabilities:
         adds, drops = _cap_names(sc.capabilities.add_capabilities), _cap_names(sc.capabilities.drop_capabilities)
-        caps = list(ALL_CAPS) if "ALL" in adds else caps + [c for c in adds if c not in caps]
+        caps = everything if "ALL" in adds else caps + [c for c in adds if c not in caps]
         caps = [] if "ALL" in drops else [c for c in caps if c not in drops]
         caps += [c for c in adds if c != "ALL" and c not in caps]
+        caps = [c for c in caps if c in everything]
     return caps
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
-SERVICES = ("apiserver", "daemon", "highlevel", "shim", "lowlevel")
+SERVICES = ("apiserver", "daemon", "highlevel", "shim", "lowlevel", "cri")
 SHARED = ("common", "gen", "dockermodel")
 # The launcher (services/up.py and the package's own __init__) starts the services as processes:
 # it may import the shared packages only, like a service.
