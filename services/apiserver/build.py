@@ -67,9 +67,25 @@ async def build(request: web.Request) -> web.StreamResponse:
     options = options_of(request)
 
     async def chunks() -> AsyncIterator[BuildChunk]:
-        yield BuildChunk(options=options)
-        async for data in request.content.iter_chunked(CHUNK):
-            yield BuildChunk(data=data)
+        # The body as it arrives, gathered into messages of up to CHUNK (a read gives what one socket
+        # read brought, often a few KiB: each gRPC message costs both sides encoding and framing).
+        first = BuildChunk(options=options)
+        held: list[bytes] = []
+        size = 0
+        while data := await request.content.readany():
+            held.append(data)
+            size += len(data)
+            if size >= CHUNK:
+                if first is not None:
+                    yield first
+                    first = None
+                yield BuildChunk(data=b"".join(held))
+                held, size = [], 0
+        if first is not None:
+            first.data = b"".join(held)  # a small context travels with the options: one message
+            yield first
+        elif held:
+            yield BuildChunk(data=b"".join(held))
 
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     relay = asyncio.ensure_future(_relay(request, response, chunks()))
@@ -93,13 +109,15 @@ async def _relay(request: web.Request, response: web.StreamResponse,
             async for msg in backend(request).builds.build(chunks):
                 if not response.prepared:
                     await response.prepare(request)
+                out = []
                 if msg.stream:
-                    await response.write(line({"stream": msg.stream}))
+                    out.append(line({"stream": msg.stream}))
                 if msg.image_id:
-                    await response.write(line({"aux": {"ID": msg.image_id}}))
+                    out.append(line({"aux": {"ID": msg.image_id}}))
                 if msg.error:
-                    await response.write(line({"errorDetail": {"code": msg.error_code, "message": msg.error},
-                                               "error": msg.error}))
+                    out.append(line({"errorDetail": {"code": msg.error_code, "message": msg.error},
+                                     "error": msg.error}))
+                await response.write(b"".join(out))
     except SkiffError as exc:
         if not response.prepared:
             raise

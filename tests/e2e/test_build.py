@@ -18,6 +18,7 @@ from typing import Any
 import docker
 import pytest
 
+from services.daemon.builds.kept_contexts import KEEP
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
@@ -299,12 +300,19 @@ def test_hostile_contexts_fail_cleanly_and_write_nothing_outside(stack: Stack, c
     for root in (Path("/"), Path("/tmp"), stack.prefix, stack.paths.run, stack.paths.run / "daemon"):
         assert not (root / marker).exists()
     found = subprocess.run(["find", str(stack.prefix), "-name", marker], capture_output=True, text=True).stdout
-    assert found.strip() == "" or all("/snapshots/" in line or "/content/" in line for line in found.splitlines())
-    # Each build's folder goes once its answer has been sent.
+    kept = builds / "contexts"  # contexts kept for a rebuild of the same bytes (kept_contexts.py)
+    assert all("/snapshots/" in line or "/content/" in line or line.startswith(f"{kept}/")
+               for line in found.splitlines())
+    # Each build's folder goes once its answer has been sent; a refused context is not kept.
     deadline = time.monotonic() + 10
-    while builds.exists() and list(builds.iterdir()) and time.monotonic() < deadline:
+    while builds.exists() and _build_folders(builds) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not builds.exists() or list(builds.iterdir()) == []
+    assert not builds.exists() or _build_folders(builds) == []
+    assert len(list(kept.iterdir())) <= KEEP
+
+
+def _build_folders(builds: Path) -> list[Path]:
+    return [p for p in builds.iterdir() if p.name != "contexts"]
 
 
 RESOURCES = """\

@@ -5,6 +5,7 @@ else made (steps.py) and recorded; the build's labels a last LABEL step; tags at
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ from services.daemon.builds.cache import BuildCache, step_key
 from services.daemon.builds.context import Context, read_dockerfile
 from services.daemon.builds.dockerfile import Instruction, ParseError, arg_list, parse, parse_line
 from services.daemon.builds.expand import env_map, process_word, process_words
+from services.daemon.builds.kept_images import KeptImages
 from services.daemon.builds.sources import copy_into, pick
 from services.daemon.builds.steps import Steps
 from services.daemon.containers import ContainerManager
@@ -90,10 +92,11 @@ def split_stages(instructions: list[Instruction]) -> tuple[list[Instruction], li
 
 
 class Build:
-    def __init__(self, manager: ContainerManager, cache: BuildCache, options: BuildOptions, ctx: Context,
-                 scratch: Path, emit: Emit) -> None:
+    def __init__(self, manager: ContainerManager, cache: BuildCache, images: KeptImages, options: BuildOptions,
+                 ctx: Context, scratch: Path, emit: Emit) -> None:
         self.manager = manager
         self.cache = cache
+        self.images = images
         self.options = options
         self.ctx = ctx
         self.scratch = scratch
@@ -239,21 +242,20 @@ class Build:
                 await self._dispatch(stage, parse_line(text))
 
     async def _base_image(self, reference: str) -> hl.ImageSummary:
-        images = self.manager.images
         if not self.options.pull:
             try:
-                return (await call(images.inspect(hl.InspectImageRequest(reference=reference)))).image
+                return await self.images.inspect(reference)
             except NotFound:
                 pass
         await self.say(f"Pulling {reference}\n")
         try:
             with self.manager.changing_images():
-                async for _ in images.pull(hl.PullImageRequest(reference=reference)):
+                async for _ in self.manager.images.pull(hl.PullImageRequest(reference=reference)):
                     pass
         except SkiffError as exc:
             raise NotFound(f"pull access denied for {reference}, repository does not exist or may require "
                            f"'docker login': {exc.message}") from None
-        return (await call(images.inspect(hl.InspectImageRequest(reference=reference)))).image
+        return await self.images.inspect(reference)
 
     async def _dispatch(self, stage: Stage, item: Instruction) -> None:
         k = item.keyword
@@ -341,7 +343,7 @@ class Build:
         return True
 
     async def _inspect(self, image: str) -> hl.ImageSummary:
-        return (await call(self.manager.images.inspect(hl.InspectImageRequest(reference=image)))).image
+        return await self.images.inspect(image)
 
     async def _verify(self, image: str) -> hl.ImageSummary | None:
         """``image`` still there when it came from the cache index (StaleCache if not)."""
@@ -450,7 +452,15 @@ class Build:
             source_image = dep.image if dep is not None else (await self._base_image(ref)).id
             await self._verify(source_image)
             root, patterns, origin = await self.steps.view(source_image), [], source_image
-        picked = pick(root, srcs, item.keyword, patterns)
+        if root is self.ctx.root:
+            # The context's folder never changes: its picks (the files' checksums) are kept with it.
+            memo = (item.keyword, tuple(srcs))
+            picked = self.ctx.picks.get(memo)
+            if picked is None:
+                picked = await asyncio.to_thread(pick, root, srcs, item.keyword, patterns)
+                self.ctx.picks[memo] = picked
+        else:
+            picked = await asyncio.to_thread(pick, root, srcs, item.keyword, patterns)
         workdir = str(stage.config.get("WorkingDir") or "/")
         full = dest if dest.startswith("/") else posixpath.join(workdir, dest)
         created_by = f"/bin/sh -c #(nop) {item.keyword.upper()} {picked.checksum} in {full} "

@@ -6,15 +6,20 @@ FollowSymlinkInScope does."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.untar import ExtractOptions, RootExtractor, remove_entry, split_name
 from services.daemon.builds import ignore
+
+if TYPE_CHECKING:
+    from services.daemon.builds.sources import Picked
 
 MAX_HOPS = 40
 DOCKERFILE_ALONE = "Dockerfile"
@@ -25,29 +30,38 @@ class Context:
     root: Path
     dockerfile: str
     patterns: list[ignore.Pattern] = field(default_factory=list)
+    # COPY/ADD sources picked from this context, by (keyword, sources): the folder never changes
+    # after its extraction, so neither do they nor their checksum (kept_contexts.py reuses it).
+    picks: dict[tuple[str, tuple[str, ...]], Picked] = field(default_factory=dict)
 
 
 COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
-def _is_tar(path: Path) -> bool:
+def _is_tar(head: bytes) -> bool:
     """A tar (ustar magic at 257) or a compressed stream (tarfile tells later if it holds no tar)."""
-    with open(path, "rb") as f:
-        head = f.read(512)
     return head.startswith(COMPRESSED) or head[257:262] == b"ustar"
 
 
-def receive(body: Path, root: Path, dockerfile: str) -> Context:
-    """The body extracted under ``root`` (which exists and is empty); blocking."""
+def receive(body: Path | bytes, root: Path, dockerfile: str) -> Context:
+    """The body (a file, or its bytes when small enough to be kept in memory) extracted under
+    ``root`` (which exists and is empty); blocking."""
     name = dockerfile or "Dockerfile"
-    if body.stat().st_size == 0:
+    if isinstance(body, bytes):
+        head, stream = body[:512], io.BytesIO(body)
+    else:
+        with open(body, "rb") as f:
+            head = f.read(512)
+        stream = None
+    if not head:
         raise InvalidArgument("the build context is empty: send a tar or a Dockerfile")
-    if not _is_tar(body):
+    if not _is_tar(head):
         # docker build - < Dockerfile: the body is the Dockerfile itself, no other files.
-        (root / DOCKERFILE_ALONE).write_bytes(body.read_bytes())
+        (root / DOCKERFILE_ALONE).write_bytes(body if isinstance(body, bytes) else body.read_bytes())
         return Context(root, DOCKERFILE_ALONE)
     try:
-        with tarfile.open(body, "r:*") as tf, RootExtractor(root, ExtractOptions()) as ex:
+        with tarfile.open(None if stream else body, "r:*", fileobj=stream) as tf, \
+                RootExtractor(root, ExtractOptions()) as ex:
             members = tf.getmembers()
             # Every name checked before the first is written: a refused context leaves nothing behind.
             for member in members:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -19,7 +21,8 @@ from services.common.errors import InvalidArgument, NotFound, SkiffError
 from services.common.grpc import call, grpc_errors
 from services.daemon.builds.builder import Build
 from services.daemon.builds.cache import BuildCache
-from services.daemon.builds.context import receive
+from services.daemon.builds.kept_contexts import KeptContexts
+from services.daemon.builds.kept_images import KeptImages
 from services.daemon.builds.steps import StepFailed
 from services.daemon.containers import ContainerManager
 from services.gen.skiff import highlevel
@@ -37,6 +40,14 @@ from services.gen.skiff.daemon.v1 import (
 
 hl = highlevel.v1
 log = structlog.get_logger(service="daemon")
+IN_MEMORY_MAX = 16 << 20  # a context up to this size is kept in memory, a larger one goes to a file
+
+
+@dataclass(slots=True)
+class Body:
+    data: Path | bytes      # the request's bytes, or the file they were spilled to
+    size: int
+    digest: str             # sha256 of the bytes: kept_contexts.py's key
 
 
 def _tag_name(tag: str) -> str:
@@ -49,6 +60,8 @@ class BuildsService(BuildsBase):
     def __init__(self, manager: ContainerManager, cache_file: Path, work: Path) -> None:
         self.manager = manager
         self.cache = BuildCache(cache_file)
+        self.images = KeptImages(manager)
+        self.contexts = KeptContexts(work / "contexts")
         self.work = work
         self.cleanups: set[asyncio.Future[None]] = set()
         # Folders of builds cut short by a stop or a crash of the daemon: nothing reads them again.
@@ -56,16 +69,15 @@ class BuildsService(BuildsBase):
 
     async def build(self, build_chunk_iterator: AsyncIterator[BuildChunk]) -> AsyncIterator[BuildMessage]:
         folder = self.work / secrets.token_hex(12)
-        (folder / "context").mkdir(parents=True)
-        (folder / "scratch").mkdir()
+        (folder / "scratch").mkdir(parents=True)
         queue: asyncio.Queue[BuildMessage | None] = asyncio.Queue()
         try:
-            options = await self._receive(build_chunk_iterator, folder / "body")
+            options, body = await self._receive(build_chunk_iterator, folder / "body")
 
             async def emit(text: str) -> None:
                 queue.put_nowait(BuildMessage(stream=text))
 
-            task = asyncio.ensure_future(self._run(options, folder, emit, queue))
+            task = asyncio.ensure_future(self._run(options, body, folder, emit, queue))
             try:
                 while (item := await queue.get()) is not None:
                     yield item
@@ -82,32 +94,55 @@ class BuildsService(BuildsBase):
             self.cleanups.add(cleanup)
             cleanup.add_done_callback(self.cleanups.discard)
 
-    async def _receive(self, chunks: AsyncIterator[BuildChunk], body: Path) -> BuildOptions:
+    async def _receive(self, chunks: AsyncIterator[BuildChunk], spill: Path) -> tuple[BuildOptions, Body]:
+        """The options and the context: its bytes, or past IN_MEMORY_MAX the file ``spill`` holding them."""
         options: BuildOptions | None = None
-        with open(body, "wb") as out:
+        held: list[bytes] = []
+        size = 0
+        digest = hashlib.sha256()
+        out = None
+        try:
             async for chunk in chunks:
                 if options is None:
                     options = chunk.options or BuildOptions()
-                if chunk.data:
+                if not chunk.data:
+                    continue
+                digest.update(chunk.data)
+                if out is None:
+                    held.append(chunk.data)
+                    if size + len(chunk.data) > IN_MEMORY_MAX:
+                        out = await asyncio.to_thread(open, spill, "wb")
+                        await asyncio.to_thread(out.writelines, held)
+                        held = []
+                else:
                     await asyncio.to_thread(out.write, chunk.data)
+                size += len(chunk.data)
+        finally:
+            if out is not None:
+                out.close()
         if options is None:
             raise InvalidArgument("empty build request")
-        return options
+        return options, Body(spill if out is not None else b"".join(held), size, digest.hexdigest())
 
-    async def _run(self, options: BuildOptions, folder: Path, emit, queue) -> None:  # type: ignore[no-untyped-def]
+    async def _run(self, options: BuildOptions, body: Body, folder: Path, emit, queue) -> None:  # type: ignore[no-untyped-def]
+        ctx = None
         try:
             started = time.perf_counter()
-            ctx = await asyncio.to_thread(receive, folder / "body", folder / "context", options.dockerfile)
+            ctx = await self.contexts.acquire(body.data, body.size, body.digest, options.dockerfile)
             received = time.perf_counter()
-            build = Build(self.manager, self.cache, options, ctx, folder / "scratch", emit)
+            build = Build(self.manager, self.cache, self.images, options, ctx, folder / "scratch", emit)
             image = await build.run()
             stepped = time.perf_counter()
             named = set(build.final.repo_tags) if build.final is not None else set()
             for tag in options.tags:
                 if _tag_name(tag) in named:
                     continue  # a cached rebuild's image has its names already
-                with self.manager.changing_images():
-                    await call(self.manager.images.tag(hl.TagImageRequest(source=image, target=tag)))
+                try:
+                    with self.manager.changing_images():
+                        await call(self.manager.images.tag(hl.TagImageRequest(source=image, target=tag)))
+                except NotFound:
+                    self.images.forget()  # removed behind the daemon's back: the next build asks again
+                    raise
             log.info("built", image=image, context_s=round(received - started, 4),
                      steps_s=round(stepped - received, 4), tags_s=round(time.perf_counter() - stepped, 4))
             queue.put_nowait(BuildMessage(image_id=image))
@@ -127,6 +162,8 @@ class BuildsService(BuildsBase):
             log.exception("build failed")
             queue.put_nowait(BuildMessage(error=f"{type(exc).__name__}: {exc}", error_code=1))
         finally:
+            if ctx is not None:
+                self.contexts.release(ctx)
             queue.put_nowait(None)
 
     @grpc_errors
