@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 START_TIMEOUT = 90.0
@@ -20,6 +21,14 @@ CNI_BIN = Path(os.environ.get("SKIFF_CNI_BIN_DIR", "/usr/lib/cni"))
 
 class EngineError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    argv: list[str]
+    env: dict[str, str]
+    socket: Path
+    cwd: Path | None = None
 
 
 def write_cni_conf(conf_dir: Path, bridge: str, subnet: str) -> None:
@@ -45,27 +54,31 @@ class Engine:
         self.certs_d = certs_d
         self.cni_conf = cni_conf
         self.enter = enter
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.log = root / f"{self.kind}.log"
 
     @property
     def socket(self) -> Path:
         raise NotImplementedError
 
-    def argv_env(self) -> tuple[list[str], dict[str, str], Path | None]:
+    def commands(self) -> list[Command]:
+        """The processes to start, in order; each is waited for until its socket exists."""
         raise NotImplementedError
 
     def start(self) -> None:
-        argv, env, cwd = self.argv_env()
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, cwd=cwd, preexec_fn=self.enter,  # type: ignore[arg-type]
-                                         start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.socket.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise EngineError(f"{self.kind} did not serve {self.socket}:\n{self.log_tail()}")
-            time.sleep(0.2)
+        for command in self.commands():
+            with open(self.log, "ab") as out:
+                proc = subprocess.Popen(command.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        env=command.env, cwd=command.cwd,
+                                        preexec_fn=self.enter,  # type: ignore[arg-type]
+                                        start_new_session=True)
+            self.procs.append(proc)
+            deadline = time.monotonic() + START_TIMEOUT
+            while not command.socket.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise EngineError(f"{self.kind}: {command.argv[:3]} did not serve {command.socket}:\n"
+                                      f"{self.log_tail()}")
+                time.sleep(0.2)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -74,14 +87,16 @@ class Engine:
             return ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        """The processes stopped in the reverse order of their start (SIGTERM, then SIGKILL)."""
+        for proc in reversed(self.procs):
+            if proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 class Containerd(Engine):
@@ -91,7 +106,7 @@ class Containerd(Engine):
     def socket(self) -> Path:
         return self.root / "containerd" / "containerd.sock"
 
-    def argv_env(self) -> tuple[list[str], dict[str, str], Path | None]:
+    def commands(self) -> list[Command]:
         base = self.root / "containerd"
         for sub in ("root", "state", "opt"):
             (base / sub).mkdir(parents=True, exist_ok=True)
@@ -106,31 +121,43 @@ class Containerd(Engine):
             "[debug]", '  address = ""',
             "[metrics]", '  address = ""',
             '[plugins."io.containerd.internal.v1.opt"]', f'  path = "{base / "opt"}"',
-            f"[{cri}]", '  sandbox_image = "registry.k8s.io/pause:3.6"',
+            # A box without CAP_SYS_RESOURCE cannot lower oom_score_adj: the sandbox's -998 fails runc
+            # ("can't get final child's PID from pipe") unless clamped to containerd's own.
+            f"[{cri}]", '  sandbox_image = "registry.k8s.io/pause:3.6"', "  restrict_oom_score_adj = true",
             f"[{cri}.cni]", f'  bin_dir = "{CNI_BIN}"', f'  conf_dir = "{self.cni_conf}"',
             f"[{cri}.registry]", f'  config_path = "{self.certs_d}"',
             "",
         ]))
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.root)}
-        return ["containerd", "--config", str(config)], env, None
+        return [Command(["containerd", "--config", str(config)], env, self.socket)]
 
 
 class Skiff(Engine):
+    """highlevel and skiff-cri of this checkout (the CRI needs no daemon nor apiserver)."""
+
     kind = "skiff"
 
     @property
-    def socket(self) -> Path:
-        return self.root / "skiff" / "run" / "skiff" / "cri.sock"
+    def prefix(self) -> Path:
+        return self.root / "skiff"
 
-    def argv_env(self) -> tuple[list[str], dict[str, str], Path | None]:
+    @property
+    def socket(self) -> Path:
+        return self.prefix / "run" / "skiff" / "cri.sock"
+
+    def commands(self) -> list[Command]:
         env = dict(os.environ, SKIFF_CERTS_D=str(self.certs_d), SKIFF_CNI_CONF_DIR=str(self.cni_conf),
                    SKIFF_CNI_BIN_DIR=str(CNI_BIN), SKIFF_LOG_FORMAT="json",
                    SKIFF_CGROUP_PARENT=f"skiff-critest-{self.root.name}")
         for name in ("SKIFF_ROOT", "DOCKER_HOST"):
             env.pop(name, None)
-        python = REPO / ".venv" / "bin" / "python"
-        return [str(python if python.exists() else sys.executable), "-m", "services.up", "up",
-                "--root", str(self.root / "skiff")], env, REPO
+        venv = REPO / ".venv" / "bin" / "python"
+        python = str(venv if venv.exists() else sys.executable)
+        highlevel = self.prefix / "run" / "skiff" / "highlevel.sock"
+        return [
+            Command([python, "-m", "services.highlevel", "--root", str(self.prefix)], env, highlevel, REPO),
+            Command([python, "-m", "services.cri", "--root", str(self.prefix)], env, self.socket, REPO),
+        ]
 
 
 ENGINES: dict[str, type[Engine]] = {"containerd": Containerd, "skiff": Skiff}
