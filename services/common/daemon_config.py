@@ -13,8 +13,10 @@ unknown key or a bad value, naming the key, as dockerd does. Each takes the keys
 - ``data-root``/``exec-root`` must agree with the prefix's ``<lib>``/``<run>`` (Skiff moves both
   with ``--root``).
 
-``registry-mirrors``, ``insecure-registries`` and ``max-concurrent-downloads`` are checked and shown
-by ``docker info``; highlevel's pulls do not use them yet.
+``registry-mirrors``, ``insecure-registries`` and ``max-concurrent-downloads`` are shown by ``docker info``
+and used by pulls: the daemon puts them on each pull (push, login) request to highlevel
+(services/daemon/images.py), so a reload applies from the next one; services/common/registry_hosts.py
+says what they mean.
 
 SIGHUP reloads the file: the keys dockerd's ``daemon/reload.go`` reloads (RELOADABLE) take effect;
 a bad file is logged and the configuration in force is kept, as dockerd does.

@@ -1,5 +1,6 @@
 """TLS to a registry as dockerd sets it up from ``certs.d/<host:port>/``, for every service that talks to one
-(highlevel pulls and pushes, the apiserver checks logins).
+(highlevel pulls and pushes, the apiserver checks logins); a hosts.toml entry's ``ca``, ``client`` and
+``skip_verify`` add to it (``host_context``).
 
 In the host's folder, as Docker reads it: each ``*.crt`` is a CA trusted beside the system's; each
 ``*.cert`` is a client certificate whose key is the ``*.key`` of the same name (one without the other is
@@ -53,6 +54,25 @@ def ssl_context(certs_d: Path | None, host: str, extra_ca: Path | None = None) -
                 raise InvalidArgument(f"client certificate {path} with key {key}: {exc}") from None
         elif path.suffix == ".key" and not path.with_suffix(".cert").is_file():
             raise InvalidArgument(f"missing client certificate {path.with_suffix('.cert').name} for key {path}")
+    return ctx
+
+
+def host_context(certs_d: Path | None, host: str, extra_ca: Path | None = None, *, ca: tuple[Path, ...] = (),
+                 client: tuple[tuple[Path, Path | None], ...] = (), skip_verify: bool = False) -> ssl.SSLContext:
+    """``ssl_context``, plus what a host's hosts.toml entry gives (services/common/registry_hosts.py): more
+    CAs, client certificates (the key in the certificate's file when None), or no verification at all
+    (``skip_verify``, or an insecure registry)."""
+    ctx = ssl_context(certs_d, host, extra_ca)
+    for path in ca:
+        _load_ca(ctx, path)
+    for cert, key in client:
+        try:
+            ctx.load_cert_chain(certfile=str(cert), keyfile=str(key) if key is not None else None)
+        except (ssl.SSLError, OSError) as exc:
+            raise InvalidArgument(f"client certificate {cert}{f' with key {key}' if key else ''}: {exc}") from None
+    if skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from services.common.daemon_config import DaemonConfig
 from services.common.errors import Conflict, FailedPrecondition, NotFound
 from services.common.grpc import call, client_errors, grpc_errors
 from services.daemon.container_ops import Operations
@@ -66,6 +67,18 @@ async def _exit_reported(entry: Entry, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def with_registry_settings(settings: hl.RegistrySettings | None, config: DaemonConfig, *,
+                           pull: bool) -> hl.RegistrySettings:
+    """daemon.json's registry keys in force, on a request to highlevel: insecure-registries for every one;
+    registry-mirrors and max-concurrent-downloads for a pull. A SIGHUP reload applies from the next request."""
+    out = settings or hl.RegistrySettings()
+    out.insecure_registries = list(config.insecure_registries)
+    if pull:
+        out.mirrors = list(config.registry_mirrors)
+        out.max_concurrent_downloads = config.max_concurrent_downloads
+    return out
 
 
 def _is_hex(text: str) -> bool:
@@ -137,20 +150,26 @@ class ImagesService(ImagesBase):
 
     @grpc_errors
     async def pull(self, highlevel_v1_pull_image_request: hl.PullImageRequest) -> AsyncIterator[hl.ImageProgress]:
+        request = highlevel_v1_pull_image_request
+        request.registry = with_registry_settings(request.registry, self.manager.settings.current, pull=True)
         with client_errors(), self.manager.changing_images():
-            async for item in self.images.pull(highlevel_v1_pull_image_request):
+            async for item in self.images.pull(request):
                 yield item
 
     @grpc_errors
     async def push(self, highlevel_v1_push_image_request: hl.PushImageRequest) -> AsyncIterator[hl.ImageProgress]:
+        request = highlevel_v1_push_image_request
+        request.registry = with_registry_settings(request.registry, self.manager.settings.current, pull=False)
         with client_errors():
-            async for item in self.images.push(highlevel_v1_push_image_request):
+            async for item in self.images.push(request):
                 yield item
 
     @grpc_errors
     async def login(self, highlevel_v1_login_request: hl.LoginRequest) -> hl.LoginResponse:
         # highlevel's registry client checks the credentials, as it would for a pull.
-        return await call(self.images.login(highlevel_v1_login_request))
+        request = highlevel_v1_login_request
+        request.registry = with_registry_settings(request.registry, self.manager.settings.current, pull=False)
+        return await call(self.images.login(request))
 
     @grpc_errors
     async def tag(self, highlevel_v1_tag_image_request: hl.TagImageRequest) -> hl.TagImageResponse:

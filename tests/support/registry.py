@@ -1,4 +1,5 @@
-"""A real ``docker-registry`` on 127.0.0.1 (optionally basic auth and TLS), and a fake one that misbehaves.
+"""A real ``docker-registry`` on 127.0.0.1 or another local address (optionally basic auth and TLS), and a fake
+one that misbehaves.
 
 The real one runs on a free port with a temporary storage root and config; it is killed and reaped
 in ``finally``. Readiness is waited on by polling its port against a deadline (no blind sleeps).
@@ -62,14 +63,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float = 20.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float = 20.0, host: str = "127.0.0.1") -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"docker-registry exited with {proc.returncode}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
         with socket.socket() as s:
             s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         # Waiting on the kernel: a short poll interval on the socket, bounded by the deadline.
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -87,7 +88,8 @@ class RunningRegistry:
 
 
 @contextlib.contextmanager
-def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False) -> Iterator[RunningRegistry]:
+def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False,
+                 host: str = "127.0.0.1") -> Iterator[RunningRegistry]:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     storage = workdir / "storage"
@@ -96,11 +98,11 @@ def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False) -> Ite
         "version: 0.1",
         "log:", "  level: error", "  accesslog:", "    disabled: true",
         "storage:", "  filesystem:", f"    rootdirectory: {storage}", "  delete:", "    enabled: true",
-        "http:", f"  addr: 127.0.0.1:{port}", "  secret: skiff-test-secret",
+        "http:", f"  addr: {host}:{port}", "  secret: skiff-test-secret",
     ]
     ca = None
     if tls:
-        ca = make_ca(workdir / "tls")
+        ca = make_ca(workdir / "tls", host)
         lines += ["  tls:", f"    certificate: {ca.cert}", f"    key: {ca.key}"]
     users: dict[str, str] = {}
     if auth:
@@ -112,8 +114,8 @@ def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False) -> Ite
     proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
-        wait_port(port, proc)
-        yield RunningRegistry("127.0.0.1", port, storage, ca, users)
+        wait_port(port, proc, host=host)
+        yield RunningRegistry(host, port, storage, ca, users)
     finally:
         proc.kill()
         proc.wait(timeout=10)

@@ -88,6 +88,12 @@ def _options(base: RegistryOptions, s: RegistrySettings | None) -> RegistryOptio
         changes["connect_timeout"] = changes["read_timeout"] = s.timeout_seconds
     if s.retries:
         changes["retries"] = s.retries
+    if s.mirrors:
+        changes["mirrors"] = tuple(s.mirrors)
+    if s.insecure_registries:
+        changes["insecure"] = tuple(s.insecure_registries)
+    if s.max_concurrent_downloads:
+        changes["concurrency"] = s.max_concurrent_downloads
     if not changes:
         return base
     return dataclasses.replace(base, **changes)

@@ -67,6 +67,17 @@ class RegistrySettings(betterproto.Message):
     plain_http: bool = betterproto.bool_field(2)
     timeout_seconds: float = betterproto.double_field(3)
     retries: int = betterproto.uint32_field(4)
+    mirrors: List[str] = betterproto.string_field(5)
+    """
+    daemon.json's registry keys as the daemon has them in force (it fills them in for each request,
+     so a SIGHUP reload applies from the next pull): Docker Hub's mirrors (http(s) URLs, tried in
+     order before the Hub), registries reached without TLS verification and over plain http
+     (host:port or CIDR), and how many layers of one pull download at once (0: 3, dockerd's default).
+     containerd's hosts.toml (<certs.d>/<registry>/hosts.toml) is read by highlevel on every pull.
+    """
+
+    insecure_registries: List[str] = betterproto.string_field(6)
+    max_concurrent_downloads: int = betterproto.uint32_field(7)
 
 
 @dataclass(eq=False, repr=False)
@@ -341,6 +352,10 @@ class LogConfig(betterproto.Message):
     max_file: int = betterproto.int32_field(3)
     format: str = betterproto.string_field(4)
     compress: bool = betterproto.bool_field(5)
+    """
+    "cri": kubelet's "<RFC3339Nano> stdout F line" (never rotated: kubelet does)
+    """
+
     attrs: Dict[str, str] = betterproto.map_field(
         6, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
