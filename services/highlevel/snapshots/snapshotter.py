@@ -121,6 +121,7 @@ class Snapshotter:
         self._snapshots: dict[str, SnapshotInfo] = {}
         self._next_id = 1
         self._load()
+        self._drop_unnamed()
         # A temporary folder from an unpack interrupted by a crash is never referenced.
         for stale in self.base.glob("tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -136,6 +137,18 @@ class Snapshotter:
             return
         self._next_id = int(data.get("next_id", 1))
         self._snapshots = {k: SnapshotInfo.from_json(v) for k, v in data.get("snapshots", {}).items()}
+
+    def _drop_unnamed(self) -> None:
+        """A prepare killed between its folder's mkdir and the metadata's save left a numbered folder
+        no snapshot names, and ``next_id`` at that number: every prepare of it failed on the mkdir
+        (FileExistsError, a 500 for the creates after a kill-highlevel in the soak). Such a folder
+        (never mounted: the mount follows the save) goes; numbers resume above every folder."""
+        named = {info.id for info in self._snapshots.values()}
+        for entry in self.base.iterdir():
+            if entry.name.isdigit():
+                self._next_id = max(self._next_id, int(entry.name) + 1)
+                if int(entry.name) not in named and not mnt.is_mountpoint(entry / "merged"):
+                    shutil.rmtree(entry, ignore_errors=True)
 
     def _save(self) -> None:
         data = {"next_id": self._next_id, "snapshots": {k: v.to_json() for k, v in self._snapshots.items()}}
