@@ -254,8 +254,7 @@ class ContainerManager:
             # No half container left behind: the name, the snapshot and the record's folder go again.
             self.records.names.pop(name, None)
             if prepared:
-                with contextlib.suppress(SkiffError):
-                    await call(self.snapshots.remove(hl.SnapshotKeyRequest(key=container_id)))
+                self._spawn(self._drop_snapshot(container_id))
             await asyncio.to_thread(self._remove_files, container_id)
             raise
         self.emit("create", self.records.add(record))
@@ -360,6 +359,13 @@ class ContainerManager:
             await while_unavailable(lambda: self.remove(container_id, force=True), within=60.0)
         except SkiffError as exc:
             log.warning("auto-remove failed", id=container_id, error=exc.message)
+
+    async def _drop_snapshot(self, container_id: str) -> None:
+        # A failed create's snapshot. Highlevel killed inside the Prepare (the mount made, the answer lost)
+        # is waited for: one refused attempt left the mount for ever (the soak's kill-highlevel).
+        with contextlib.suppress(SkiffError):
+            await while_unavailable(lambda: call(self.snapshots.remove(hl.SnapshotKeyRequest(key=container_id))),
+                                    within=60.0)
 
     async def _mark_exited(self, entry: Entry, status: hl.ExitStatus) -> None:
         state = entry.record.state
