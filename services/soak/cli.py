@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -99,8 +100,17 @@ def socket_of(args: argparse.Namespace, engine: Engine | None) -> str:
     return host.removeprefix("unix://")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # SIGTERM ends a run as ^C does: the private engine is stopped and its mounts, cgroups and
+    # namespace go. ^C too when started in a shell's background (there SIGINT starts ignored and a
+    # SIGINT was ignored: a run of 2,000 launches could only be SIGKILLed, its engine left behind).
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.faults and not args.start_engine:
         print("skiff soak: --faults needs --start-engine (an engine this tool may kill and restart)", file=sys.stderr)
         return 2

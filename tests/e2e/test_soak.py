@@ -18,6 +18,7 @@ import docker
 import pytest
 import requests
 
+from services.soak.engine import Engine, processes_mentioning
 from tests.conftest import needs_root
 from tests.e2e.stack import Stack, busybox_archive
 from tests.support.tasks import wait_for
@@ -50,7 +51,7 @@ def test_a_faulted_soak_loses_nothing(tmp_path: Path) -> None:
     report, logs = tmp_path / "report.json", tmp_path / "logs"
     done = soak("--start-engine", "--load", str(busybox_archive(tmp_path)), "--count", "200", "--concurrency", "20",
                 "--faults", "kill-daemon,kill-highlevel,kill-apiserver,kill-shim", "--fault-every", "3s",
-                "--report", str(report), "--keep-engine-logs", str(logs), timeout=280)
+                "--report", str(report), "--keep-engine-logs", str(logs), timeout=600)
     assert done.returncode == 0, explain(done, logs)
     account = json.loads(report.read_text())
     assert account["launches"]["succeeded"] == 200
@@ -103,6 +104,33 @@ def test_a_fault_that_loses_something_fails_the_run(prefix: Path, tmp_path: Path
         assert str(victim["Names"][0]).lstrip("/") in flagged, account
     assert "137" in " ".join(account["wrong_exit_codes"]["cases"])
     assert "verdict: FAIL" in out
+
+
+def test_a_sigterm_ends_the_run_and_stops_its_engine(prefix: Path, tmp_path: Path) -> None:
+    """A run started in a shell's background (SIGINT ignored there) could only be SIGKILLed, its
+    private engine, shims and mounts left behind. SIGTERM (and ^C) end it as ^C should: exit 130, the
+    engine stopped, nothing of it running or mounted."""
+    needs_root()
+    root = prefix / "root"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.up", "soak", "--start-engine", "--root", str(root), "--load",
+         str(busybox_archive(tmp_path)), "--count", "1000", "--concurrency", "2", "--hold", "5"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        wait_for(lambda: list((root / "run" / "skiff" / "highlevel" / "t").glob("*/shim.pid")), 90,
+                 "the soak's containers running")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+        running = processes_mentioning(str(root))
+        mounted = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(root) in line]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        Engine(root).stop()  # whatever the run left
+    assert proc.returncode == 130, f"{out}\n{err}"
+    assert running == [] and mounted == [], (running, mounted, err)
 
 
 RUNTIME_KILLING_ITS_SHIM = """#!/bin/sh
