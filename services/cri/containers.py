@@ -205,7 +205,7 @@ class ContainerManager:
                 await self._delete_task(record)
                 self.state.save(record)
         for task in listed.tasks:  # a start cut short by our death: its task no record knows of
-            if task.id not in self.state.containers:
+            if task.id not in self.state.containers and task.id not in self.state.sandboxes:
                 with contextlib.suppress(SkiffError):
                     await call(self.tasks.delete(hl.DeleteTaskRequest(id=task.id, force=True)))
 

@@ -20,10 +20,13 @@ from typing import Any
 import structlog
 
 from services.common.errors import FailedPrecondition, SkiffError
-from services.cri import cni, podfiles, podns
+from services.common.grpc import call
+from services.cri import cni, pause, podfiles, podns
+from services.cri.settings import NAMESPACE
 from services.cri.state import CriState, pod_name
 from services.cri.store import SandboxRecord, encode_config
 from services.gen.runtime.v1 import NamespaceMode, PodSandboxConfig, Protocol
+from services.gen.skiff.highlevel import v1 as hl
 
 log = structlog.get_logger(service="cri")
 
@@ -38,9 +41,10 @@ def port_mappings(config: PodSandboxConfig) -> list[dict[str, Any]]:
 
 
 class SandboxManager:
-    def __init__(self, state: CriState, stop_containers: Callable[[str], Awaitable[None]],
+    def __init__(self, state: CriState, tasks: hl.TasksStub, stop_containers: Callable[[str], Awaitable[None]],
                  remove_containers: Callable[[str], Awaitable[None]]) -> None:
         self.state = state
+        self.tasks = tasks
         self.settings = state.settings
         self.cni = cni.CniRunner(self.settings.cni_bin_dirs)
         self._stop_containers = stop_containers
@@ -91,14 +95,42 @@ class SandboxManager:
                 record.ip = attached.ips[0] if attached.ips else ""
                 record.additional_ips = attached.ips[1:]
             await asyncio.to_thread(podfiles.write, folder / "files", hostname, record.ip, config.dns_config)
+            # As containerd's pause container: always there, so a container asking for the pod's PID
+            # namespace (POD, proto3's default) always has one to join.
+            await self._start_pause(record, host_pid=opts.pid == NamespaceMode.NODE)
             self.state.sandboxes[record.id] = record
             self.state.save(record)
         except BaseException:
             self.state.sandboxes.pop(record.id, None)
             with contextlib.suppress(Exception):
+                await self._stop_pause(record)
+            with contextlib.suppress(Exception):
                 await self._teardown_network(record)
             await asyncio.to_thread(self._remove_files, record)
             raise
+
+    async def _start_pause(self, record: SandboxRecord, host_pid: bool) -> None:
+        """The pid 1 of the pod's shared PID namespace (pause.py): a task with the pod's id."""
+        program = await asyncio.to_thread(pause.install, self.settings.run / "pause")
+        joined = [{"type": t, "path": p} for t, p in (("network", record.netns), ("ipc", record.ipc),
+                                                     ("uts", record.uts)) if p]
+        spec = pause.spec(program, joined, f"{record.cgroup_parent.rstrip('/')}/{record.id}", host_pid)
+        await call(self.tasks.create(hl.CreateTaskRequest(id=record.id, spec=json.dumps(spec).encode(),
+                                                          runtime=self.settings.runtime, namespace=NAMESPACE)))
+        record.pause_pid = (await call(self.tasks.start(hl.StartRequest(id=record.id)))).pid
+
+    async def _stop_pause(self, record: SandboxRecord) -> None:
+        """SIGKILL (pid 1 ignores the rest), its exit, its task deleted; idempotent."""
+        if not record.pause_pid:
+            return
+        with contextlib.suppress(SkiffError):
+            await call(self.tasks.kill(hl.KillRequest(id=record.id, signal=9, all=True)))
+            async for answer in self.tasks.wait(hl.WaitRequest(id=record.id)):
+                if answer.exited:
+                    break
+        with contextlib.suppress(SkiffError):
+            await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
+        record.pause_pid = 0
 
     async def _teardown_network(self, record: SandboxRecord) -> None:
         """CNI DEL (its addresses and port rules go) and the pins released; idempotent."""
@@ -119,6 +151,7 @@ class SandboxManager:
         record = self.state.sandbox(id_)
         async with self._lock(record.id):
             await self._stop_containers(record.id)
+            await self._stop_pause(record)
             if not record.network_torn_down:
                 await self._teardown_network(record)
             record.ready = False
@@ -134,6 +167,7 @@ class SandboxManager:
         async with self._lock(record.id):
             await self._stop_containers(record.id)
             await self._remove_containers(record.id)
+            await self._stop_pause(record)
             if not record.network_torn_down:
                 await self._teardown_network(record)
             await asyncio.to_thread(self._remove_files, record)

@@ -30,7 +30,7 @@ _GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("iopl", "ioperm"), ("CAP_SYS_RAWIO",)),
     (("syslog",), ("CAP_SYS_ADMIN", "CAP_SYSLOG")),
     (("mount", "umount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount",
-      "open_tree", "mount_setattr", "unshare", "setns"), ("CAP_SYS_ADMIN",)),
+      "open_tree", "mount_setattr", "unshare", "setns", "sethostname", "setdomainname"), ("CAP_SYS_ADMIN",)),
 ]
 _CLONE_NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 

@@ -39,7 +39,7 @@ async def start(settings: CriSettings) -> Serving:
     channel = Channel(path=str(settings.paths.highlevel_socket))
     state = await asyncio.to_thread(CriState, settings)
     containers = ContainerManager(state, channel)
-    sandboxes = SandboxManager(state, containers.stop_all, containers.remove_all)
+    sandboxes = SandboxManager(state, containers.tasks, containers.stop_all, containers.remove_all)
     # highlevel may still be starting (skiff up starts the services in order, systemd may not).
     await while_unavailable(containers.recover, within=60)
     execs = Execs(state, containers)

@@ -2,9 +2,9 @@
 
 The container joins its pod's held namespaces (podns.py) by path: network (unless the pod is on the
 host's network), IPC when the pod shares it, and UTS (the pod's hostname). PID is the container's
-own unless the pod asks for the host's (a pod-wide PID namespace needs a process to hold it: not
-supported without a pause container, see README). The pod's resolv.conf, hosts and hostname are
-bound in, as the CRI plugins of containerd and CRI-O do.
+own unless it asks for the host's or the pod's (a pod-wide PID namespace is held by the pod's pause
+process, pause.py). The pod's resolv.conf, hosts and hostname are bound in, as the CRI plugins of
+containerd and CRI-O do.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _cap_names(names: list[str]) -> list[str]:
 
 
 def capabilities(config: ContainerConfig) -> list[str]:
-    sc = config.linux.security_context if config.linux else None
+    sc = config.linux.security_context
     everything = current_caps()
     if sc is not None and sc.privileged:
         return everything
@@ -108,7 +108,7 @@ def capabilities(config: ContainerConfig) -> list[str]:
 
 
 def seccomp_filter(config: ContainerConfig, caps: list[str]) -> dict[str, Any] | None:
-    sc = config.linux.security_context if config.linux else None
+    sc = config.linux.security_context
     if sc is None or sc.privileged:
         return None
     profile: SecurityProfile = sc.seccomp
@@ -153,7 +153,7 @@ def _read_in_root(rootfs: Path, relative: str) -> str:
 
 
 def user_of(config: ContainerConfig, image_user: str, rootfs: Path) -> dict[str, Any]:
-    sc = config.linux.security_context if config.linux else None
+    sc = config.linux.security_context
     gid: int | None = None
     if sc is not None and _set(sc, "run_as_user"):
         uid, found_gid = _passwd_lookup(rootfs, None, sc.run_as_user.value)
@@ -229,7 +229,7 @@ def resources(res: LinuxContainerResources | None) -> dict[str, Any]:
 
 
 def _namespaces(config: ContainerConfig, sandbox: SandboxRecord) -> list[dict[str, str]]:
-    sc = config.linux.security_context if config.linux else None
+    sc = config.linux.security_context
     opts = sc.namespace_options if sc is not None else None
     spaces = [{"type": "mount"}]
     if sandbox.netns:
@@ -237,7 +237,11 @@ def _namespaces(config: ContainerConfig, sandbox: SandboxRecord) -> list[dict[st
     pid_mode = opts.pid if opts is not None else NamespaceMode.CONTAINER
     if pid_mode == NamespaceMode.TARGET:
         raise InvalidArgument("pid namespace mode TARGET: not supported")
-    if pid_mode != NamespaceMode.NODE:
+    if pid_mode == NamespaceMode.POD:
+        if not sandbox.pause_pid:
+            raise InvalidArgument("pid namespace mode POD: the pod was not made with a shared PID namespace")
+        spaces.append({"type": "pid", "path": f"/proc/{sandbox.pause_pid}/ns/pid"})
+    elif pid_mode != NamespaceMode.NODE:
         spaces.append({"type": "pid"})
     if sandbox.ipc:
         spaces.append({"type": "ipc", "path": sandbox.ipc})
@@ -272,10 +276,10 @@ def _devices(config: ContainerConfig) -> tuple[list[dict[str, Any]], list[dict[s
 def build(container_id: str, config: ContainerConfig, sandbox: SandboxRecord, image_config: dict[str, Any],
           rootfs: Path, cgroups_path: str) -> dict[str, Any]:
     """The whole config.json (blocking: reads the image's /etc/passwd and the devices)."""
-    sc = config.linux.security_context if config.linux else None
+    sc = config.linux.security_context
     privileged = bool(sc is not None and sc.privileged)
     caps = capabilities(config)
-    res = config.linux.resources if config.linux else None
+    res = config.linux.resources
     process: dict[str, Any] = {
         "terminal": config.tty,
         "user": user_of(config, str(image_config.get("User") or ""), rootfs),

@@ -36,6 +36,7 @@ class SandboxRecord:
     cgroup_parent: str = ""
     files: str = ""  # folder of its resolv.conf, hosts, hostname
     network_torn_down: bool = False
+    pause_pid: int = 0  # the pid 1 of a shared PID namespace (pause.py), a task with the pod's id
 
     @property
     def config(self) -> PodSandboxConfig:

@@ -95,9 +95,12 @@ def test_pod_and_container_life_end_to_end(cri_stack: CriStack, rt: CriClient, c
         label_selector={"app": "other"}))).items == []
 
     script = "echo hello; echo oops >&2; cat /etc/resolv.conf; hostname; exec sleep 1000"
+    # A PID namespace of its own (kubelet's default): sh is its pid 1.
+    own_pids = cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(
+        namespace_options=cri.NamespaceOption(pid=cri.NamespaceMode.CONTAINER)))
     cid = rt.rt("create_container", cri.CreateContainerRequest(
-        pod_sandbox_id=pod, config=container_config("main", script, envs=[cri.KeyValue(key="GREETING", value="hi")]),
-        sandbox_config=config)).container_id
+        pod_sandbox_id=pod, config=container_config("main", script, envs=[cri.KeyValue(key="GREETING", value="hi")],
+                                                    linux=own_pids), sandbox_config=config)).container_id
     assert wait_state(rt, cid, cri.ContainerState.CONTAINER_CREATED).state == cri.ContainerState.CONTAINER_CREATED
     rt.rt("start_container", cri.StartContainerRequest(container_id=cid))
     running = wait_state(rt, cid, cri.ContainerState.CONTAINER_RUNNING)

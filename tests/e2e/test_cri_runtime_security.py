@@ -80,3 +80,39 @@ def test_security_context_and_exits(cri_stack: CriStack, rt: CriClient, tmp_path
     own = int(Path("/proc/self/oom_score_adj").read_text())
     assert status.reason == "OOMKilled" and status.exit_code == 137, (status, out)
     assert out.splitlines()[0] == str(max(own, -999))
+
+
+def test_shared_pid_namespace_has_pause_as_init(cri_stack: CriStack, rt: CriClient, tmp_path: Path) -> None:  # noqa: F811
+    shared = cri.NamespaceOption(pid=cri.NamespaceMode.POD)
+    config = pod_config("pids", cri_stack, tmp_path / "logs")
+    config.linux.security_context = cri.LinuxSandboxSecurityContext(namespace_options=shared)
+    pod = rt.rt("run_pod_sandbox", cri.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    in_pod = cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(namespace_options=shared))
+    ids = []
+    for name in ("first", "second"):
+        cid = rt.rt("create_container", cri.CreateContainerRequest(
+            pod_sandbox_id=pod, config=container_config(name, f"exec sleep 100{len(ids)}", linux=in_pod),
+            sandbox_config=config)).container_id
+        rt.rt("start_container", cri.StartContainerRequest(container_id=cid))
+        wait_state(rt, cid, cri.ContainerState.CONTAINER_RUNNING)
+        ids.append(cid)
+    init = rt.rt("exec_sync", cri.ExecSyncRequest(container_id=ids[1], cmd=["cat", "/proc/1/cmdline"], timeout=10))
+    assert init.stdout == b"/pause\x00"
+    seen = rt.rt("exec_sync", cri.ExecSyncRequest(container_id=ids[1], cmd=["ps", "-o", "args"], timeout=10))
+    assert b"sleep 1000" in seen.stdout and b"sleep 1001" in seen.stdout
+    # The first container's end does not end the namespace: pause is its init.
+    rt.rt("stop_container", cri.StopContainerRequest(container_id=ids[0], timeout=0))
+    wait_state(rt, ids[0], cri.ContainerState.CONTAINER_EXITED)
+    again = rt.rt("exec_sync", cri.ExecSyncRequest(container_id=ids[1], cmd=["cat", "/proc/1/cmdline"], timeout=10))
+    assert again.stdout == b"/pause\x00"
+
+    # runtime/default without CAP_SYS_ADMIN: sethostname refused (critest's check).
+    profile = cri.LinuxContainerSecurityContext(seccomp_profile_path="runtime/default",
+                                                capabilities=cri.Capability(add_capabilities=["SYS_ADMIN"]))
+    status, out = run_to_end(rt, pod, config, "hostname-admin", "hostname changed && echo set",
+                             linux=cri.LinuxContainerConfig(security_context=profile))
+    assert out.splitlines()[-1] == "set"
+    plain = cri.LinuxContainerSecurityContext(seccomp_profile_path="runtime/default")
+    status, out = run_to_end(rt, pod, config, "hostname-plain", "hostname changed || echo refused",
+                             linux=cri.LinuxContainerConfig(security_context=plain))
+    assert out.splitlines()[-1] == "refused"
