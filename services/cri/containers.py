@@ -218,7 +218,8 @@ class ContainerManager:
         exited = self.exited.setdefault(record.id, asyncio.Event())
         if timeout > 0:
             with contextlib.suppress(SkiffError):
-                await call(self.tasks.kill(hl.KillRequest(id=record.id, signal=self._stop_signal(record))))
+                stop_signal = await self._stop_signal(record)
+                await call(self.tasks.kill(hl.KillRequest(id=record.id, signal=stop_signal)))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(exited.wait(), timeout)
         if not exited.is_set():
@@ -230,9 +231,16 @@ class ContainerManager:
                 raise FailedPrecondition(f"container {record.id}: no exit within {KILL_WAIT:.0f}s of SIGKILL") from None
         log.info("container stopped", id=record.id)
 
-    @staticmethod
-    def _stop_signal(record: ContainerRecord) -> int:
-        return int(signal.SIGTERM)
+    async def _stop_signal(self, record: ContainerRecord) -> int:
+        """The image's StopSignal (nginx's SIGQUIT), else SIGTERM, as containerd's CRI plugin."""
+        try:
+            named = str((await self.image_config(record.image_id)).get("StopSignal") or "")
+        except SkiffError:
+            named = ""
+        if named.isdigit():
+            return int(named)
+        name = named.upper() if named.upper().startswith("SIG") else "SIG" + named.upper()
+        return int(signal.Signals[name]) if name in signal.Signals.__members__ else int(signal.SIGTERM)
 
     async def stop_all(self, sandbox_id: str) -> None:
         await asyncio.gather(*(self.stop(c.id, 0) for c in self.state.of_sandbox(sandbox_id)))

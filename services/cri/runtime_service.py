@@ -8,6 +8,7 @@ which calls back into execs.py; the optional RPCs of this API version that kubel
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -76,7 +77,8 @@ class CriRuntimeService(cri.RuntimeServiceBase):
             cri.RuntimeCondition(type="NetworkReady", status=ready, reason="" if ready else "NetworkPluginNotReady",
                                  message="" if ready else f"Network plugin returns error: {why}"),
         ]
-        info = {"config": '{"cgroupDriver":"cgroupfs","sandboxImage":"","heldNamespaces":true}'} \
+        info = {"config": json.dumps({"cgroupDriver": "cgroupfs", "sandboxImage": "", "pause": "skiff-cri's own",
+                                      "cniConfDir": str(self.state.settings.cni_conf_dir)})} \
             if status_request.verbose else {}
         return cri.StatusResponse(status=cri.RuntimeStatus(conditions=conditions), info=info)
 
@@ -119,7 +121,7 @@ class CriRuntimeService(cri.RuntimeServiceBase):
     async def pod_sandbox_status(self, pod_sandbox_status_request: cri.PodSandboxStatusRequest
                                  ) -> cri.PodSandboxStatusResponse:
         s = self.state.sandbox(pod_sandbox_status_request.pod_sandbox_id)
-        info = {"info": f'{{"netns":"{s.netns}","cgroupParent":"{s.cgroup_parent}"}}'} \
+        info = {"info": json.dumps({"netns": s.netns, "cgroupParent": s.cgroup_parent, "pid": s.pause_pid})} \
             if pod_sandbox_status_request.verbose else {}
         return cri.PodSandboxStatusResponse(status=self._pod_status(s), info=info)
 
@@ -181,7 +183,7 @@ class CriRuntimeService(cri.RuntimeServiceBase):
     async def container_status(self, container_status_request: cri.ContainerStatusRequest
                                ) -> cri.ContainerStatusResponse:
         c = self.state.container(container_status_request.container_id)
-        info = {"info": f'{{"pid":{c.pid},"sandboxID":"{c.sandbox_id}"}}'} \
+        info = {"info": json.dumps({"pid": c.pid, "sandboxID": c.sandbox_id})} \
             if container_status_request.verbose else {}
         return cri.ContainerStatusResponse(status=self._container_status(c), info=info)
 

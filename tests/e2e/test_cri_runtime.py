@@ -122,6 +122,12 @@ def test_pod_and_container_life_end_to_end(cri_stack: CriStack, rt: CriClient, c
     with pytest.raises(Exception, match="timed out"):
         rt.rt("exec_sync", cri.ExecSyncRequest(container_id=cid, cmd=["sleep", "30"], timeout=1))
 
+    # Exec, Attach and PortForward answer with the streaming server's one-time URLs (its own tests use them).
+    urls = [rt.rt("exec", cri.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url,
+            rt.rt("attach", cri.AttachRequest(container_id=cid, stdout=True)).url,
+            rt.rt("port_forward", cri.PortForwardRequest(pod_sandbox_id=pod, port=[80])).url]
+    assert all(u.startswith("http://127.0.0.1:") for u in urls) and len(set(urls)) == 3, urls
+
     stats = rt.rt("container_stats", cri.ContainerStatsRequest(container_id=cid)).stats
     assert stats.attributes.id == cid and stats.cpu.usage_core_nano_seconds.value > 0
     assert stats.memory.working_set_bytes.value > 0
