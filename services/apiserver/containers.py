@@ -137,14 +137,19 @@ async def list_(request: web.Request) -> web.Response:
     # before/since are positions in the list of every container, running or not.
     ordered = "before" in filters or "since" in filters
     all_ = flag(request, "all")
-    list_request = ListRequest(
-        all=all_ or ordered, limit=0 if here else limit,
-        filters=ListFilters(id=filters.get("id", []), name=filters.get("name", []),
-                            label=filters.get("label", []), status=filters.get("status", []),
-                            health=filters.get("health", [])))
-    body = await list_lane.ask(backend(request).config.paths.daemon_socket, list_request)
+
+    def list_request() -> ListRequest:
+        return ListRequest(
+            all=all_ or ordered, limit=0 if here else limit,
+            filters=ListFilters(id=filters.get("id", []), name=filters.get("name", []),
+                                label=filters.get("label", []), status=filters.get("status", []),
+                                health=filters.get("health", [])))
+
+    # The same filters text and flags make the same request: the key of the list kept for it.
+    key = (all_ or ordered, 0 if here else limit, request.query.get("filters", ""))
+    body = await list_lane.answer(backend(request).config.paths.daemon_socket, key, list_request)
     if body is None:  # the lane cannot answer: gRPC does, errors with their kinds
-        body = (await call(backend(request).containers.list_summaries(list_request))).json
+        body = (await call(backend(request).containers.list_summaries(list_request()))).json
     if not here:
         return web.Response(body=body, content_type="application/json")
     ancestors = set()

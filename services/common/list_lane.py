@@ -5,10 +5,13 @@ the ~1 ms its answer takes to make: more than dockerd's whole answer. So the dae
 list on ``<run>/daemon-list.sock`` (root's, 0600, as daemon.sock), one call at a time per connection:
 
     request:  4-byte big-endian length, then a ``skiff.daemon.v1.ListRequest`` (protobuf)
-    answer:   1 byte (0: the list's JSON follows, 1: an error's text follows), 4-byte length, the bytes
+    answer:   1 byte (0: the list follows, 1: an error's text follows), 4-byte length, the bytes
 
-The lane is only a shortcut: the apiserver asks gRPC's ``Containers.ListSummaries`` whenever the
-lane has no answer (no socket, a daemon restarting, an error, which gRPC then reports as its kind).
+The list comes as rows with the generation they were made at (services/dockermodel/list_rows.py),
+which the apiserver keeps and answers from until the daemon's generation moves
+(services/common/list_generation.py). The lane is only a shortcut: the apiserver asks gRPC's
+``Containers.ListSummaries`` whenever the lane has no answer (no socket, a daemon restarting, an
+error, which gRPC then reports as its kind).
 """
 
 from __future__ import annotations

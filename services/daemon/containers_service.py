@@ -13,6 +13,7 @@ from services.daemon.containers import ContainerManager
 from services.daemon.hostopts import prepare
 from services.daemon.links import link_names
 from services.daemon.summaries import Summaries
+from services.dockermodel.list_rows import Row
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     AttachRequest,
@@ -101,9 +102,14 @@ class ContainersService(ContainersBase):
         return ListSummariesResponse(json=self.render_list(list_request))
 
     def render_list(self, r: ListRequest) -> bytes:
-        """GET /containers/json's body; the list lane (daemon/list_lane.py) answers with it too."""
+        """GET /containers/json's body."""
         return self.summaries.render(self.records.list(r.all, r.filters, r.limit), link_names(self.records),
                                      self.records.versions)
+
+    def list_rows(self, r: ListRequest) -> list[Row]:
+        """The same as rows (dockermodel/list_rows.py), which the list lane (daemon/list_lane.py) sends."""
+        return self.summaries.rows(self.records.list(r.all, r.filters, r.limit), link_names(self.records),
+                                   self.records.versions)
 
     @grpc_errors
     async def inspect(self, container_ref: ContainerRef) -> Container:

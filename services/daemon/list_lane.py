@@ -1,5 +1,7 @@
-"""The daemon's end of the list lane (services/common/list_lane.py): the same answer as gRPC's
-``Containers.ListSummaries`` (``ContainersService.render_list``), on ``<run>/daemon-list.sock``."""
+"""The daemon's end of the list lane (services/common/list_lane.py), on ``<run>/daemon-list.sock``: the
+list as rows with the generation they were made at (dockermodel/list_rows.py); the apiserver keeps
+them until that generation moves (common/list_generation.py: the daemon bumps it at every change of
+its records, ``ContainerRecords.on_change``)."""
 
 from __future__ import annotations
 
@@ -8,18 +10,17 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
-
+from services.common.list_generation import Generation
 from services.common.list_lane import FAILED, OK, answer_frame, lane_path, read_request
 from services.common.service import Listener, listen_unix
+from services.dockermodel.list_rows import Row, encode_rows
 from services.gen.skiff.daemon.v1 import ListRequest
-
-log = structlog.get_logger("daemon")
 
 
 class ListLane:
-    def __init__(self, render: Callable[[ListRequest], bytes]) -> None:
-        self._render = render
+    def __init__(self, rows: Callable[[ListRequest], list[Row]], generation: Generation) -> None:
+        self._rows = rows
+        self.generation = generation
         self._server: asyncio.AbstractServer | None = None
         self._listener: Listener | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -38,16 +39,19 @@ class ListLane:
         if self._listener is not None:
             self._listener.close()
 
+    def answer(self, data: bytes) -> bytes:
+        """A request's answer frame: the rows and the generation read with them (no change can come
+        between the two: both on the event loop, with no await)."""
+        try:
+            return answer_frame(OK, encode_rows(self.generation.value, self._rows(ListRequest().parse(data))))
+        except Exception as exc:  # noqa: BLE001 - told to the apiserver, which asks gRPC instead
+            return answer_frame(FAILED, str(exc).encode())
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
         try:
             while True:
-                data = await read_request(reader)
-                try:
-                    frame = answer_frame(OK, self._render(ListRequest().parse(data)))
-                except Exception as exc:  # noqa: BLE001 - told to the apiserver, which asks gRPC instead
-                    frame = answer_frame(FAILED, str(exc).encode())
-                writer.write(frame)
+                writer.write(self.answer(await read_request(reader)))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass

@@ -11,6 +11,7 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +49,10 @@ class Entry:
     exits: int = 0
     removed: bool = False
     watcher: asyncio.Task[None] | None = None
+    on_change: Callable[[], None] = field(default=lambda: None)  # the records' changed, set by add
 
     def notify(self) -> None:
+        self.on_change()  # before any waiter hears of it (see ContainerRecords.changed)
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -68,15 +71,23 @@ class ContainerRecords:
         # By id, how many times the record was saved: the list's kept entries (summaries.py) are
         # made again when this moves, as dockerd's list reads what a container's checkpoint left.
         self.versions: dict[str, int] = {}
+        # Told of every change a list could show, on the event loop, before anyone can hear of it
+        # elsewhere: the apiserver's kept list goes stale with it (common/list_generation.py).
+        self.on_change: Callable[[], None] = lambda: None
+
+    def changed(self) -> None:
+        """A record changed in memory: a save, an addition, a removal, a waiter woken, an event."""
+        self.on_change()
 
     async def load(self) -> None:
         for record in await asyncio.to_thread(self.store.load_all):
             self.add(record)
 
     def add(self, record: Container) -> Entry:
-        entry = self.entries[record.id] = Entry(record)
+        entry = self.entries[record.id] = Entry(record, on_change=self.changed)
         self.names[record.name] = record.id
         self.versions[record.id] = self.versions.get(record.id, 0) + 1
+        self.changed()
         return entry
 
     def drop(self, record: Container) -> None:
@@ -85,6 +96,7 @@ class ContainerRecords:
         self.versions.pop(record.id, None)
         if self.names.get(record.name) == record.id:
             del self.names[record.name]
+        self.changed()
 
     def folder(self, container_id: str) -> Path:
         """The container's own folder: its record, its json-file log, its network files."""
@@ -132,6 +144,7 @@ class ContainerRecords:
         written in a thread. Encoding in the thread raced coroutines that kept changing the record."""
         data = bytes(record)
         self.versions[record.id] = self.versions.get(record.id, 0) + 1
+        self.changed()
         await asyncio.to_thread(self.store.write, record.id, data)
 
     def list(self, all_: bool, filters: ListFilters, limit: int = 0) -> list[Container]:

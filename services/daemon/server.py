@@ -13,6 +13,7 @@ from grpclib.server import Server
 
 from services.common import daemon_config, grpc
 from services.common.config import Config
+from services.common.list_generation import Generation, generation_path
 from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.daemon.archive import ArchiveService
 from services.daemon.builds.service import BuildsService
@@ -88,6 +89,8 @@ def build_daemon(config: Config, channel: Channel) -> Daemon:
     volumes = VolumesService(volume_store, volume_users)
     containers = ContainerManager(records, paths, channel, config.runtime, network=network,
                                   mounts=ContainerMounts(volume_store, volumes), settings=config.settings)
+    # First of the sinks: an event changes what a list shows before anyone hears of it.
+    containers.subscribe(lambda *_: records.changed())
     bus = EventBus()
     execs = ExecManager(containers, paths.daemon_lib / "execs")
     restarts = RestartPolicies(containers)
@@ -121,12 +124,16 @@ async def start(config: Config) -> Serving:
     listener = listen_unix(paths.daemon_socket)
     await server.start(sock=listener.sock)
     containers_service = next(s for s in daemon.services if isinstance(s, ContainersService))
-    list_lane = ListLane(containers_service.render_list)
+    # From here every change of the records moves the generation the apiserver's kept list is of.
+    generation = Generation(generation_path(paths.daemon_socket))
+    daemon.records.on_change = generation.bump
+    list_lane = ListLane(containers_service.list_rows, generation)
     await list_lane.start(paths.daemon_socket)
     log.info("started", highlevel=str(paths.highlevel_socket))
 
     async def stop() -> None:
         await list_lane.close()
+        generation.close()  # its lock goes: apiservers keep nothing of ours from now on
         server.close()
         await server.wait_closed()
         await daemon.close()

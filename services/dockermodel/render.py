@@ -27,17 +27,31 @@ def _network_mode(host: HostConfig) -> str:
 
 def status_text(c: Container) -> str:
     """dockerd's State.String(): a paused container is "Up ... (Paused)", a restarting one tells its last exit."""
+    return status_at(status_parts(c), time.time())
+
+
+# A Status as (prefix, since, postfix): the text is prefix + the human duration since ``since`` (a UNIX
+# time) + postfix, or prefix alone when since is None. Only this part of a list entry moves with time.
+StatusParts = tuple[str, float | None, str]
+
+
+def status_parts(c: Container) -> StatusParts:
     state = c.state
-    if state.status in (State.RUNNING, State.PAUSED):
-        up = f"Up {human_duration(time.time() - parse_time(state.started_at))}"
-        return f"{up} (Paused)" if state.status == State.PAUSED else up + status_suffix(c)
-    if state.status == State.RESTARTING:
-        return f"Restarting ({state.exit_code}) {human_duration(time.time() - parse_time(state.finished_at))} ago"
-    if state.status == State.EXITED:
-        return f"Exited ({state.exit_code}) {human_duration(time.time() - parse_time(state.finished_at))} ago"
-    if state.status == State.REMOVING:
-        return "Removal In Progress"
-    return STATUS_NAMES.get(state.status, "created").capitalize()
+    status = state.status
+    if status in (State.RUNNING, State.PAUSED):
+        return "Up ", parse_time(state.started_at), " (Paused)" if status == State.PAUSED else status_suffix(c)
+    if status == State.RESTARTING:
+        return f"Restarting ({state.exit_code}) ", parse_time(state.finished_at), " ago"
+    if status == State.EXITED:
+        return f"Exited ({state.exit_code}) ", parse_time(state.finished_at), " ago"
+    if status == State.REMOVING:
+        return "Removal In Progress", None, ""
+    return STATUS_NAMES.get(status, "created").capitalize(), None, ""
+
+
+def status_at(parts: StatusParts, now: float) -> str:
+    prefix, since, postfix = parts
+    return prefix if since is None else f"{prefix}{human_duration(now - since)}{postfix}"
 
 
 def container_summary(c: Container, fixed: dict[str, Any] | None = None) -> dict[str, Any]:

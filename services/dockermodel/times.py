@@ -39,3 +39,14 @@ def human_duration(seconds: float) -> str:
     if hours < 48:
         return f"{hours} hours"
     return f"{s // 86400} days"
+
+
+def human_duration_next(seconds: float) -> float:
+    """A duration no later than the next one at which :func:`human_duration`'s text changes (a kept
+    text is good until then): whole seconds below a minute, whole minutes below an hour, then half hours."""
+    s = int(seconds)
+    if s < 60:
+        return s + 1
+    if s < 3600:
+        return (s // 60 + 1) * 60
+    return (s // 1800 + 1) * 1800
