@@ -6,7 +6,8 @@ processes) from a cpuacct cgroup that ``skiff up`` starts in; and, with py-spy i
 path in ``--py-spy``), sampled stacks of the three services folded into the functions that took
 the samples (self) and the frames they passed through (cumulative), per phase.
 
-Usage (as root): .venv/bin/python bench/profile_engine.py [--runs 20] [--count 50] [--py-spy PATH]
+Usage (as root): .venv/bin/python bench/profile_engine.py [--runs 20] [--count 50] [--lists 300]
+    [--list-path /containers/json?all=1]... [--py-spy PATH]  (--runs 0: no docker run phase)
 """
 
 from __future__ import annotations
@@ -24,17 +25,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.engine import cli, skiff  # noqa: E402
+from tests.e2e.netstack import cgroup_parent  # noqa: E402
 from tests.support.busybox import docker_archive  # noqa: E402
 
 SERVICES = ("services.apiserver", "services.daemon", "services.highlevel")
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 TICK = os.sysconf("SC_CLK_TCK")
+# bench/engine.py's list, `docker ps` (CLI 20.10), docker-py's APIClient.containers()
+LIST_PATHS = ("/containers/json?all=1", "/v1.41/containers/json",
+              "/v1.41/containers/json?limit=-1&all=0&size=0&trunc_cmd=0")
 WALL: dict[str, list[float]] = {}  # per phase, each call's wall time (noise on a loaded box: CPU is the figure)
 
 
@@ -58,6 +64,18 @@ def service_pids(root: Path) -> dict[str, int]:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+ROOTS: dict[int, Path] = {}  # a service's pid: its engine's root (set by main)
+
+
+def _usage(folder: Path) -> int | None:
+    """cpuacct.usage (ns) of the engine's containers' cgroup parent: shims, runtime processes and the
+    containers themselves (None when absent: nothing launched yet, or no cgroup v1 cpuacct)."""
+    try:
+        return int((folder / "cpuacct.usage").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @contextmanager
@@ -158,10 +176,13 @@ def phase(name: str, calls: int, pids: dict[str, int], cgroup: Path | None, py_s
     sampler = Sampler(py_spy, pids, work, name.split()[0])
     before = {m: cpu_seconds(p) for m, p in pids.items()}
     group_before = int((cgroup / "cpuacct.usage").read_text()) if cgroup else 0
+    shims = CPUACCT / cgroup_parent(ROOTS[next(iter(pids.values()))])
+    shims_before = _usage(shims)
     children_before = os.times()
     action()
     children_after = os.times()
     group_after = int((cgroup / "cpuacct.usage").read_text()) if cgroup else 0
+    shims_after = _usage(shims)
     after = {m: cpu_seconds(p) for m, p in pids.items()}
     folded = sampler.folded()
     lines = [f"## {name}: CPU ms per call (over {calls} calls)"]
@@ -171,6 +192,8 @@ def phase(name: str, calls: int, pids: dict[str, int], cgroup: Path | None, py_s
         lines.append(f"  {module:22} {1000 * (after[module] - before[module]) / calls:8.2f}")
     if cgroup:
         lines.append(f"  {'engine (all processes)':22} {(group_after - group_before) / 1e6 / calls:8.2f}")
+    if shims_before is not None and shims_after is not None:
+        lines.append(f"  {'shims+containers':22} {(shims_after - shims_before) / 1e6 / calls:8.2f}")
     client = (children_after.children_user + children_after.children_system
               - children_before.children_user - children_before.children_system)
     lines.append(f"  {'client (docker CLI)':22} {1000 * client / calls:8.2f}")
@@ -186,6 +209,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--lists", type=int, default=300)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--list-path", action="append",
+                        help="the list's path and query (repeatable; default: bench/engine.py's, docker ps's, "
+                             "docker-py's)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="skiff-profile-"))
@@ -194,12 +220,12 @@ def main() -> int:
         tar = docker_archive(work / "busybox.tar", work / "rootfs")
         with engine_cgroup() as cgroup, skiff(work, cgroup) as sock:
             pids = service_pids(sock.parents[2])
+            ROOTS.update({pid: sock.parents[2] for pid in pids.values()})
             if cli(sock, "load", "-i", str(tar)).returncode != 0:
                 raise RuntimeError("docker load failed")
             cli(sock, "run", "--rm", "--network", "none", "busybox", "true")  # warm-up
 
             run_phase = "run --rm --network none busybox true"
-            list_phase = f"GET /containers/json ({args.count} running, keep-alive)"
 
             def runs() -> None:
                 for _ in range(args.runs):
@@ -209,24 +235,37 @@ def main() -> int:
                     if done.returncode != 0:
                         raise RuntimeError(done.stderr.decode())
 
-            report += phase(run_phase, args.runs, pids, cgroup, args.py_spy, work,
-                            runs, args.top)
-            for i in range(args.count):
-                cli(sock, "run", "-d", "--network", "none", "--name", f"skiff-prof-{i}", "busybox", "sleep", "600")
+            if args.runs:
+                report += phase(run_phase, args.runs, pids, cgroup, args.py_spy, work, runs, args.top)
+            launch_phase = f"{args.count} x run -d --network none at once (bench/engine.py's)"
 
-            def lists() -> None:
-                conn = http.client.HTTPConnection("localhost", timeout=30)
-                conn.sock = socket.socket(socket.AF_UNIX)
-                conn.sock.connect(str(sock))
-                for _ in range(args.lists):
-                    t = time.perf_counter()
-                    conn.request("GET", "/containers/json?all=1")
-                    conn.getresponse().read()
-                    WALL.setdefault(list_phase, []).append(time.perf_counter() - t)
-                conn.close()
+            def launches() -> None:
+                t = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=args.count) as pool:
+                    done = list(pool.map(lambda i: cli(sock, "run", "-d", "--network", "none", "--name",
+                                                       f"skiff-prof-{i}", "busybox", "sleep", "600"),
+                                         range(args.count)))
+                WALL.setdefault(launch_phase, []).append(time.perf_counter() - t)
+                failed = [d.stderr.decode().strip() for d in done if d.returncode != 0]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} launches failed: {failed[0]}")
 
-            report += phase(list_phase, args.lists, pids, cgroup,
-                            args.py_spy, work, lists, args.top)
+            report += phase(launch_phase, args.count, pids, cgroup, args.py_spy, work, launches, args.top)
+            for path in args.list_path or LIST_PATHS:
+                list_phase = f"GET {path} ({args.count} running, keep-alive)"
+
+                def lists(path: str = path, list_phase: str = list_phase) -> None:
+                    conn = http.client.HTTPConnection("localhost", timeout=30)
+                    conn.sock = socket.socket(socket.AF_UNIX)
+                    conn.sock.connect(str(sock))
+                    for _ in range(args.lists):
+                        t = time.perf_counter()
+                        conn.request("GET", path)
+                        conn.getresponse().read()
+                        WALL.setdefault(list_phase, []).append(time.perf_counter() - t)
+                    conn.close()
+
+                report += phase(list_phase, args.lists, pids, cgroup, args.py_spy, work, lists, args.top)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(report))
