@@ -14,7 +14,7 @@ from aiohttp import web
 
 from services.apiserver.app import Routes, backend
 from services.apiserver.images_progress import line
-from services.apiserver.params import flag, int_query
+from services.apiserver.params import flag
 from services.common.errors import InvalidArgument, NotSupported, SkiffError
 from services.common.grpc import call, client_errors
 from services.gen.skiff.daemon.v1 import BuildCacheRecord, BuildChunk, BuildOptions, BuildPruneRequest, Ulimit
@@ -31,6 +31,19 @@ def _json_query(request: web.Request, name: str, default: Any) -> Any:
         return json.loads(raw)
     except ValueError:
         raise InvalidArgument(f"invalid {name} parameter: {raw}") from None
+
+
+def _int64(request: web.Request, name: str) -> int:
+    """A number of the query (0 when absent): int64 as dockerd's Int64ValueOrZero (memory in bytes
+    passes 2 GiB, past params.int_query's int32)."""
+    raw = request.query.get(name, "")
+    try:
+        number = int(raw) if raw else 0
+    except ValueError:
+        raise InvalidArgument(f"invalid value for {name}: {raw}") from None
+    if not -(2**63) <= number < 2**63:
+        raise InvalidArgument(f"invalid value for {name}: {raw} is out of range")
+    return number
 
 
 def options_of(request: web.Request) -> BuildOptions:
@@ -56,11 +69,13 @@ def options_of(request: web.Request) -> BuildOptions:
         labels={str(k): str(v) for k, v in labels.items()}, target=q.get("target", ""),
         no_cache=flag(request, "nocache"), pull=flag(request, "pull"), remove=flag(request, "rm", True),
         force_remove=flag(request, "forcerm"), quiet=flag(request, "q"), network_mode=q.get("networkmode", ""),
-        memory=int_query(request, "memory", 0) or 0, cpu_shares=int_query(request, "cpushares", 0) or 0,
-        shm_size=int_query(request, "shmsize", 0) or 0,
+        memory=_int64(request, "memory"), cpu_shares=_int64(request, "cpushares"), shm_size=_int64(request, "shmsize"),
         ulimits=[Ulimit(name=u.get("Name", ""), soft=int(u.get("Soft", 0)), hard=int(u.get("Hard", 0)))
                  for u in ulimits if isinstance(u, dict)],
-        cache_from=[str(c) for c in cache_from], platform=q.get("platform", ""))
+        cache_from=[str(c) for c in cache_from], platform=q.get("platform", ""),
+        memory_swap=_int64(request, "memswap"), cpu_period=_int64(request, "cpuperiod"),
+        cpu_quota=_int64(request, "cpuquota"), cpuset_cpus=q.get("cpusetcpus", ""),
+        cpuset_mems=q.get("cpusetmems", ""), extra_hosts=q.getall("extrahosts", []))
 
 
 async def build(request: web.Request) -> web.StreamResponse:
@@ -109,9 +124,7 @@ async def _relay(request: web.Request, response: web.StreamResponse,
             async for msg in backend(request).builds.build(chunks):
                 if not response.prepared:
                     await response.prepare(request)
-                out = []
-                if msg.stream:
-                    out.append(line({"stream": msg.stream}))
+                out = [line({"stream": text}) for text in msg.stream]
                 if msg.image_id:
                     out.append(line({"aux": {"ID": msg.image_id}}))
                 if msg.error:

@@ -339,6 +339,71 @@ def test_run_steps_honour_memory_ulimits_and_network_mode(stack: Stack, client: 
     assert "shares=512" in result.stdout or "shares=20\n" in result.stdout
 
 
+LIMITS = """\
+FROM busybox
+RUN echo "memsw=$(cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes 2>/dev/null \
+    || cat /sys/fs/cgroup/memory.swap.max)"
+RUN echo "cpus=$(cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/cpuset.cpus)"
+RUN echo "mems=$(cat /sys/fs/cgroup/cpuset/cpuset.mems 2>/dev/null || cat /sys/fs/cgroup/cpuset.mems)"
+RUN echo "cfs=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us 2>/dev/null \
+    || cat /sys/fs/cgroup/cpu.max)" | tr '\\n' ' '; echo
+RUN echo "hosts=$(grep -h -e buildhost -e pyhost /etc/hosts | tr '\\t\\n' '  ')"
+"""
+
+
+def test_run_steps_honour_swap_cpuset_cfs_and_extra_hosts(stack: Stack, client: docker.DockerClient,
+                                                          tmp_path: Path) -> None:
+    """memswap, cpusetcpus/cpusetmems, cpuperiod/cpuquota and extrahosts reach each RUN step's
+    container, as dockerd's hostConfigFromOptions hands them on (the CLI, then docker-py)."""
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": LIMITS})
+    result = cli(stack, "build", "--no-cache", "--memory", "64m", "--memory-swap", "128m", "--cpuset-cpus", "0",
+                 "--cpuset-mems", "0", "--cpu-period", "50000", "--cpu-quota", "25000",
+                 "--add-host", "buildhost:10.11.12.13", str(ctx), buildkit="0")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    v1 = Path("/sys/fs/cgroup/memory").is_dir()
+    if not v1 or Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists():  # swap accounting on
+        assert ("memsw=134217728" if v1 else "memsw=67108864") in out, out
+    assert "cpus=0\n" in out and "mems=0\n" in out, out
+    assert ("cfs=25000 50000 " if v1 else "cfs=25000 50000") in out, out
+    assert "hosts=10.11.12.13 buildhost" in out, out
+    # docker-py: container_limits' memswap and cpusetcpus, extra_hosts as a dict.
+    messages = list(client.api.build(path=str(ctx), nocache=True, decode=True, extra_hosts={"pyhost": "10.9.8.7"},
+                                     container_limits={"memory": 64 << 20, "memswap": -1, "cpusetcpus": "0"}))
+    text = "".join(m.get("stream", "") for m in messages)
+    assert not any("error" in m for m in messages), messages
+    assert "hosts=10.9.8.7 pyhost" in text and "cpus=0\n" in text, text
+    if v1 and Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists():
+        assert "memsw=9223372036854771712" in text, text  # -1: unlimited swap
+    # A swap limit below the memory limit fails the step's create with dockerd's words.
+    bad = list(client.api.build(path=str(ctx), nocache=True, decode=True,
+                                container_limits={"memory": 64 << 20, "memswap": 32 << 20}))
+    assert "Minimum memoryswap limit should be larger than memory limit" in bad[-1].get("error", ""), bad
+
+
+def test_quiet_holds_the_output_back_and_texts_come_as_lines(stack: Stack, client: docker.DockerClient) -> None:
+    """q=1 as dockerd: a success answers only the image id; a failure first what was held back, then
+    the error. Without q every text is a {"stream"} line of its own, also when sent together."""
+    good = io.BytesIO(b"FROM busybox\nENV QUIET=1\nRUN echo held-back\n")
+    quiet = list(client.api.build(fileobj=good, quiet=True, decode=True))
+    assert len(quiet) == 1 and quiet[0]["stream"].startswith("sha256:"), quiet
+    failing = io.BytesIO(b"FROM busybox\nRUN echo said-before && false\n")
+    held = list(client.api.build(fileobj=failing, quiet=True, forcerm=True, decode=True))
+    text = "".join(m.get("stream", "") for m in held)
+    assert "Step 1/2 : FROM busybox" in text and "said-before" in text, held
+    assert held[-1]["error"] == "The command '/bin/sh -c echo said-before && false' returned a non-zero code: 1"
+    good.seek(0)
+    loud = list(client.api.build(fileobj=good, decode=True))  # a cached rebuild: one message from the daemon
+    streams = [m["stream"] for m in loud if "stream" in m]
+    assert streams[:3] == ["Step 1/3 : FROM busybox\n", f" ---> {busybox_short(client)}\n", "Step 2/3 : ENV QUIET=1\n"]
+    assert " ---> Using cache\n" in streams
+    assert any("aux" in m for m in loud) and streams[-1].startswith("Successfully built "), loud
+
+
+def busybox_short(client: docker.DockerClient) -> str:
+    return client.images.get("busybox").id.removeprefix("sha256:")[:12]
+
+
 def test_cache_from_limits_reuse_to_the_images_named(stack: Stack, client: docker.DockerClient,
                                                      tmp_path: Path) -> None:
     ctx = make_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo one > /one\nCMD [\"cat\", \"/one\"]\n"})

@@ -113,8 +113,7 @@ class Build:
         self.final: hl.ImageSummary | None = None  # the built image, as highlevel has it
 
     async def say(self, text: str) -> None:
-        if not self.options.quiet:
-            await self.emit_raw(text)
+        await self.emit_raw(text)  # (quiet: the outlet holds it back)
 
     # ---- plan ----
 
@@ -339,7 +338,8 @@ class Build:
             return False
         self.hit_keys.append(key)
         stage.image, stage.config = entry.image, config
-        await self.say(f" ---> Using cache\n ---> {_short(entry.image)}\n")
+        await self.say(" ---> Using cache\n")
+        await self.say(f" ---> {_short(entry.image)}\n")
         return True
 
     async def _inspect(self, image: str) -> hl.ImageSummary:

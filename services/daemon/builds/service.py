@@ -23,6 +23,7 @@ from services.daemon.builds.builder import Build
 from services.daemon.builds.cache import BuildCache
 from services.daemon.builds.kept_contexts import KeptContexts
 from services.daemon.builds.kept_images import KeptImages
+from services.daemon.builds.outlet import Outlet
 from services.daemon.builds.steps import StepFailed
 from services.daemon.containers import ContainerManager
 from services.gen.skiff import highlevel
@@ -70,17 +71,13 @@ class BuildsService(BuildsBase):
     async def build(self, build_chunk_iterator: AsyncIterator[BuildChunk]) -> AsyncIterator[BuildMessage]:
         folder = self.work / secrets.token_hex(12)
         (folder / "scratch").mkdir(parents=True)
-        queue: asyncio.Queue[BuildMessage | None] = asyncio.Queue()
         try:
             options, body = await self._receive(build_chunk_iterator, folder / "body")
-
-            async def emit(text: str) -> None:
-                queue.put_nowait(BuildMessage(stream=text))
-
-            task = asyncio.ensure_future(self._run(options, body, folder, emit, queue))
+            outlet = Outlet(options.quiet)
+            task = asyncio.ensure_future(self._run(options, body, folder, outlet))
             try:
-                while (item := await queue.get()) is not None:
-                    yield item
+                async for message in outlet.messages():
+                    yield message
             finally:
                 if not task.done():
                     task.cancel()
@@ -124,13 +121,13 @@ class BuildsService(BuildsBase):
             raise InvalidArgument("empty build request")
         return options, Body(spill if out is not None else b"".join(held), size, digest.hexdigest())
 
-    async def _run(self, options: BuildOptions, body: Body, folder: Path, emit, queue) -> None:  # type: ignore[no-untyped-def]
+    async def _run(self, options: BuildOptions, body: Body, folder: Path, outlet: Outlet) -> None:
         ctx = None
         try:
             started = time.perf_counter()
             ctx = await self.contexts.acquire(body.data, body.size, body.digest, options.dockerfile)
             received = time.perf_counter()
-            build = Build(self.manager, self.cache, self.images, options, ctx, folder / "scratch", emit)
+            build = Build(self.manager, self.cache, self.images, options, ctx, folder / "scratch", outlet.emit)
             image = await build.run()
             stepped = time.perf_counter()
             named = set(build.final.repo_tags) if build.final is not None else set()
@@ -145,26 +142,20 @@ class BuildsService(BuildsBase):
                     raise
             log.info("built", image=image, context_s=round(received - started, 4),
                      steps_s=round(stepped - received, 4), tags_s=round(time.perf_counter() - stepped, 4))
-            queue.put_nowait(BuildMessage(image_id=image))
-            if options.quiet:
-                await emit(image + "\n")
-            else:
-                await emit(f"Successfully built {image.removeprefix('sha256:')[:12]}\n")
-                for tag in options.tags:
-                    await emit(f"Successfully tagged {_tag_name(tag)}\n")
+            outlet.succeed(image, [_tag_name(tag) for tag in options.tags])
         except StepFailed as exc:
-            queue.put_nowait(BuildMessage(error=exc.message, error_code=exc.code))
+            outlet.fail(exc.message, exc.code)
         except SkiffError as exc:
-            queue.put_nowait(BuildMessage(error=exc.message, error_code=1))
+            outlet.fail(exc.message, 1)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a fault of ours: the client hears it, the log keeps the traceback
             log.exception("build failed")
-            queue.put_nowait(BuildMessage(error=f"{type(exc).__name__}: {exc}", error_code=1))
+            outlet.fail(f"{type(exc).__name__}: {exc}", 1)
         finally:
             if ctx is not None:
                 self.contexts.release(ctx)
-            queue.put_nowait(None)
+            outlet.end()
 
     @grpc_errors
     async def prune(self, build_prune_request: BuildPruneRequest) -> BuildPruneResponse:

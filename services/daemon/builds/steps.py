@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from services.common.daemon_config import apply_runtime_default, apply_ulimit_defaults
 from services.common.errors import NotFound, SkiffError
 from services.common.grpc import call
 from services.daemon.containers import ContainerManager
+from services.daemon.hostopts import prepare
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
     BuildOptions,
@@ -23,6 +25,7 @@ from services.gen.skiff.daemon.v1 import (
     HealthConfig,
     HostConfig,
     LogStream,
+    Ulimit,
     WaitCondition,
 )
 
@@ -84,14 +87,26 @@ class Steps:
                   author: str) -> str:
         """RUN: a container from ``parent`` running ``argv``, its output streamed, committed on success."""
         o = self.options
-        host = HostConfig(network_mode=o.network_mode or "bridge", memory=o.memory, cpu_shares=o.cpu_shares,
-                          shm_size=o.shm_size, ulimits=list(o.ulimits))
+        # dockerd's hostConfigFromOptions: the build's resources, network and hosts; no log kept (the
+        # output reaches the stream through attach).
+        host = HostConfig(network_mode=o.network_mode or "bridge", memory=o.memory, memory_swap=o.memory_swap,
+                          cpu_shares=o.cpu_shares, cpu_period=o.cpu_period, cpu_quota=o.cpu_quota,
+                          cpuset_cpus=o.cpuset_cpus, cpuset_mems=o.cpuset_mems, shm_size=o.shm_size,
+                          ulimits=list(o.ulimits), extra_hosts=list(o.extra_hosts), log_driver="none")
         create = ContainerConfig(
             image=parent, cmd=argv, entrypoint=[], entrypoint_set=True, env=env,
             working_dir=str(config.get("WorkingDir") or ""), user=str(config.get("User") or ""),
             host=host, stop_timeout=-1, healthcheck=HealthConfig(set=True, test=["NONE"]))
+        # The create path's defaults and checks, as dockerd's builder creates through the daemon's own
+        # create (default runtime and ulimits from daemon.json; a swap below the memory refused).
+        settings = self.manager.settings.current
+        apply_runtime_default(settings, host)
+        apply_ulimit_defaults(settings, host, Ulimit)
+        warnings = await prepare(self.manager.records, create)
         record = await self.manager.create("", create)
         cid = record.id
+        for warning in warnings:
+            await self.emit(f" ---> [Warning] {warning}\n")
         await self.emit(f" ---> Running in {cid[:12]}\n")
         removed = False
         try:

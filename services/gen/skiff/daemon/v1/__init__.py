@@ -800,6 +800,16 @@ class BuildOptions(betterproto.Message):
     build_args_null: Dict[str, bool] = betterproto.map_field(
         18, betterproto.TYPE_STRING, betterproto.TYPE_BOOL
     )
+    memory_swap: int = betterproto.int64_field(19)
+    """
+    RUN steps' containers get these as dockerd's hostConfigFromOptions hands them on.
+    """
+
+    cpu_period: int = betterproto.int64_field(20)
+    cpu_quota: int = betterproto.int64_field(21)
+    cpuset_cpus: str = betterproto.string_field(22)
+    cpuset_mems: str = betterproto.string_field(23)
+    extra_hosts: List[str] = betterproto.string_field(24)
 
 
 @dataclass(eq=False, repr=False)
@@ -810,7 +820,7 @@ class BuildChunk(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class BuildMessage(betterproto.Message):
-    stream: str = betterproto.string_field(1)
+    stream: List[str] = betterproto.string_field(1)
     image_id: str = betterproto.string_field(2)
     error: str = betterproto.string_field(3)
     error_code: int = betterproto.int32_field(4)
