@@ -106,9 +106,10 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # SIGTERM ends a run as ^C does: the private engine is stopped and its mounts, cgroups and
-    # namespace go. ^C too when started in a shell's background (there SIGINT starts ignored and a
-    # SIGINT was ignored: a run of 2,000 launches could only be SIGKILLed, its engine left behind).
+    # SIGTERM acts as ^C: during the launches the first winds the run down (drive), else it stops at
+    # once; either way the private engine is stopped and its mounts, cgroups and namespace go. ^C
+    # too when started in a shell's background (SIGINT starts ignored there: a run of 2,000
+    # launches could only be SIGKILLed, its engine left behind).
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.faults and not args.start_engine:
@@ -188,6 +189,8 @@ async def soak(args: argparse.Namespace, engine: Engine | None) -> int:
         from services.soak.plot import draw
 
         draw(report, account.launch_series, args.plot)
+    if any(note.startswith("interrupted") for note in account.notes):
+        return 130
     return 0 if not account.verdict() else 1
 
 
@@ -234,6 +237,19 @@ async def drive(args: argparse.Namespace, engine: Engine | None, api: DockerApi,
             inflight[0] -= 1
         await backoff.after(ok)
 
+    loop = asyncio.get_running_loop()
+
+    def wind_down() -> None:
+        # The first SIGINT/SIGTERM: no more launches; those under way finish, the sweep and the
+        # account follow (a stuck engine's run still gets its report). A second one stops at once.
+        account.notes.append(f"interrupted at {account.now():.0f} s: no launch after it")
+        attempts.stopped = True
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, _interrupted)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, wind_down)
     try:
         if args.rate:
             await paced(launch, more, args.rate, args.max_inflight, backoff)
@@ -247,6 +263,9 @@ async def drive(args: argparse.Namespace, engine: Engine | None, api: DockerApi,
 
             await asyncio.gather(*(worker() for _ in range(args.concurrency or 10)))
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, _interrupted)
         stop.set()
         await asyncio.gather(*helpers, return_exceptions=True)
 
@@ -263,13 +282,16 @@ class Attempts:
         self.total = total
         self.in_flight = in_flight
         self.tried = 0
+        self.stopped = False  # interrupted: no launch after it
 
     def bound(self) -> int:
         return 3 * (self.total or 0) + 100 + self.in_flight * len(self.account.faults)
 
     def next(self, in_flight_now: int) -> int | None:
         """The next launch's number, or None: enough launches succeeded or are under way, or the
-        attempts are spent (noted once)."""
+        attempts are spent (noted once), or the run was interrupted."""
+        if self.stopped:
+            return None
         if self.total is not None:
             if self.account.succeeded + in_flight_now >= self.total:
                 return None

@@ -108,17 +108,21 @@ def test_a_fault_that_loses_something_fails_the_run(prefix: Path, tmp_path: Path
 
 def test_a_sigterm_ends_the_run_and_stops_its_engine(prefix: Path, tmp_path: Path) -> None:
     """A run started in a shell's background (SIGINT ignored there) could only be SIGKILLed, its
-    private engine, shims and mounts left behind. SIGTERM (and ^C) end it as ^C should: exit 130, the
+    private engine, shims and mounts left behind, and no account written. SIGTERM (and ^C) wind it
+    down: no more launches, those under way checked and removed, the account written, exit 130, the
     engine stopped, nothing of it running or mounted."""
     needs_root()
     root = prefix / "root"
+    report = tmp_path / "report.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.up", "soak", "--start-engine", "--root", str(root), "--load",
-         str(busybox_archive(tmp_path)), "--count", "1000", "--concurrency", "2", "--hold", "5"],
+         str(busybox_archive(tmp_path)), "--count", "1000", "--concurrency", "2", "--hold", "5",
+         "--report", str(report)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        wait_for(lambda: list((root / "run" / "skiff" / "highlevel" / "t").glob("*/shim.pid")), 90,
+        # Two at once: the run's launches (the warm-up before them is one container alone).
+        wait_for(lambda: len(list((root / "run" / "skiff" / "highlevel" / "t").glob("*/shim.pid"))) >= 2, 90,
                  "the soak's containers running")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=90)
@@ -131,6 +135,9 @@ def test_a_sigterm_ends_the_run_and_stops_its_engine(prefix: Path, tmp_path: Pat
         Engine(root).stop()  # whatever the run left
     assert proc.returncode == 130, f"{out}\n{err}"
     assert running == [] and mounted == [], (running, mounted, err)
+    account = json.loads(report.read_text())
+    assert any(note.startswith("interrupted") for note in account["notes"]), account["notes"]
+    assert account["lost"]["count"] == account["not_removed"]["count"] == 0 and not any(account["leaks"].values())
 
 
 RUNTIME_KILLING_ITS_SHIM = """#!/bin/sh
