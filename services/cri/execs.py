@@ -27,6 +27,7 @@ from services.cri.streaming.api import AttachRequest, ExecRequest, StreamIO
 from services.gen.skiff.highlevel import v1 as hl
 
 MAX_OUTPUT = 16 * 1024 * 1024  # what ExecSync keeps of each stream
+DRAIN = 0.5  # seconds the output of an ended process may still take to arrive
 
 
 class Execs:
@@ -118,14 +119,27 @@ class Execs:
                 else:
                     await io.write_stdout(chunk.data)
 
+        async def exited() -> int:
+            async for answer in self.tasks.wait(hl.WaitRequest(id=id_, exec_id=exec_id)):
+                if answer.exited:
+                    return answer.exit.exit_code if answer.exit else 0
+            return -1
+
         relay = asyncio.ensure_future(call(output()))
         gone = asyncio.ensure_future(io.client_gone.wait())
+        # A terminal's output may not end with its process (the pty outlives it): the exit, from
+        # Wait, ends the session too, after what is still buffered has had a moment to drain.
+        ended = asyncio.ensure_future(call(exited()))
         try:
-            await asyncio.wait([relay, gone], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([relay, gone, ended], return_when=asyncio.FIRST_COMPLETED)
+            if ended.done() and not relay.done() and not ended.exception():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(relay), DRAIN)
+                code = ended.result()
             if relay.done():
                 relay.result()
         finally:
-            for task in (relay, gone, *helpers):
+            for task in (relay, gone, ended, *helpers):
                 task.cancel()
         return code
 

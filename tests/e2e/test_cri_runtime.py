@@ -12,19 +12,23 @@ import docker
 import pytest
 
 from services.gen.runtime import v1 as cri
+from tests.e2e.conftest import CALL_FAILED
 from tests.e2e.cri_stack import CriClient, CriStack, wait_state
 from tests.e2e.stack import Stack
 from tests.support.tasks import wait_for
 
 
 @pytest.fixture
-def cri_stack(stack: Stack, client: docker.DockerClient, tmp_path: Path) -> Iterator[CriStack]:
+def cri_stack(stack: Stack, client: docker.DockerClient, tmp_path: Path,
+              request: pytest.FixtureRequest) -> Iterator[CriStack]:
     """skiff-cri on the stack (busybox:latest loaded through Docker's API: one content store)."""
     s = CriStack(stack, tmp_path)
     s.write_cni()
     try:
         s.start()
         yield s
+        if request.node.stash.get(CALL_FAILED, False) and s.log.exists():
+            print("---- skiff-cri: last lines of cri.log", *s.log.read_text().splitlines()[-60:], sep="\n")
         c = s.client()
         try:
             for pod in c.rt("list_pod_sandbox", cri.ListPodSandboxRequest()).items:
