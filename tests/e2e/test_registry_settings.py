@@ -2,7 +2,8 @@
 
 - ``registry-mirrors``: a Docker Hub name (``busybox:latest``) is pulled from a loopback mirror, the
   mirrors tried in order (a dead one first) with no route to docker.io needed; SIGHUP takes them away
-  and back (then the Hub itself is tried, and its failure names every host tried).
+  and back (then the Hub itself is tried, and its failure names every host tried); a build's FROM
+  pulls through them too.
 - ``insecure-registries``: a registry on a non-loopback local address serving plain http is refused
   with dockerd's words until it is listed (SIGHUP); listed, one serving TLS with a certificate no one
   trusts is pulled from too (verification skipped). ``docker info`` shows what is in force.
@@ -53,7 +54,8 @@ def write_config(prefix: Path, data: dict[str, Any]) -> None:
 
 
 def cli(stack: Stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, DOCKER_HOST=stack.base_url, DOCKER_CONFIG=str(stack.prefix / "docker-config"))
+    env = dict(os.environ, DOCKER_HOST=stack.base_url, DOCKER_CONFIG=str(stack.prefix / "docker-config"),
+               DOCKER_BUILDKIT="0")
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -147,9 +149,16 @@ def test_hub_pull_through_mirrors_in_order_and_reloaded(request: pytest.FixtureR
     assert missing.returncode != 0, missing.stderr
     assert "registry-1.docker.io" in missing.stderr and f"{mirror}: GET {mirror}/v2/library/notthere" in \
         missing.stderr, missing.stderr
-    # And back: the mirror serves the Hub's name again.
+    # And back: the mirror serves the Hub's name again, to a pull and to a build's FROM.
     ok(cli(stack, "pull", "busybox"))
     assert client.images.get("busybox:latest").id == image_id
+    ok(cli(stack, "rmi", "busybox:latest"))
+    context = stack.prefix / "build-context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM busybox\nLABEL from=mirror\n")
+    ok(cli(stack, "build", "-t", "frommirror:v1", str(context)))
+    assert client.images.get("busybox:latest").id == image_id
+    assert client.images.get("frommirror:v1").labels == {"from": "mirror"}
 
 
 # -- insecure-registries -----------------------------------------------------------------------------------

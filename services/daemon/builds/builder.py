@@ -28,6 +28,7 @@ from services.daemon.builds.kept_images import KeptImages
 from services.daemon.builds.sources import copy_into, pick
 from services.daemon.builds.steps import Steps
 from services.daemon.containers import ContainerManager
+from services.daemon.images import with_registry_settings
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import BuildOptions
 
@@ -249,7 +250,9 @@ class Build:
         await self.say(f"Pulling {reference}\n")
         try:
             with self.manager.changing_images():
-                async for _ in self.manager.images.pull(hl.PullImageRequest(reference=reference)):
+                # daemon.json's registry-mirrors, insecure-registries and max-concurrent-downloads, as a docker pull.
+                registry = with_registry_settings(None, self.manager.settings.current, pull=True)
+                async for _ in self.manager.images.pull(hl.PullImageRequest(reference=reference, registry=registry)):
                     pass
         except SkiffError as exc:
             raise NotFound(f"pull access denied for {reference}, repository does not exist or may require "
