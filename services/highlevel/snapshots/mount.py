@@ -70,9 +70,11 @@ def umount(target: Path, flags: int = 0) -> None:
 
 
 def is_mountpoint(path: Path) -> bool:
+    """Whether an overlayfs is mounted on ``path``: its root's device is the overlay's own, unlike its
+    parent's. Every mount made on a snapshot's folder is an overlayfs; the device check costs two
+    stat calls where reading /proc/self/mountinfo cost a parse of every mount on the host (with 50
+    containers, a third of highlevel's time in a burst of launches)."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            target = str(path)
-            return any(line.split()[4] == target for line in f)
+        return os.lstat(path).st_dev != os.lstat(path.parent).st_dev
     except FileNotFoundError:
         return False

@@ -20,7 +20,7 @@ import stat
 import tarfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.atomic import atomic_write
@@ -66,9 +66,9 @@ class SnapshotInfo:
     labels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
-        out = asdict(self)
-        out["kind"] = self.kind.value
-        return out
+        # By hand: dataclasses.asdict deep-copies, for every snapshot at every save of the table.
+        return {"key": self.key, "id": self.id, "kind": self.kind.value, "parent": self.parent,
+                "created": self.created, "labels": dict(self.labels)}
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> SnapshotInfo:
@@ -117,6 +117,8 @@ class Snapshotter:
         self.limits = limits or UnpackLimits()
         self._meta_path = root / f"{self.driver.value}.json"
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # one metadata writer at a time (see _save)
+        self._changes = self._saved = 0
         self._key_locks: dict[str, threading.Lock] = {}
         self._snapshots: dict[str, SnapshotInfo] = {}
         self._next_id = 1
@@ -150,9 +152,24 @@ class Snapshotter:
                 if int(entry.name) not in named and not mnt.is_mountpoint(entry / "merged"):
                     shutil.rmtree(entry, ignore_errors=True)
 
-    def _save(self) -> None:
-        data = {"next_id": self._next_id, "snapshots": {k: v.to_json() for k, v in self._snapshots.items()}}
-        atomic_write(self._meta_path, json.dumps(data).encode())
+    def _changed(self) -> int:
+        """Under ``self._lock``, after a change of the table: its number, for :meth:`_save` once the lock is let go."""
+        self._changes += 1
+        return self._changes
+
+    def _save(self, change: int) -> None:
+        """Returns once the metadata on disk holds ``change`` (and every change before it). Group commit:
+        the writer writes the table as it stands, so the prepares of a burst that queued behind one
+        write (tmp, fsync, rename) are all covered by the next, instead of one fsync each while
+        holding the table's lock."""
+        with self._save_lock:
+            if self._saved >= change:
+                return
+            with self._lock:
+                covered = self._changes
+                data = {"next_id": self._next_id, "snapshots": {k: v.to_json() for k, v in self._snapshots.items()}}
+            atomic_write(self._meta_path, json.dumps(data).encode())
+            self._saved = covered
 
     def _alloc(self) -> int:
         with self._lock:
@@ -223,7 +240,8 @@ class Snapshotter:
             info = SnapshotInfo(chain_id, n, SnapshotKind.COMMITTED, parent, time.time())
             with self._lock:
                 self._snapshots[chain_id] = info
-                self._save()
+                change = self._changed()
+            self._save(change)
             return result
 
     # -- active snapshots -------------------------------------------------------------------------
@@ -250,7 +268,8 @@ class Snapshotter:
                 info = SnapshotInfo(key, n, SnapshotKind.ACTIVE, parent, time.time(), dict(labels or {}))
                 with self._lock:
                     self._snapshots[key] = info
-                    self._save()
+                    change = self._changed()
+                self._save(change)
             except BaseException:
                 shutil.rmtree(d, ignore_errors=True)
                 raise
@@ -311,7 +330,8 @@ class Snapshotter:
             shutil.rmtree(self.dir(info), ignore_errors=True)
             with self._lock:
                 self._snapshots.pop(key, None)
-                self._save()
+                change = self._changed()
+            self._save(change)
 
     def gc(self, keep: set[str]) -> list[str]:
         """Remove committed snapshots neither in ``keep`` nor below an active snapshot or a kept one."""
