@@ -164,6 +164,8 @@ async def serve(request: web.Request, *, stdin: bool, stdout: bool, stderr: bool
             exit_code = await run(io)
         except SkiffError as exc:
             error = exc.message
+        log.info("streaming: ended", what=what, exit_code=exit_code, error=error,
+                 client_gone=session.conn.closed.is_set())
         for name in ("stdout", "stderr"):
             if name in streams and not session.conn.closed.is_set():
                 await streams[name].close()

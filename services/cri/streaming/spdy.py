@@ -25,6 +25,7 @@ RST_CANCEL = 5
 MAX_DATA = 32 * 1024  # bytes per DATA frame we send
 MAX_FRAME = 16 * 1024 * 1024 - 1  # the 24-bit length field
 WRITE_BACKLOG = 256 * 1024  # bytes queued before a stream's write waits
+CLOSE_LINGER = 5.0  # seconds a closing session waits for the client to close its side
 
 # The header compression dictionary of SPDY/3 (the spec's section 2.6.10.1): length-prefixed words,
 # then a tail of bare text.
@@ -260,10 +261,15 @@ class SpdyConnection:
         self.send_control(GOAWAY, 0, struct.pack(">II", self._last_stream, 0))
         await self.flush()
 
-    async def close(self) -> None:
-        """GOAWAY sent (as far as the transport takes it), the writer stopped."""
+    async def close(self, linger: float = CLOSE_LINGER) -> None:
+        """GOAWAY sent, then the client's own close awaited (``linger`` seconds at most) before the
+        writer stops and the caller drops the connection. As spdystream's shutdown: a socket closed
+        while the client still sends (its last frames) is reset, and a reset can take the answer's
+        last frames (the output's FIN, the exit status) with it before the client read them."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.goaway(), 5)
+            await asyncio.wait_for(self.goaway(), linger)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), linger)
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
