@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import time
@@ -19,8 +20,8 @@ from typing import Any
 
 import structlog
 
-from services.common.errors import FailedPrecondition, SkiffError
-from services.common.grpc import call
+from services.common.errors import FailedPrecondition, InvalidArgument, SkiffError
+from services.common.grpc import call, client_errors
 from services.cri import cni, pause, podfiles, podns
 from services.cri.settings import NAMESPACE
 from services.cri.state import CriState, pod_name
@@ -83,7 +84,10 @@ class SandboxManager:
         folder = self.settings.run / "pods" / record.id
         record.files = str(folder / "files")
         record.cgroup_parent = config.linux.cgroup_parent or f"/{self.settings.cgroup_parent}"
-        hostname = config.hostname or config.metadata.name
+        # As containerd: a pod that names no hostname has the node's (kubelet always names one).
+        hostname = config.hostname or os.uname().nodename
+        if len(hostname.encode()) > 64:
+            raise InvalidArgument(f"hostname `{hostname}`: longer than 64 bytes")
         try:
             pins = await asyncio.to_thread(podns.pin, folder / "ns", kinds, hostname) if kinds else {}
             record.netns, record.ipc, record.uts = pins.get("net", ""), pins.get("ipc", ""), pins.get("uts", "")
@@ -123,8 +127,8 @@ class SandboxManager:
         """SIGKILL (pid 1 ignores the rest), its exit, its task deleted; idempotent."""
         if not record.pause_pid:
             return
-        with contextlib.suppress(SkiffError):
-            await call(self.tasks.kill(hl.KillRequest(id=record.id, signal=9, all=True)))
+        with contextlib.suppress(SkiffError), client_errors():
+            await self.tasks.kill(hl.KillRequest(id=record.id, signal=9, all=True))
             async for answer in self.tasks.wait(hl.WaitRequest(id=record.id)):
                 if answer.exited:
                     break
