@@ -4,7 +4,8 @@ SIGKILLed. Every victim container is marked in ``Launches.killed`` *before* the 
 account expects 137 (or its own code, when it had exited already) and allows its lines to stop short.
 
 Faults come round-robin from the list (every kind is exercised), every ``every`` seconds or at
-exponentially distributed intervals of that mean (``random``).
+exponentially distributed intervals of that mean (``random``), and never two without a launch that
+succeeded between them (a run makes headway however slow the machine).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services.soak.engine import SERVICES, Engine, EngineError
 from services.soak.workloads import Launches
 
 RESTART_ATTEMPTS = 3
+PROGRESS_WAIT = 60.0  # a fault waits at most this long for a launch to succeed since the last one
 KINDS = tuple(f"{verb}-{service}" for verb in ("kill", "term") for service in SERVICES) + (
     "kill-shim", "kill-container")
 
@@ -44,6 +46,7 @@ class Injector:
     every: float
     at_random: bool = False
     delay: float = 1.0  # a killed service stays down this long before its restart
+    _succeeded_at_last: int = -1  # the account's successes when the last fault came (-1: none yet)
 
     async def run(self, stop: asyncio.Event) -> None:
         rng = random.Random()
@@ -53,9 +56,23 @@ class Injector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
                 return
+            await self._progress_since_the_last(stop)
+            if stop.is_set():
+                return
             kind = self.kinds[turn % len(self.kinds)]
             turn += 1
             await self.inject(kind, rng)
+
+    async def _progress_since_the_last(self, stop: asyncio.Event) -> None:
+        """No fault before a launch succeeded since the previous one (at most PROGRESS_WAIT s): on a
+        loaded machine launches took longer than the interval, each fault failed all those in
+        flight and a faulted --count 200 made no headway for minutes (the CI gate's timeout)."""
+        deadline = asyncio.get_running_loop().time() + PROGRESS_WAIT
+        while self.account.succeeded <= self._succeeded_at_last and not stop.is_set() \
+                and asyncio.get_running_loop().time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+        self._succeeded_at_last = self.account.succeeded
 
     async def inject(self, kind: str, rng: random.Random) -> None:
         verb, _, what = kind.partition("-")

@@ -62,3 +62,31 @@ def test_each_fault_allows_the_launches_it_may_fail() -> None:
     account.launch_ok(0.1)
     assert attempts.next(1) is None  # one succeeded, one under way: the total of 2 is reached
     assert Attempts(Account(), None, 10).next(0) == 1  # --duration: no bound
+
+
+def test_no_fault_before_a_launch_succeeded_since_the_last() -> None:
+    """On a loaded machine launches outlasted the fault interval: each fault failed every launch in
+    flight and the CI gate made no headway for minutes. A fault now waits for one success since
+    the previous fault."""
+    from services.soak.faults import Injector
+    from services.soak.workloads import Launches
+
+    async def main() -> float:
+        account = Account()
+        injector = Injector(None, None, account, Launches("t"), ["kill-daemon"], 0.0)  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        started = time.monotonic()
+        await injector._progress_since_the_last(stop)  # the first fault: no wait
+        assert time.monotonic() - started < 0.5
+
+        async def a_launch_later() -> None:
+            await asyncio.sleep(0.4)
+            account.launch_ok(0.1)
+
+        later = asyncio.create_task(a_launch_later())
+        started = time.monotonic()
+        await injector._progress_since_the_last(stop)
+        await later
+        return time.monotonic() - started
+
+    assert 0.4 <= asyncio.run(main()) < 5
