@@ -4,6 +4,8 @@
 #        deploy/install.sh uninstall    stop, disable and remove the units (containers keep running;
 #                                       the `skiff` group and the state under /var/lib/skiff stay)
 #        deploy/install.sh render DIR   only write the units, filled in for this checkout, into DIR
+# To try them under a real systemd without touching the host's: scripts/dev-systemd-boot boots one as
+# PID 1 in private namespaces (tests/e2e/test_systemd_boot.py does so, then runs this script inside).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$here/.venv"
