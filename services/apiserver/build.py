@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import betterproto
 from aiohttp import web
 
 from services.apiserver.app import Routes, backend
@@ -21,6 +22,30 @@ from services.gen.skiff.daemon.v1 import BuildCacheRecord, BuildChunk, BuildOpti
 
 CHUNK = 1 << 20
 WATCH_INTERVAL = 0.25  # seconds between looks at the client's connection
+
+
+class FramedChunk(BuildChunk):
+    """A BuildChunk whose context bytes are framed here (tag, length, the bytes): betterproto's
+    rust codec encodes a bytes field at ~40 ns a byte (1.7 ms for a 45 KB context, 20 ms for 450 KB),
+    where framing them is one copy. The options are encoded as usual."""
+
+    def __bytes__(self) -> bytes:
+        parts = []
+        if betterproto.serialized_on_wire(self.options):
+            encoded = bytes(self.options)
+            parts += [b"\x0a", _varint(len(encoded)), encoded]   # field 1, length-delimited
+        if self.data:
+            parts += [b"\x12", _varint(len(self.data)), self.data]  # field 2, length-delimited
+        return b"".join(parts)
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
 
 
 def _json_query(request: web.Request, name: str, default: Any) -> Any:
@@ -84,7 +109,7 @@ async def build(request: web.Request) -> web.StreamResponse:
     async def chunks() -> AsyncIterator[BuildChunk]:
         # The body as it arrives, gathered into messages of up to CHUNK (a read gives what one socket
         # read brought, often a few KiB: each gRPC message costs both sides encoding and framing).
-        first = BuildChunk(options=options)
+        first = FramedChunk(options=options)
         held: list[bytes] = []
         size = 0
         while data := await request.content.readany():
@@ -94,13 +119,13 @@ async def build(request: web.Request) -> web.StreamResponse:
                 if first is not None:
                     yield first
                     first = None
-                yield BuildChunk(data=b"".join(held))
+                yield FramedChunk(data=b"".join(held))
                 held, size = [], 0
         if first is not None:
             first.data = b"".join(held)  # a small context travels with the options: one message
             yield first
         elif held:
-            yield BuildChunk(data=b"".join(held))
+            yield FramedChunk(data=b"".join(held))
 
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     relay = asyncio.ensure_future(_relay(request, response, chunks()))
