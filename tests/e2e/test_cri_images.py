@@ -1,18 +1,13 @@
 """CRI's ImageService (``runtime.v1``) of skiff-cri over gRPC, beside the Docker API of the same stack:
 one content store, so an image pulled through CRI is Docker's too and the other way round. Pulls go
 to a real loopback ``docker-registry`` (with basic auth for the AuthConfig cases); images are the
-busybox-static stand-in, pushed with the docker API. ``cri_stack`` is also crictl's (test_cri_crictl)."""
+busybox-static stand-in, pushed with the docker API."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,49 +32,24 @@ from services.gen.runtime.v1 import (
     PullImageRequest,
     RemoveImageRequest,
 )
-from tests.e2e.netstack import cgroup_parent, network_env
-from tests.e2e.stack import Stack, accepts
+from tests.e2e.cri_stack import CriStack
+from tests.e2e.stack import Stack
 from tests.support.registry import RunningRegistry, run_registry
-from tests.support.tasks import wait_for
 
 T = TypeVar("T")
 
 
-@contextlib.contextmanager
-def cri_stack(stack: Stack, extra_env: dict[str, str] | None = None) -> Iterator[Path]:
-    """skiff-cri beside the stack's services (same prefix, network settings and cgroup parent);
-    its socket. Stopped (SIGTERM, as its service manager would) before the stack's own checks."""
-    prefix = stack.prefix
-    log_path = prefix / "cri.log"
-    socket_path = stack.paths.run / "cri.sock"
-    env = dict(os.environ, SKIFF_LOG_FORMAT="json", SKIFF_CGROUP_PARENT=cgroup_parent(prefix),
-               **network_env(prefix), **(extra_env or {}))
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cri", "--root", str(prefix)],
-                                stdout=subprocess.DEVNULL, stderr=log, env=env)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"skiff-cri exited {proc.returncode}: {log_path.read_text()[-3000:]}")
-        return accepts(socket_path)
-
-    try:
-        wait_for(ready, 30, "skiff-cri socket")
-        yield socket_path
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-
 @pytest.fixture
-def cri(stack: Stack) -> Iterator[Path]:
-    with cri_stack(stack) as socket_path:
-        yield socket_path
+def cri(stack: Stack, tmp_path: Path) -> Iterator[Path]:
+    """skiff-cri beside the stack (tests/e2e/cri_stack.py); its socket."""
+    s = CriStack(stack, tmp_path / "cri")
+    try:
+        s.start()
+        yield s.socket
+        s.stop()
+    finally:
+        s.stop(9)
+        s.remove_bridge()
 
 
 def call(socket_path: Path, fn: Callable[[ImageServiceStub], Awaitable[T]]) -> T:
