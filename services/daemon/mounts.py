@@ -19,6 +19,7 @@ from services.daemon.volumes import VolumesService, VolumeStore
 from services.gen.skiff.daemon.v1 import ContainerConfig, MountPoint, MountSpec
 
 POPULATED = ".skiff-populated"
+BIND_PROPAGATIONS = ("rprivate", "private", "rslave", "slave", "rshared", "shared")
 
 
 def _target(path: str) -> str:
@@ -80,8 +81,10 @@ class MountResolver:
                         raise InvalidArgument(f"invalid mount config for type \"bind\": bind source path does "
                                               f"not exist: {spec.source}")
                     os.makedirs(spec.source, exist_ok=True)
+                # The mode's propagation (`-v /src:/dst:rshared`), else Docker's default rprivate.
+                propagation = next((f for f in spec.mode.split(",") if f in BIND_PROPAGATIONS), "rprivate")
                 points.append(MountPoint(type="bind", source=spec.source, destination=spec.target,
-                                         mode=spec.mode, rw=not spec.read_only, propagation="rprivate"))
+                                         mode=spec.mode, rw=not spec.read_only, propagation=propagation))
             elif spec.type == "volume":
                 anonymous = not spec.source
                 volume = self.store.create(spec.source, {}, {}, anonymous=anonymous)
@@ -128,7 +131,7 @@ def oci_mounts(points: list[MountPoint]) -> list[dict[str, Any]]:
             options = base + [o for o in p.options if o != "exec"]
             mounts.append({"destination": p.destination, "type": "tmpfs", "source": "tmpfs", "options": options})
         else:
-            options = ["rbind", "rprivate", "rw" if p.rw else "ro"]
+            options = ["rbind", p.propagation or "rprivate", "rw" if p.rw else "ro"]
             mounts.append({"destination": p.destination, "type": "bind", "source": p.source, "options": options})
     return mounts
 

@@ -435,6 +435,12 @@ def build_spec(container_id: str, image_config: dict[str, Any], config: Containe
         taken = {m["destination"] for m in ours}
         # A user's mount replaces the default one at the same place (e.g. a tmpfs on /dev/shm).
         base = [m for m in base if m["destination"] not in taken] + ours
+        # As dockerd: mounts made below a shared bind reach the host only from a shared root.
+        kinds = {m.propagation for m in mounts}
+        if kinds & {"shared", "rshared"}:
+            linux["rootfsPropagation"] = "rshared"
+        elif kinds & {"slave", "rslave"}:
+            linux["rootfsPropagation"] = "rslave"
     if network is not None:
         base = [m for m in base if m["destination"] not in NETWORK_FILES] + list(network.mounts)
     spec = {

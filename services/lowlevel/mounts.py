@@ -343,11 +343,11 @@ def setup_rootfs(spec: dict[str, Any], rootfs: str, bundle: str, cgroup_paths: C
     propagation = PROPAGATION_OPTIONS.get(linux.get("rootfsPropagation") or "rslave", sc.MS_SLAVE | sc.MS_REC)
     sc.mount(None, "/", None, propagation)
     if propagation & sc.MS_SHARED:
-        # pivot_root refuses a shared parent mount: as runc, the mount holding the rootfs's
-        # parent folder (not the folder itself, seldom a mount point) turns private.
-        parent = os.path.dirname(rootfs.rstrip("/")) or "/"
+        # pivot_root refuses a shared parent mount: as runc (rootfsParentMountPrivate), the mount
+        # holding the rootfs turns private, the rootfs itself when it is a mount point (an overlay):
+        # else the rootfs's bind would be its peer and every mount of the container reach the host.
         try:
-            sc.mount(None, mount_point_of(parent), None, sc.MS_PRIVATE)
+            sc.mount(None, mount_point_of(rootfs.rstrip("/") or "/"), None, sc.MS_PRIVATE)
         except SyscallError:
             pass
     sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
