@@ -8,6 +8,7 @@ used or expired one is a 404), upgrades to SPDY and runs it through the ``Stream
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 
@@ -50,7 +51,8 @@ class StreamingServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.address}:{self.port}"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
         app = web.Application()
@@ -58,12 +60,13 @@ class StreamingServer:
             app.router.add_route("*", f"/{kind}/{{token}}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.address, self.port)
-        await site.start()
-        if self.port == 0:
-            server = site._server  # the port the kernel picked
-            sockets = getattr(server, "sockets", None) or []
-            self.port = int(sockets[0].getsockname()[1])
+        # Bound here, not by aiohttp: the port the kernel picks (port 0) is known before the first URL.
+        sock = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.address, self.port))
+        sock.set_inheritable(False)
+        self.port = int(sock.getsockname()[1])
+        await web.SockSite(self._runner, sock).start()
         log.info("streaming server listening", url=self.base_url)
 
     async def close(self) -> None:
