@@ -146,7 +146,9 @@ class Networking:
         )
         log.info("network reconciled", veths=len(report.veths), netns=len(report.netns), bridges=len(report.bridges))
         for cid in live:
-            record = self.containers.entries[cid].record
+            if (entry := self.containers.entries.get(cid)) is None:
+                continue  # removed meanwhile: a --rm container whose exit came while the daemon was down
+            record = entry.record
             wanted = self._mappings_from_settings(record)
             if wanted:
                 try:
