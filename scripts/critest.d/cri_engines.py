@@ -1,6 +1,6 @@
 """The CRI engines critest runs against, each private to one run's root and network namespace:
 Debian's containerd 1.6 with its CRI plugin (the baseline: own root, state, socket and config, never
-the system's) and Skiff (``skiff up --root``, its CRI socket at ``<run>/cri.sock``)."""
+the system's) and Skiff (highlevel and skiff-cri under ``--root``, its CRI socket at ``<run>/cri.sock``)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,10 @@ of its Dockerfile, nonewprivs a set-uid root program printing its effective uid,
 in pause(2) (these two are C, built static with gcc).
 busybox's applets are hard links as in the busybox image; ``pgrep`` and ``ipcs``, which Debian's
 busybox-static lacks, are small scripts over /proc.
-``test-image-digest@sha256:9700…`` pins a public digest no local build can have: it is not made.
+Two specs cannot pass with these stand-ins, on any engine: ``test-image-digest@sha256:9700…`` pins
+a public digest no local build can have (it is not made), and MaskedPaths expects ``/bin/sh -c ls``
+to fail once /bin/ls is masked, while Debian's busybox-static shell runs its ``ls`` applet in
+itself (FEATURE_SH_STANDALONE) without looking at /bin/ls.
 """
 
 from __future__ import annotations
