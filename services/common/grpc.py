@@ -19,6 +19,8 @@ from grpclib.client import Channel, Handler, Stream
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.protocol import H2Protocol
+from grpclib.server import Server
+from h2.settings import SettingCodes
 
 from services.common.errors import ERROR_BY_KIND, ErrorKind, SkiffError, Unavailable
 
@@ -170,3 +172,24 @@ class WatchedChannel(Channel):
 def channel(path: str) -> Channel:
     """The client channel to a service's UNIX socket."""
     return WatchedChannel(path=path)
+
+
+# h2 offers 100 concurrent streams a connection by default, and a client past it waits for one to
+# close: each running container holds a Tasks.Wait stream from the daemon to highlevel (and each
+# attached client a stream to the daemon), so the 101st container's calls would all have waited.
+MAX_STREAMS = 1 << 20
+
+
+class _ManyStreams(H2Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.connection._connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
+        self.connection.flush()
+
+
+class ServiceServer(Server):
+    """grpclib's server, offering its clients :data:`MAX_STREAMS` streams a connection instead of 100."""
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        return _ManyStreams(protocol.handler, protocol.config, protocol.h2_config)

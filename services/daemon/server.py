@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import structlog
 from grpclib._typing import IServable
 from grpclib.client import Channel
-from grpclib.server import Server
 
 from services.common import daemon_config, grpc
 from services.common.config import Config
@@ -120,7 +119,7 @@ async def start(config: Config) -> Serving:
     channel = grpc.channel(str(paths.highlevel_socket))
     daemon = build_daemon(config, channel)
     await daemon.load()
-    server = Server(daemon.services)
+    server = grpc.ServiceServer(daemon.services)
     listener = listen_unix(paths.daemon_socket)
     await server.start(sock=listener.sock)
     containers_service = next(s for s in daemon.services if isinstance(s, ContainersService))

@@ -8,8 +8,8 @@ import os
 from typing import Any
 
 import structlog
-from grpclib.server import Server
 
+from services.common import grpc
 from services.common.config import Config
 from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.highlevel.events import EventBus
@@ -62,7 +62,7 @@ async def start(config: Config) -> Serving:
     events = EventBus()
     manager = TaskManager(paths, config.runtime, events)
     await manager.recover()
-    server = Server([TasksService(manager, events), *plugin_services(config)])
+    server = grpc.ServiceServer([TasksService(manager, events), *plugin_services(config)])
     listener = listen_unix(paths.highlevel_socket)
     await server.start(sock=listener.sock)
     log.info("started", runtime=config.runtime, tasks=len(manager.tasks))
