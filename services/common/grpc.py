@@ -2,7 +2,8 @@
 
 Servers decorate their handlers with ``grpc_errors``; clients wrap calls in ``client_errors()``
 (or ``await call(...)``) and get the typed SkiffError back, never a bare GRPCError. Every service
-reaches another through ``channel()``: a call in flight when its peer dies fails, never hangs.
+reaches another through ``channel()``: a call in flight when its peer dies fails, never hangs; and
+serves through ``ServiceServer``, which lets a connection hold more than h2's default 100 streams.
 """
 
 from __future__ import annotations
