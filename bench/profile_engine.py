@@ -209,6 +209,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--lists", type=int, default=300)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--network", default="none", help="the docker run phase's network (bridge: the default one)")
     parser.add_argument("--list-path", action="append",
                         help="the list's path and query (repeatable; default: bench/engine.py's, docker ps's, "
                              "docker-py's)")
@@ -225,12 +226,12 @@ def main() -> int:
                 raise RuntimeError("docker load failed")
             cli(sock, "run", "--rm", "--network", "none", "busybox", "true")  # warm-up
 
-            run_phase = "run --rm --network none busybox true"
+            run_phase = f"run --rm --network {args.network} busybox true"
 
             def runs() -> None:
                 for _ in range(args.runs):
                     t = time.perf_counter()
-                    done = cli(sock, "run", "--rm", "--network", "none", "busybox", "true")
+                    done = cli(sock, "run", "--rm", "--network", args.network, "busybox", "true")
                     WALL.setdefault(run_phase, []).append(time.perf_counter() - t)
                     if done.returncode != 0:
                         raise RuntimeError(done.stderr.decode())
