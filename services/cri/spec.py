@@ -154,15 +154,19 @@ def _read_in_root(rootfs: Path, relative: str) -> str:
 
 def user_of(config: ContainerConfig, image_user: str, rootfs: Path) -> dict[str, Any]:
     sc = config.linux.security_context
+    if _set(sc, "run_as_group") and not _set(sc, "run_as_user") and not sc.run_as_username:
+        raise InvalidArgument("run_as_group is set without run_as_user or run_as_username")
     gid: int | None = None
+    name: str | None = None
     if sc is not None and _set(sc, "run_as_user"):
         uid, found_gid = _passwd_lookup(rootfs, None, sc.run_as_user.value)
     elif sc is not None and sc.run_as_username:
         uid, found_gid = _passwd_lookup(rootfs, sc.run_as_username, None)
+        name = sc.run_as_username
     elif image_user:
-        name, _, group = image_user.partition(":")
-        uid, found_gid = _passwd_lookup(rootfs, None, int(name)) if name.isdigit() else _passwd_lookup(
-            rootfs, name, None)
+        user, _, group = image_user.partition(":")
+        uid, found_gid = _passwd_lookup(rootfs, None, int(user)) if user.isdigit() else _passwd_lookup(
+            rootfs, user, None)
         if group.isdigit():
             gid = int(group)
     else:
@@ -170,9 +174,39 @@ def user_of(config: ContainerConfig, image_user: str, rootfs: Path) -> dict[str,
     if sc is not None and _set(sc, "run_as_group"):
         gid = sc.run_as_group.value
     user: dict[str, Any] = {"uid": uid, "gid": found_gid if gid is None else gid}
-    if sc is not None and sc.supplemental_groups:
-        user["additionalGids"] = [int(g) for g in sc.supplemental_groups]
+    # As containerd: the groups the image's /etc/group gives the user, then the pod's supplemental ones.
+    gids = _image_groups(rootfs, name or _passwd_name(rootfs, uid))
+    gids += [int(g) for g in sc.supplemental_groups if int(g) not in gids]
+    if gids:
+        user["additionalGids"] = gids
     return user
+
+
+def _passwd_name(rootfs: Path, uid: int) -> str | None:
+    try:
+        text = _read_in_root(rootfs, "etc/passwd")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) > 2 and parts[2] == str(uid):
+            return parts[0]
+    return None
+
+
+def _image_groups(rootfs: Path, name: str | None) -> list[int]:
+    if not name:
+        return []
+    try:
+        text = _read_in_root(rootfs, "etc/group")
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) == 4 and parts[2].isdigit() and name in parts[3].split(","):
+            found.append(int(parts[2]))
+    return found
 
 
 def _set(message: Any, field_name: str) -> bool:
@@ -333,6 +367,12 @@ def build(container_id: str, config: ContainerConfig, sandbox: SandboxRecord, im
             os.makedirs(m.host_path, exist_ok=True)  # as containerd: a missing host folder is made
         mounts = [x for x in mounts if x["destination"] != m.container_path]
         mounts.append(_bind(m.host_path, m.container_path, m.readonly, PROPAGATION.get(m.propagation, "rprivate")))
+    # A bidirectional (or host-to-container) mount needs the root's propagation to carry it, as containerd.
+    kinds = {PROPAGATION.get(m.propagation) for m in config.mounts}
+    if "rshared" in kinds:
+        linux["rootfsPropagation"] = "rshared"
+    elif "rslave" in kinds:
+        linux["rootfsPropagation"] = "rslave"
     if privileged:
         linux.pop("maskedPaths", None)
     return {

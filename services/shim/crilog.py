@@ -22,6 +22,7 @@ class CriLog:
         self.path = path
         self.fd = -1
         self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        self._file()  # the file exists from the start, as kubelet (and critest) read it before any output
 
     def _file(self) -> int:
         """The open log, reopened when kubelet renamed (or removed) the path since."""
