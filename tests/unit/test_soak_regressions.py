@@ -69,3 +69,15 @@ def test_a_snapshot_folder_a_killed_prepare_left_unnamed_goes_and_numbering_pass
     assert not cut.exists() and again.stat("kept").id == kept
     again.prepare("next", None, mount=False)
     assert again.stat("next").id == kept + 2
+
+
+def test_a_removed_container_snapshot_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """highlevel's object census over a soak: one threading.Lock more per launch, for ever (the
+    snapshotter's per-key locks of container snapshots were never dropped)."""
+    from services.highlevel.snapshots.snapshotter import Driver
+
+    snapshots = Snapshotter(tmp_path, Driver.VFS)
+    for n in range(50):
+        snapshots.prepare(f"c{n}", None, mount=False)
+        snapshots.remove(f"c{n}")
+    assert snapshots._key_locks == {}

@@ -330,6 +330,11 @@ class Snapshotter:
             shutil.rmtree(self.dir(info), ignore_errors=True)
             with self._lock:
                 self._snapshots.pop(key, None)
+                if info.kind is SnapshotKind.ACTIVE:
+                    # A container's key never comes back: its lock goes with it (one lock a launch
+                    # stayed for ever: highlevel's object census over a soak). A layer's chain ID
+                    # may be unpacked again while a caller still holds the old lock: it stays.
+                    self._key_locks.pop(key, None)
                 change = self._changed()
             self._save(change)
 
