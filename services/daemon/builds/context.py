@@ -12,17 +12,29 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.untar import ExtractOptions, RootExtractor, remove_entry, split_name
 from services.daemon.builds import ignore
 
-if TYPE_CHECKING:
-    from services.daemon.builds.sources import Picked
-
 MAX_HOPS = 40
 DOCKERFILE_ALONE = "Dockerfile"
+
+
+@dataclass(slots=True)
+class Source:
+    """A COPY/ADD source (sources.py picks them)."""
+
+    host: Path            # the resolved file or folder on the host, inside its root
+    name: str             # the name it is copied as (the source's base name)
+    is_dir: bool
+
+
+@dataclass(slots=True)
+class Picked:
+    sources: list[Source]
+    checksum: str         # "file:<hex>", "dir:<hex>" or "multi:<hex>"
+    many: bool            # several sources or a wildcard: the destination must be a folder
 
 
 @dataclass(slots=True)

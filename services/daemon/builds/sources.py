@@ -11,29 +11,14 @@ import os
 import posixpath
 import stat
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.untar import ExtractOptions, extract_archive, open_in_root
 from services.daemon.builds import ignore
-from services.daemon.builds.context import resolve
+from services.daemon.builds.context import Picked, Source, resolve
 
 WILDCARDS = "*?["
-
-
-@dataclass(slots=True)
-class Source:
-    host: Path            # the resolved file or folder on the host, inside its root
-    name: str             # the name it is copied as (the source's base name)
-    is_dir: bool
-
-
-@dataclass(slots=True)
-class Picked:
-    sources: list[Source]
-    checksum: str         # "file:<hex>", "dir:<hex>" or "multi:<hex>"
-    many: bool            # several sources or a wildcard: the destination must be a folder
 
 
 def _walk(root: Path) -> list[str]:
