@@ -91,6 +91,7 @@ def options_of(request: web.Request) -> BuildOptions:
     return BuildOptions(
         dockerfile=q.get("dockerfile", ""), tags=q.getall("t", []),
         build_args={str(k): str(v) for k, v in build_args.items() if v is not None},
+        build_args_null={str(k): True for k, v in build_args.items() if v is None},
         labels={str(k): str(v) for k, v in labels.items()}, target=q.get("target", ""),
         no_cache=flag(request, "nocache"), pull=flag(request, "pull"), remove=flag(request, "rm", True),
         force_remove=flag(request, "forcerm"), quiet=flag(request, "q"), network_mode=q.get("networkmode", ""),

@@ -180,12 +180,14 @@ def test_failing_run_keeps_its_container_unless_force_rm(stack: Stack, client: d
 def test_target_buildargs_and_labels_with_docker_py(stack: Stack, client: docker.DockerClient,
                                                     tmp_path: Path) -> None:
     ctx = multi_context(tmp_path / "ctx")
-    image_id, messages = build_py(client, ctx, target="builder", buildargs={"GREETING": "hey", "UNUSED": "x"},
+    buildargs = {"GREETING": "hey", "UNUSED": "x", "NULLED": None}
+    image_id, messages = build_py(client, ctx, target="builder", buildargs=buildargs,
                                   labels={"built.by": "skiff"}, tag="target:test")
     text = text_of(messages)
     assert image_id.startswith("sha256:")
     assert "COPY --from=builder" not in text  # the last stage is not built
-    assert "[Warning] One or more build-args [UNUSED] were not consumed" in text
+    # A build arg given as null (the CLI's --build-arg NAME with NAME unset) is named in the warning too.
+    assert "[Warning] One or more build-args [NULLED UNUSED] were not consumed" in text
     image = client.images.get("target:test")
     assert image.id == image_id
     assert image.attrs["Config"]["WorkingDir"] == "/src"

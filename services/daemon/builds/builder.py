@@ -195,7 +195,8 @@ class Build:
         if not image:
             raise InvalidArgument("No image was generated. Is your Dockerfile empty?")
         self.final = await self._verify(image)
-        unused = sorted(k for k in self.options.build_args if k not in self.consumed and k not in PROXY_ARGS)
+        given = [*self.options.build_args, *self.options.build_args_null]  # null: named without a value
+        unused = sorted(k for k in given if k not in self.consumed and k not in PROXY_ARGS)
         if unused:
             await self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
         return image
