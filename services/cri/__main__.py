@@ -1,8 +1,9 @@
 """``skiff-cri [--root PREFIX] [--runtime NAME]``: Kubernetes' CRI for Skiff, in the foreground.
 
 Environment: SKIFF_CNI_CONF_DIR (default /etc/cni/net.d), SKIFF_CNI_BIN_DIR (default /usr/lib/cni,
-``:``-separated), SKIFF_CGROUP_PARENT (the parent of containers whose pod names none). Pods hold
-their namespaces without a pause container, so SKIFF_SANDBOX_IMAGE is not read.
+``:``-separated), SKIFF_CGROUP_PARENT (the parent of containers whose pod names none). Pods need no
+pause image (their namespaces are held by bind mounts, their PID namespace by skiff-cri's own
+129-byte pause program, services/cri/pause.py), so SKIFF_SANDBOX_IMAGE is not read.
 """
 
 from __future__ import annotations

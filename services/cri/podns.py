@@ -1,9 +1,10 @@
 """A pod's namespaces held without a process: network, IPC and UTS, each pinned by a bind mount.
 
-skiff-cri runs no pause image (SKIFF_SANDBOX_IMAGE is not used): a namespace lives as long as a
-mount names it, so a pod's namespaces are made on a dedicated short-lived thread (an unshare changes
-only the calling thread), bind-mounted from ``/proc/thread-self/ns/<kind>`` onto files under
-``<run>/cri/ns/<pod id>/``, and its containers join them by path in their OCI spec. The UTS
+skiff-cri runs no pause image (SKIFF_SANDBOX_IMAGE is not used; pause.py holds the PID namespace
+only, which needs a process): a namespace lives as long as a mount names it, so a pod's namespaces
+are made on a dedicated short-lived thread (an unshare changes only the calling thread),
+bind-mounted from ``/proc/thread-self/ns/<kind>`` onto files under ``<run>/cri/pods/<pod id>/ns/``,
+and its containers join them by path in their OCI spec. The UTS
 namespace gets the pod's hostname before it is pinned.
 """
 

@@ -1,9 +1,10 @@
 """Pods: RunPodSandbox, StopPodSandbox, RemovePodSandbox, and what status and list read.
 
-A pod is held namespaces (podns.py), no process: its network namespace (unless on the node's
-network) with the CNI network attached, an IPC namespace (unless the node's) and a UTS namespace
-with its hostname; its resolv.conf, hosts and hostname files; and its cgroup parent, under which its
-containers' cgroups go. Everything made is undone when a step fails, and by Stop (network) and Remove.
+A pod is held namespaces (podns.py): its network namespace (unless on the node's network) with the
+CNI network attached, an IPC namespace (unless the node's) and a UTS namespace with its hostname;
+a pause task (pause.py, the pod's id) whose PID namespace the containers share; its resolv.conf,
+hosts and hostname files; and its cgroup parent, under which its containers' cgroups go.
+Everything made is undone when a step fails, and by Stop (network) and Remove.
 """
 
 from __future__ import annotations
