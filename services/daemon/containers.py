@@ -253,8 +253,9 @@ class ContainerManager:
         except BaseException:
             # No half container left behind: the name, the snapshot and the record's folder go again.
             self.records.names.pop(name, None)
-            if prepared:
-                self._spawn(self._drop_snapshot(container_id))
+            if prepared:  # in the background: highlevel killed inside the Prepare (mount made) is waited for
+                self._spawn(self._auto_remove(container_id, lambda: self._ignore_missing(self.snapshots.remove(
+                    hl.SnapshotKeyRequest(key=container_id)))))
             await asyncio.to_thread(self._remove_files, container_id)
             raise
         self.emit("create", self.records.add(record))
@@ -354,18 +355,11 @@ class ContainerManager:
         if entry.record.config.host.auto_remove:
             self._spawn(self._auto_remove(entry.record.id))
 
-    async def _auto_remove(self, container_id: str) -> None:
-        try:  # highlevel restarting is no reason to keep a --rm container: tried again for a while
-            await while_unavailable(lambda: self.remove(container_id, force=True), within=60.0)
+    async def _auto_remove(self, container_id: str, attempt: Callable[[], Awaitable[object]] | None = None) -> None:
+        try:  # highlevel restarting is no reason to keep a --rm container (or a failed create's snapshot)
+            await while_unavailable(attempt or (lambda: self.remove(container_id, force=True)), within=60.0)
         except SkiffError as exc:
             log.warning("auto-remove failed", id=container_id, error=exc.message)
-
-    async def _drop_snapshot(self, container_id: str) -> None:
-        # A failed create's snapshot. Highlevel killed inside the Prepare (the mount made, the answer lost)
-        # is waited for: one refused attempt left the mount for ever (the soak's kill-highlevel).
-        with contextlib.suppress(SkiffError):
-            await while_unavailable(lambda: call(self.snapshots.remove(hl.SnapshotKeyRequest(key=container_id))),
-                                    within=60.0)
 
     async def _mark_exited(self, entry: Entry, status: hl.ExitStatus) -> None:
         state = entry.record.state
