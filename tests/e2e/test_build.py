@@ -440,6 +440,11 @@ def test_base_image_pulled_from_the_loopback_registry_and_builder_prune_cli(
     assert pruned.returncode == 0, pruned.stderr
     assert "Total" in pruned.stdout
     assert client.df()["BuildCache"] == []
+    kept = stack.paths.run / "daemon" / "builds" / "contexts"  # the contexts kept for rebuilds go too
+    deadline = time.monotonic() + 10
+    while kept.exists() and list(kept.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not kept.exists() or list(kept.iterdir()) == []
     assert client.containers.run("from-registry", ["cat", "/p"], remove=True) == b"pulled\n"
 
 

@@ -1,7 +1,8 @@
 """Contexts kept between builds (services/daemon/builds/kept_contexts.py), on a real folder: the same
 bytes give the same extracted folder (and its COPY picks) again, other bytes a folder of their own,
-a context in use is never removed, at most KEEP unused ones stay, a refused context leaves nothing,
-and a body given as a file (a context too big for memory) is read like one given as bytes."""
+a context in use is never removed, at most KEEP unused ones stay (none after a prune), a refused
+context leaves nothing, and a body given as a file (a context too big for memory) is read like one
+given as bytes."""
 
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ def test_at_most_keep_unused_and_never_one_in_use(tmp_path: Path) -> None:
         kept.release(busy)
         await _settle(kept)
         assert len(list((tmp_path / "contexts").iterdir())) == KEEP
+        # docker builder prune: the unused ones go, one in use stays.
+        again = await _acquire(kept, _tar({"Dockerfile": b"FROM busybox\n", "n": str(KEEP + 2).encode()}))
+        kept.drop_unused()
+        await _settle(kept)
+        assert [p.name for p in (tmp_path / "contexts").iterdir()] == [again.root.name]
 
     asyncio.run(scenario())
 

@@ -68,6 +68,11 @@ class KeptContexts:
         for key in unused[:max(0, len(unused) - KEEP)]:  # least recently used first
             self._remove(self._kept.pop(key).ctx.root)
 
+    def drop_unused(self) -> None:
+        """docker builder prune: every kept context no build uses goes."""
+        for key in [k for k, v in self._kept.items() if v.users == 0]:
+            self._remove(self._kept.pop(key).ctx.root)
+
     def _remove(self, root: Path) -> None:
         removal = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, root, True))
         self._removals.add(removal)

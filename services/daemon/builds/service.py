@@ -168,6 +168,7 @@ class BuildsService(BuildsBase):
         images = {e.image for e in self.cache.entries.values()}
         for key in keys:
             self.cache.forget(key)
+        self.contexts.drop_unused()
         while True:
             listed = (await call(self.manager.images.list(hl.ListImagesRequest()))).images
             parents = {str(json.loads(i.config or b"{}").get("parent") or "") for i in listed}
