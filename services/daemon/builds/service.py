@@ -1,6 +1,7 @@
-"""The daemon's Builds service: a build's request (options, then the context's bytes) received into
-its own folder under the daemon's run folder, the build run (builder.py) while its messages stream
-back, the folder removed after whatever the outcome; the cache's prune and usage."""
+"""The daemon's Builds service: a build's request (options, then the context's bytes) received in
+memory (spilled to a file past IN_MEMORY_MAX), its context extracted or reused (kept_contexts.py),
+the build run (builder.py) in a scratch folder of its own while its messages stream back through an
+Outlet, the folder removed after whatever the outcome; the cache's prune and usage."""
 
 from __future__ import annotations
 
