@@ -114,7 +114,7 @@ def seccomp_filter(config: ContainerConfig, caps: list[str]) -> dict[str, Any] |
     profile: SecurityProfile = sc.seccomp
     if _set(sc, "seccomp"):
         if profile.profile_type == SecurityProfileProfileType.Localhost:
-            return seccomp.localhost(profile.localhost_ref)
+            return seccomp.localhost(profile.localhost_ref, caps)
         if profile.profile_type == SecurityProfileProfileType.RuntimeDefault:
             return seccomp.runtime_default(caps)
         return None
@@ -122,7 +122,7 @@ def seccomp_filter(config: ContainerConfig, caps: list[str]) -> dict[str, Any] |
     if path in ("runtime/default", "docker/default"):
         return seccomp.runtime_default(caps)
     if path.startswith("localhost/"):
-        return seccomp.localhost(path.removeprefix("localhost/"))
+        return seccomp.localhost(path.removeprefix("localhost/"), caps)
     if path in ("", "unconfined"):
         return None
     raise InvalidArgument(f"seccomp profile `{path}`: unknown")

@@ -18,9 +18,9 @@ from typing import Any
 
 from services.common.config import INIT_PATH_ENV, resolve_init_path
 from services.common.errors import Internal, InvalidArgument
+from services.common.seccomp_default import default_profile, from_docker_profile
 from services.daemon.hostopts import StartContext, apply_spec, with_groups
 from services.daemon.mounts import oci_mounts
-from services.daemon.seccomp_default import default_profile, from_docker_profile
 from services.gen.skiff.daemon.v1 import Container, ContainerConfig, HostConfig, MountPoint
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

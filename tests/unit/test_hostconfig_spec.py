@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from services.common import seccomp_default
 from services.common.errors import Internal, InvalidArgument
 from services.common.oci_seccomp import validate_seccomp
-from services.daemon import seccomp_default
 from services.daemon.spec import DEFAULT_CAPS, build_spec, parse_cpu_list
 from services.dockermodel.render import container_inspect
 from services.dockermodel.request import container_config_from_request
