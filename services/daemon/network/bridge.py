@@ -177,14 +177,15 @@ def attach(
         try:
             host_index = _lookup(ipr, host_ifname)
             assert host_index is not None
+            # One request (each costs ~0.5 ms of CPU in pyroute2): enslaved, sized, named and up.
             ipr.link(
                 "set",
                 index=host_index,
                 master=bridge_index,
                 mtu=mtu,
                 ifalias=f"{ENDPOINT_ALIAS}{container_id}:{network_id}",
+                state="up",
             )
-            ipr.link("set", index=host_index, state="up")
 
             def configure_inside() -> str:
                 with IPRoute() as inner:
