@@ -1,4 +1,7 @@
-"""``skiff up [--root PREFIX]``: the three services in order; on a signal they stop, the containers do not.
+"""``skiff up [--root PREFIX]``: the engine's services in order; on a signal they stop, the containers do not.
+
+highlevel, daemon and apiserver serve Docker's API; skiff-cri (Kubernetes' CRI on ``<run>/cri.sock``)
+comes last, a client of highlevel only.
 
 Each service is started as systemd starts its unit (Type=notify): with a ``NOTIFY_SOCKET`` of its
 own, and the next one only after its ``READY=1``, which services.common.service sends once the
@@ -61,6 +64,7 @@ def services_of(paths: Paths) -> list[Service]:
         Service("services.highlevel", paths.highlevel_socket),
         Service("services.daemon", paths.daemon_socket),
         Service("services.apiserver", paths.api_socket),
+        Service("services.cri", paths.run / "cri.sock"),
     ]
 
 
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start the engine in the foreground")
     up.add_argument("--root", help="state prefix (default: $SKIFF_ROOT, else /)")
     up.add_argument("--runtime", help="OCI runtime: skiff-lowlevel, runc, crun or a path")
-    up.add_argument("--config-file", help="daemon.json for the three services (default: <etc>/daemon.json)")
+    up.add_argument("--config-file", help="daemon.json of highlevel, daemon, apiserver (default: <etc>/daemon.json)")
     args = parser.parse_args(argv)
     paths = resolve_paths(args.root)
     env = dict(os.environ, SKIFF_ROOT=str(paths.prefix))
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             argv_ = [sys.executable, "-m", service.module, "--root", str(paths.prefix)]
             if args.runtime and service.module != "services.apiserver":
                 argv_ += ["--runtime", args.runtime]
-            if args.config_file:
+            if args.config_file and service.module != "services.cri":  # daemon.json is Docker's
                 argv_ += ["--config-file", args.config_file]
             channel, address = notify_channel()
             with channel:
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 wait_ready(service, channel, time.monotonic() + READY_TIMEOUT, lambda: stopping)
             if stopping:
                 return 0
-        manager.send("READY=1", "STATUS=highlevel, daemon and apiserver serving")
+        manager.send("READY=1", "STATUS=highlevel, daemon, apiserver and cri serving")
         print(f"skiff: ready; export DOCKER_HOST=unix://{paths.api_socket}", file=sys.stderr, flush=True)
         while not stopping:
             for service in started:
