@@ -11,9 +11,8 @@ import asyncio
 
 import structlog
 from grpclib.client import Channel
-from grpclib.server import Server
 
-from services.common.grpc import while_unavailable
+from services.common.grpc import ServiceServer, while_unavailable
 from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.cri.containers import ContainerManager
 from services.cri.execs import Execs
@@ -46,7 +45,7 @@ async def start(settings: CriSettings) -> Serving:
     streaming = StreamingServer(execs)
     await streaming.start()
     runtime = CriRuntimeService(state, sandboxes, containers, execs, Stats(state, containers.tasks), streaming)
-    server = Server([runtime, CriImageService(channel, settings.paths)])
+    server = ServiceServer([runtime, CriImageService(channel, settings.paths)])
     listener = listen_unix(settings.socket, activation=True)
     await server.start(sock=listener.sock)
     log.info("started", socket=str(settings.socket), pods=len(state.sandboxes), containers=len(state.containers),
