@@ -171,15 +171,30 @@ class Engine:
                 forced.append(f"mount {point} unmounted")
                 libc = ctypes.CDLL(None, use_errno=True)
                 libc.umount2(point.encode(), 2)  # MNT_DETACH
+        # A container's processes do not name the prefix: those still in its cgroups are killed, and
+        # a cgroup whose last process is still exiting is tried again for a moment (an interrupted
+        # run's container cgroups stayed, empty, when the rmdir came before the exit).
+        deadline = time.monotonic() + STOP_TIMEOUT
         for hierarchy in Path("/sys/fs/cgroup").iterdir():
             top = hierarchy / self.cgroup_parent
-            if top.is_dir():
-                for folder in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
-                    if folder.is_dir():
-                        with contextlib.suppress(OSError):
-                            folder.rmdir()
-                with contextlib.suppress(OSError):
-                    top.rmdir()
+            if not top.is_dir():
+                continue
+            for folder in [*sorted((f for f in top.rglob("*") if f.is_dir()), key=lambda p: -len(p.parts)), top]:
+                while True:
+                    with contextlib.suppress(OSError, ValueError):
+                        for pid in (folder / "cgroup.procs").read_text().split():
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(int(pid), signal.SIGKILL)
+                    try:
+                        folder.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            forced.append(f"cgroup {folder} left")
+                            break
+                        time.sleep(0.05)
         if self.holder is not None and self.holder.poll() is None:
             assert self.holder.stdin is not None
             self.holder.stdin.close()

@@ -18,7 +18,7 @@ import docker
 import pytest
 import requests
 
-from services.soak.engine import Engine, processes_mentioning
+from services.soak.engine import Engine, cgroup_parent_of, processes_mentioning
 from tests.conftest import needs_root
 from tests.e2e.stack import Stack, busybox_archive
 from tests.support.tasks import wait_for
@@ -131,13 +131,14 @@ def test_a_sigterm_ends_the_run_and_stops_its_engine(prefix: Path, tmp_path: Pat
         out, err = proc.communicate(timeout=90)
         running = processes_mentioning(str(root))
         mounted = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(root) in line]
+        cgroups = [str(h) for h in Path("/sys/fs/cgroup").iterdir() if (h / cgroup_parent_of(root)).exists()]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
         Engine(root).stop()  # whatever the run left
     assert proc.returncode == 130, f"{out}\n{err}"
-    assert running == [] and mounted == [], (running, mounted, err)
+    assert running == [] and mounted == [] and cgroups == [], (running, mounted, cgroups, err)
     account = json.loads(report.read_text())
     assert any(note.startswith("interrupted") for note in account["notes"]), account["notes"]
     assert account["lost"]["count"] == account["not_removed"]["count"] == 0 and not any(account["leaks"].values())
