@@ -81,7 +81,9 @@ def client_errors() -> Iterator[None]:
         yield
     except GRPCError as exc:
         raise from_grpc(exc) from exc
-    except (ConnectionError, StreamTerminatedError) as exc:
+    except (OSError, StreamTerminatedError) as exc:
+        # OSError: ECONNREFUSED after a SIGKILL, but ENOENT once a service stopped cleanly (it
+        # removes its socket file) — both mean the peer is away, not that the call was wrong.
         raise Unavailable(f"gRPC peer: {exc}") from exc
 
 
