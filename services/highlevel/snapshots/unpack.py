@@ -1,6 +1,6 @@
 """Layer unpacking: a layer blob decompressed, metered and hashed, its entries written by the one
 safe extraction into a root (services.common.untar: an fd-relative walk that never follows a
-symlink out, refuses ``..``, skips devices and drops setuid/setgid unless allowed).
+symlink out, refuses ``..``, skips devices; a layer keeps its setuid/setgid bits).
 
 What is a layer's own: the decompressed size and ratio are capped (decompression bombs), whiteouts
 become overlayfs markers or are applied, and the uncompressed stream is hashed so the diff ID is
@@ -49,7 +49,9 @@ class UnpackLimits:
     max_ratio: float = 200.0
     # Below this many bytes the ratio is not checked: tiny layers of zeros compress absurdly well.
     ratio_floor: int = 16 << 20
-    allow_setuid: bool = False
+    # Images keep their set-uid/set-gid bits, as Docker's and containerd's unpack do (su, ping,
+    # critest's NoNewPrivs=false spec): no_new_privs and the capability set decide what they gain.
+    allow_setuid: bool = True
     allow_devices: bool = False
 
 
