@@ -9,7 +9,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$here/.venv"
-units=(skiff-highlevel.service skiff-daemon.service skiff-apiserver.service skiff.socket)
+units=(skiff-highlevel.service skiff-daemon.service skiff-apiserver.service skiff.socket skiff-cri.service)
 target=/etc/systemd/system
 
 render() {
@@ -28,7 +28,7 @@ case "${1:-}" in
   uninstall)
     command -v systemctl >/dev/null || { echo "install.sh: systemd (systemctl) not found" >&2; exit 1; }
     # The services stop; with KillMode=process their containers (and shims) keep running.
-    systemctl disable --now skiff.socket skiff-apiserver skiff-daemon skiff-highlevel 2>/dev/null || true
+    systemctl disable --now skiff-cri skiff.socket skiff-apiserver skiff-daemon skiff-highlevel 2>/dev/null || true
     for unit in "${units[@]}"; do rm -f "$target/$unit"; done
     systemctl daemon-reload
     echo "uninstalled: ${units[*]} (group skiff and /var/lib/skiff left in place)"
@@ -44,6 +44,6 @@ getent group skiff >/dev/null || groupadd --system skiff
 render "$target"
 systemctl daemon-reload
 if [ "${1:-}" = "--enable" ]; then
-  systemctl enable --now skiff.socket skiff-highlevel skiff-daemon skiff-apiserver
+  systemctl enable --now skiff.socket skiff-highlevel skiff-daemon skiff-apiserver skiff-cri
 fi
-echo "installed: ${units[*]} (systemctl start skiff-apiserver, or just connect to /run/skiff/skiff.sock)"
+echo "installed: ${units[*]} (systemctl start skiff-apiserver, or just connect to /run/skiff/skiff.sock; kubelet: systemctl start skiff-cri)"

@@ -110,6 +110,13 @@ def test_units_installed_and_socket_activated_under_systemd_as_pid1(prefix: Path
         run = _docker(pid, "run", "--rm", "busybox", "echo", "ok")
         assert run.returncode == 0 and run.stdout == "ok\n", run.stderr
 
+        # kubelet's endpoint: skiff-cri beside the Docker stack, on highlevel alone.
+        _ok(pid, "systemctl", "enable", "--now", "skiff-cri")
+        assert _inside(pid, "systemctl", "is-active", "skiff-cri").stdout.split() == ["active"]
+        assert any("skiff-cri.service" in line and "READY=1" in line for line in _notifications(pid).splitlines())
+        _ok(pid, "test", "-S", "/run/skiff/cri.sock")
+        _ok(pid, "systemctl", "stop", "skiff-cri")
+
         _ok(pid, "systemctl", "stop", *UNITS)
         assert _states(pid) == ["inactive"] * 4
         for unit in SERVICES:

@@ -194,14 +194,14 @@ def test_units_verify(tmp_path: Path) -> None:
         pytest.skip("no .venv with the console scripts: the units' ExecStart= would not exist")
     subprocess.run([str(REPO / "deploy" / "install.sh"), "render", str(tmp_path)], check=True, timeout=30)
     units = sorted(str(p) for p in tmp_path.iterdir())
-    assert [Path(u).name for u in units] == ["skiff-apiserver.service", "skiff-daemon.service",
+    assert [Path(u).name for u in units] == ["skiff-apiserver.service", "skiff-cri.service", "skiff-daemon.service",
                                               "skiff-highlevel.service", "skiff.socket"]
     result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
     text = {Path(u).name: Path(u).read_text() for u in units}
-    for name in ("skiff-apiserver.service", "skiff-daemon.service", "skiff-highlevel.service"):
+    for name in ("skiff-apiserver.service", "skiff-cri.service", "skiff-daemon.service", "skiff-highlevel.service"):
         assert "Type=notify" in text[name] and "WatchdogSec=" in text[name]
-    for name in ("skiff-daemon.service", "skiff-highlevel.service"):
+    for name in ("skiff-cri.service", "skiff-daemon.service", "skiff-highlevel.service"):
         assert "KillMode=process" in text[name]
     assert "ListenStream=/run/skiff/skiff.sock" in text["skiff.socket"]
     assert "SocketMode=0660" in text["skiff.socket"] and "SocketGroup=skiff" in text["skiff.socket"]
