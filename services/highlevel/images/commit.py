@@ -1,4 +1,5 @@
-"""New images from a filesystem: ``docker commit`` and ``docker import``.
+"""New images from a filesystem: ``docker commit`` and ``docker import``; and a build's --cache-from
+hit composed of layers already held (``compose``).
 
 Commit turns a container's snapshot changes into one gzip layer over its image's layers, with the
 image's config carried over (and the caller's overrides applied); import makes a one-layer image of a
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from services.common.errors import InvalidArgument
 from services.highlevel.images.manager import ImageManager
 from services.highlevel.images.manifest import (
     DOCKER_LAYER_GZIP,
@@ -118,6 +120,51 @@ async def commit(images: ImageManager, key: str, parent_image: str | None, refer
             await images.discard(lease)
             raise
         images.store.put(ImageRecord(name or target.digest, target))
+    return cfg_digest
+
+
+async def compose(images: ImageManager, parent_image: str | None, source_image: str, layer_diff_id: str,
+                  config: dict[str, Any], history: dict[str, Any]) -> str:
+    """As dockerd's restoreCachedImage (a --cache-from step matched by its history): the parent's
+    layers plus, when ``layer_diff_id`` is given, that layer of ``source_image``; the blob and its
+    unpacked snapshot are the source's own (the chain ids agree, the parent's layers being the
+    source's first ones), so nothing is copied or unpacked."""
+    source_id, source_recs = images.resolve(source_image)
+    source_manifest, source_cfg = images.parts(source_recs[0])
+    layers: list[Descriptor] = []
+    diff_ids: list[str] = []
+    parent_history: list[dict[str, Any]] = []
+    parent_id = ""
+    if parent_image:
+        parent_id, recs = images.resolve(parent_image)
+        manifest, parent_cfg = images.parts(recs[0])
+        layers, diff_ids, parent_history = list(manifest.layers), list(parent_cfg.diff_ids), parent_cfg.history
+    if layer_diff_id:
+        # The layer right above the parent's in the source: the chain ids agree, so the snapshot
+        # unpacked for the source is this image's too.
+        index = len(diff_ids)
+        source_diffs = source_cfg.diff_ids
+        if (len(source_diffs) != len(source_manifest.layers) or index >= len(source_diffs)
+                or source_diffs[index] != layer_diff_id or source_diffs[:index] != diff_ids):
+            raise InvalidArgument(f"image {source_id} has no layer {layer_diff_id} over the layers of "
+                                  f"{parent_id or 'scratch'}")
+        layers.append(source_manifest.layers[index])
+        diff_ids.append(layer_diff_id)
+    raw = source_cfg.raw
+    cfg: dict[str, Any] = {key: raw[key] for key in ("architecture", "os", "os.version", "os.features", "variant",
+                                                      "author") if key in raw}
+    cfg.update({"config": config, "created": history.get("created", ""),
+                "rootfs": {"type": "layers", "diff_ids": diff_ids}, "history": [*parent_history, history]})
+    if parent_id:
+        cfg["parent"] = parent_id
+    with images.content.lease() as lease:
+        try:
+            cfg_digest = images.write_config(cfg, lease)
+            target = images.write_manifest(cfg_digest, layers, lease)
+        except BaseException:
+            await images.discard(lease)
+            raise
+        images.store.put(ImageRecord(target.digest, target))
     return cfg_digest
 
 

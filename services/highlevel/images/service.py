@@ -16,6 +16,8 @@ from services.common.paths import Paths
 from services.gen.skiff.highlevel.v1 import (
     CommitImageRequest,
     CommitImageResponse,
+    ComposeImageRequest,
+    ComposeImageResponse,
     ImageProgress,
     ImagesBase,
     ImageSummary,
@@ -203,6 +205,13 @@ class ImagesService(ImagesBase):
             comment=request.comment, author=request.author, config_overrides=overrides,
             created_by=request.created_by)
         return CommitImageResponse(id=image_id)
+
+    @grpc_errors
+    async def compose(self, request: ComposeImageRequest) -> ComposeImageResponse:
+        image_id = await commit.compose(
+            self.manager, request.parent_image or None, request.source_image, request.layer_diff_id,
+            json.loads(request.config or b"{}"), json.loads(request.history or b"{}"))
+        return ComposeImageResponse(id=image_id)
 
     @grpc_errors
     async def prune(self, request: PruneImagesRequest) -> PruneImagesResponse:

@@ -250,6 +250,27 @@ class CommitImageResponse(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class ComposeImageRequest(betterproto.Message):
+    """
+    As dockerd's restoreCachedImage: the new image's layers are parent_image's plus, when
+     layer_diff_id is set, source_image's layer right above them, which must be that diff id (its
+     content and snapshot shared, nothing copied); its history is the parent's plus `history`;
+     architecture, os and author are the source's. Recorded nameless, with parent_image as its parent.
+    """
+
+    parent_image: str = betterproto.string_field(1)
+    source_image: str = betterproto.string_field(2)
+    layer_diff_id: str = betterproto.string_field(3)
+    config: bytes = betterproto.bytes_field(4)
+    history: bytes = betterproto.bytes_field(5)
+
+
+@dataclass(eq=False, repr=False)
+class ComposeImageResponse(betterproto.Message):
+    id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class PruneImagesRequest(betterproto.Message):
     pass
 
@@ -732,6 +753,23 @@ class ImagesStub(betterproto.ServiceStub):
             "/skiff.highlevel.v1.Images/Commit",
             commit_image_request,
             CommitImageResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def compose(
+        self,
+        compose_image_request: "ComposeImageRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ComposeImageResponse":
+        return await self._unary_unary(
+            "/skiff.highlevel.v1.Images/Compose",
+            compose_image_request,
+            ComposeImageResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1257,6 +1295,11 @@ class ImagesBase(ServiceBase):
     ) -> "CommitImageResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def compose(
+        self, compose_image_request: "ComposeImageRequest"
+    ) -> "ComposeImageResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def prune(
         self, prune_images_request: "PruneImagesRequest"
     ) -> "PruneImagesResponse":
@@ -1341,6 +1384,13 @@ class ImagesBase(ServiceBase):
         response = await self.commit(request)
         await stream.send_message(response)
 
+    async def __rpc_compose(
+        self, stream: "grpclib.server.Stream[ComposeImageRequest, ComposeImageResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.compose(request)
+        await stream.send_message(response)
+
     async def __rpc_prune(
         self, stream: "grpclib.server.Stream[PruneImagesRequest, PruneImagesResponse]"
     ) -> None:
@@ -1416,6 +1466,12 @@ class ImagesBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 CommitImageRequest,
                 CommitImageResponse,
+            ),
+            "/skiff.highlevel.v1.Images/Compose": grpclib.const.Handler(
+                self.__rpc_compose,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ComposeImageRequest,
+                ComposeImageResponse,
             ),
             "/skiff.highlevel.v1.Images/Prune": grpclib.const.Handler(
                 self.__rpc_prune,
