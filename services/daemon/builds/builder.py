@@ -21,6 +21,7 @@ from services.common.grpc import call
 from services.common.untar import open_in_root
 from services.daemon.builds import instructions as ins_
 from services.daemon.builds.cache import BuildCache, step_key
+from services.daemon.builds.cache_from import CacheFrom
 from services.daemon.builds.context import Context, read_dockerfile
 from services.daemon.builds.dockerfile import Instruction, ParseError, arg_list, parse, parse_line
 from services.daemon.builds.expand import env_map, process_word, process_words
@@ -112,6 +113,12 @@ class Build:
         self.unverified: set[str] = set()  # images taken from the cache index, not yet asked for
         self.hit_keys: list[str] = []
         self.final: hl.ImageSummary | None = None  # the built image, as highlevel has it
+        self.cache_from = self._cache_from()
+
+    def _cache_from(self) -> CacheFrom | None:
+        if not self.options.cache_from or self.options.no_cache:
+            return None
+        return CacheFrom(self.manager, self.images, list(self.options.cache_from))
 
     async def say(self, text: str) -> None:
         await self.emit_raw(text)  # (quiet: the outlet holds it back)
@@ -161,6 +168,7 @@ class Build:
                 self.cache.forget(key)
             self.global_args, self.consumed, self.step = {}, set(), 0
             self.unverified, self.hit_keys = set(), []
+            self.cache_from = self._cache_from()
             return await self._run_once()
 
     async def _run_once(self) -> str:
@@ -320,9 +328,25 @@ class Build:
             shown.append(name if default is None else f"{name}={process_word(default, env, self.escape)}")
         return ins_.nop("ARG " + " ".join(shown))
 
-    async def _cached(self, stage: Stage, key: str) -> bool:
+    async def _cached(self, stage: Stage, key: str, created_by: str, config: dict[str, Any]) -> bool:
+        """The step reused: from the local cache index, else (cachefrom) matched in a cache image's
+        history; ``config`` is the Config the step makes."""
         if self.options.no_cache:
             return False
+        if await self._local_hit(stage, key):
+            return True
+        if self.cache_from is None:
+            return False
+        await self._verify(stage.image)
+        hit = await self.cache_from.match(stage.image, created_by, config)
+        if hit is None:
+            return False
+        stage.image, stage.config = hit[0], json.loads(json.dumps(hit[1]))
+        await self.say(" ---> Using cache\n")
+        await self.say(f" ---> {_short(stage.image)}\n")
+        return True
+
+    async def _local_hit(self, stage: Stage, key: str) -> bool:
         entry = self.cache.lookup(key)
         if entry is None:
             return False
@@ -385,7 +409,7 @@ class Build:
 
     async def _config_step(self, stage: Stage, cfg: dict[str, Any], created_by: str) -> None:
         key = step_key(stage.image, created_by, json.dumps(cfg, sort_keys=True) + stage.author)
-        if await self._cached(stage, key):
+        if await self._cached(stage, key, created_by, cfg):
             return
         await self._verify(stage.image)
         parent = stage.image
@@ -410,7 +434,7 @@ class Build:
         proxies = [(k, v) for k, v in self.options.build_args.items() if k in PROXY_ARGS and k not in stage.args]
         run_env = [f"{k}={v}" for k, v in [*args, *proxies]] + list(stage.config.get("Env") or [])
         key = step_key(stage.image, created_by, json.dumps(stage.config, sort_keys=True))
-        if await self._cached(stage, key):
+        if await self._cached(stage, key, created_by, stage.config):
             return
         await self._verify(stage.image)
         parent = stage.image
@@ -470,7 +494,7 @@ class Build:
         created_by = f"/bin/sh -c #(nop) {item.keyword.upper()} {picked.checksum} in {full} "
         extra = f"{chown}\0{chmod}\0{origin}\0{json.dumps(stage.config, sort_keys=True)}"
         key = step_key(stage.image, created_by, extra)
-        if await self._cached(stage, key):
+        if await self._cached(stage, key, created_by, stage.config):
             return
         await self._verify(stage.image)
         parent = stage.image
@@ -494,7 +518,7 @@ class Build:
         cfg["WorkingDir"] = full
         created_by = ins_.nop("WORKDIR " + full)
         key = step_key(stage.image, created_by, json.dumps(cfg, sort_keys=True))
-        if await self._cached(stage, key):
+        if await self._cached(stage, key, created_by, cfg):
             return
         await self._verify(stage.image)
         parent = stage.image
