@@ -107,3 +107,35 @@ def test_cache_from_a_loaded_image_with_a_different_base_is_not_used(
     result = cli(stack, "build", "--cache-from", "cfbase:1", "-t", "cfbase:2", str(ctx), buildkit="0")
     assert result.returncode == 0, result.stderr
     assert "Using cache" not in result.stdout and result.stdout.count(" ---> Running in ") == 2
+
+
+MULTISTAGE = """\
+FROM busybox AS builder
+ENV PART=builder
+RUN od -An -tx1 -N8 /dev/urandom > /built
+FROM busybox
+ENV STAGE=final
+COPY --from=builder /built /built
+RUN cp /built /copied
+CMD ["cat", "/copied"]
+"""
+
+
+def test_cache_from_each_stage_its_own_image(stack: Stack, client: docker.DockerClient, tmp_path: Path) -> None:
+    # The builder stage's image and the final one both named: each stage starts over with all of them.
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": MULTISTAGE})
+    assert cli(stack, "build", "--target", "builder", "-t", "cfm:builder", str(ctx), buildkit="0").returncode == 0
+    first = cli(stack, "build", "-t", "cfm:1", str(ctx), buildkit="0")
+    assert first.returncode == 0, first.stderr
+    original, marker = client.images.get("cfm:1").id, client.containers.run("cfm:1", remove=True)
+    archive = tmp_path / "cfm.tar"
+    assert cli(stack, "save", "-o", str(archive), "cfm:builder", "cfm:1").returncode == 0
+    assert cli(stack, "rmi", "cfm:builder", "cfm:1").returncode == 0
+    assert cli(stack, "builder", "prune", "-f").returncode == 0
+    assert cli(stack, "load", "-i", str(archive)).returncode == 0
+    reused = cli(stack, "build", "--cache-from", "cfm:builder", "--cache-from", "cfm:1", "-t", "cfm:2", str(ctx),
+                 buildkit="0")
+    assert reused.returncode == 0, reused.stderr + reused.stdout
+    assert reused.stdout.count(" ---> Using cache") == 6 and " ---> Running in " not in reused.stdout, reused.stdout
+    assert client.images.get("cfm:2").id == original
+    assert client.containers.run("cfm:2", remove=True) == marker

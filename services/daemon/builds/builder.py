@@ -216,6 +216,8 @@ class Build:
         return {**args, **env_map(list(stage.config.get("Env") or []))}
 
     async def _stage(self, stage: Stage) -> None:
+        if self.cache_from is not None:
+            self.cache_from.new_stage()
         self.step += 1
         await self.say(f"Step {self.step}/{self.total} : {stage.from_.original}\n")
         await self._from(stage)

@@ -4,7 +4,8 @@ the cache image's history starts with its parent image's history (and layers) an
 was made by the same instruction (``created_by``). The last entry is the cache image itself; an
 earlier one becomes a new nameless image, the parent's layers plus the cache image's layer there
 (highlevel's Compose, sharing the layer), so the next step goes on from it. Once a cache image has
-served a step, only it is tried further (dockerd's rule: no jumping between images).
+served a step, only it is tried further in that stage (dockerd's rule: no jumping between images;
+each FROM starts over with all of them).
 
 Only asked when the build names cache images: the local cache index goes first, untouched."""
 
@@ -27,17 +28,23 @@ class CacheFrom:
         self.manager = manager
         self.images = images
         self.refs = refs
-        self.sources: list[tuple[str, dict[str, Any]]] | None = None  # (id, image config), read once
+        self.named: list[tuple[str, dict[str, Any]]] | None = None  # (id, image config), read once
+        self.sources: list[tuple[str, dict[str, Any]]] = []           # those tried in this stage
+
+    def new_stage(self) -> None:
+        if self.named is not None:
+            self.sources = list(self.named)
 
     async def _sources(self) -> list[tuple[str, dict[str, Any]]]:
-        if self.sources is None:
-            self.sources = []
+        if self.named is None:
+            self.named = []
             for ref in self.refs:
                 try:
                     image = await self.images.inspect(ref)
                 except NotFound:
                     continue  # dockerd skips a cache image it cannot find (and logs it)
-                self.sources.append((image.id, json.loads(image.config or b"{}")))
+                self.named.append((image.id, json.loads(image.config or b"{}")))
+            self.sources = list(self.named)
         return self.sources
 
     async def match(self, parent: str, created_by: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
