@@ -1,7 +1,8 @@
 """One build, as dockerd's classic builder runs it: the Dockerfile's stages (ARG before FROM, FROM
 with AS/--platform/scratch, a stage not needed by the target skipped), each instruction a step
-("Step i/n : ..."), reused from the cache when its parent and instruction (and a COPY's files) match,
-else made (steps.py) and recorded; the build's labels a last LABEL step; tags at the end."""
+("Step i/n : ..."), reused from the cache when its parent and instruction (and a COPY's files) match
+(or, given cachefrom, found in a named image's history: cache_from.py), else made (steps.py) and
+recorded; the build's labels a last LABEL step; tags at the end."""
 
 from __future__ import annotations
 
