@@ -21,6 +21,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server
+from h2.connection import H2Connection
 from h2.settings import SettingCodes
 
 from services.common.errors import ERROR_BY_KIND, ErrorKind, SkiffError, Unavailable
@@ -39,6 +40,12 @@ STATUS_BY_KIND: dict[str, Status] = {
 KIND_BY_STATUS: dict[Status, str] = {status: kind for kind, status in STATUS_BY_KIND.items()}
 
 T = TypeVar("T")
+
+# h2 remembers the last 65,536 closed streams of each connection (to tell a late frame on a closed
+# stream from a protocol error). Every call is a stream, so a busy service grew by about a kilobyte
+# a container launch for hours before that bound (skiff soak: RSS +13-34% over 12 minutes,
+# tracemalloc: h2's _closed_streams). Frames still in flight concern the latest few streams only.
+H2Connection.MAX_CLOSED_STREAMS = 4096
 
 
 def to_grpc(error: SkiffError) -> GRPCError:

@@ -39,6 +39,9 @@ class RestartPolicies:
             task = self.pending.pop(entry.record.id, None)
             if task is not None:
                 task.cancel()
+            if action == "destroy":  # the container is gone: so is what its back-off was reckoned from
+                self.started_mono.pop(entry.record.id, None)
+                self.delays.pop(entry.record.id, None)
 
     def should_restart(self, entry: Entry) -> bool:
         record = entry.record

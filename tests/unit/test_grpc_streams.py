@@ -37,3 +37,29 @@ def test_150_streams_open_at_once_on_one_channel(tmp_path: Path) -> None:
             await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+def test_closed_streams_remembered_are_bounded(tmp_path: Path) -> None:
+    """A call is a stream; h2 remembers closed ones (65,536 a connection by default), which made a
+    busy service's memory grow launch after launch. Ours keep at most MAX_CLOSED_STREAMS, each side."""
+    sock = tmp_path / "s.sock"
+    calls = grpc.H2Connection.MAX_CLOSED_STREAMS + 500
+
+    async def scenario() -> None:
+        server = grpc.ServiceServer([Health()])
+        await server.start(path=str(sock))
+        channel = grpc.channel(str(sock))
+        stub = HealthStub(channel)
+        try:
+            async with asyncio.timeout(120):
+                for _ in range(calls):
+                    await stub.Check(HealthCheckRequest())
+            client_side = channel._protocol.connection._connection._closed_streams  # type: ignore[union-attr]
+            assert grpc.H2Connection.MAX_CLOSED_STREAMS <= 4096
+            assert len(client_side) == grpc.H2Connection.MAX_CLOSED_STREAMS
+        finally:
+            channel.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
