@@ -16,6 +16,7 @@ from typing import Any
 
 import betterproto
 
+from services.common.capabilities import DEFAULT_CAPS, bounding_caps
 from services.common.errors import InvalidArgument, NotFound
 from services.cri import seccomp
 from services.cri.store import SandboxRecord
@@ -29,22 +30,6 @@ from services.gen.runtime.v1 import (
 )
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# containerd's (and Docker's) default capability set.
-DEFAULT_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-)
-# Every capability, in the kernel's numbering (the index is the bit).
-ALL_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)
 MASKED_PATHS = [
     "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
     "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
@@ -75,26 +60,13 @@ def clamp_oom(value: int) -> int:
     return max(min(value, 1000), own_oom_score_adj(), -1000)
 
 
-def current_caps() -> list[str]:
-    """Every capability this process's bounding set holds: what "all" can mean for a container (as
-    containerd's WithAllCurrentCapabilities; a node without CAP_SYS_RESOURCE cannot grant it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapBnd:"):
-                mask = int(line.split()[1], 16)
-                return [name for bit, name in enumerate(ALL_CAPS) if mask & (1 << bit)]
-    except (OSError, ValueError):
-        pass
-    return list(ALL_CAPS)
-
-
 def _cap_names(names: list[str]) -> list[str]:
     return ["ALL" if n.upper() == "ALL" else "CAP_" + n.upper().removeprefix("CAP_") for n in names]
 
 
 def capabilities(config: ContainerConfig) -> list[str]:
     sc = config.linux.security_context
-    everything = current_caps()
+    everything = bounding_caps()
     if sc is not None and sc.privileged:
         return everything
     caps = [c for c in DEFAULT_CAPS if c in everything]

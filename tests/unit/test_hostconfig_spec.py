@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from services.common import seccomp_default
+from services.common.capabilities import DEFAULT_CAPS
 from services.common.errors import Internal, InvalidArgument
 from services.common.oci_seccomp import validate_seccomp
-from services.daemon.spec import DEFAULT_CAPS, build_spec, parse_cpu_list
+from services.daemon.spec import build_spec, parse_cpu_list
 from services.dockermodel.render import container_inspect
 from services.dockermodel.request import container_config_from_request
 from services.gen.skiff.daemon.v1 import Container
