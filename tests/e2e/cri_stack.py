@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,3 +162,12 @@ def wait_state(client: CriClient, container_id: str, state: cri.ContainerState,
         if time.monotonic() > deadline:
             raise AssertionError(f"container {container_id} still {status.state}, not {state}")
         time.sleep(0.1)
+
+
+def fetch(url: str) -> str | None:
+    """The body of a GET to a pod's (or a forwarded) port; None while nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - the test's own server
+            return answer.read().decode().strip()
+    except OSError:
+        return None

@@ -11,16 +11,15 @@ import os
 import pty
 import select
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.cri_stack import CriStack
+from tests.e2e.cri_stack import CriStack, fetch
 from tests.e2e.test_cri_runtime import cri_stack  # noqa: F401 - the fixture
+from tests.support.registry import free_port
 from tests.support.tasks import wait_for
 
 CRICTL = Path(os.environ.get("SKIFF_CRICTL", "/work/ext/cri-tools/bin/crictl"))
@@ -51,19 +50,6 @@ class Crictl:
     def out(self, *args: str) -> str:
         return self.run(*args).stdout.decode().strip()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fetch(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - the test's own server
-            return answer.read().decode().strip()
-    except OSError:
-        return None
 
 
 def exec_on_terminal(crictl: Crictl, container: str, typed: bytes) -> tuple[bytes, int]:

@@ -3,33 +3,19 @@ localhost, port mappings through the portmap plugin, host-network pods."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import urllib.request
 from pathlib import Path
 
 from services.gen.runtime import v1 as cri
-from tests.e2e.cri_stack import CriClient, CriStack, wait_state
+from tests.e2e.cri_stack import CriClient, CriStack, fetch, wait_state
 from tests.e2e.test_cri_runtime import container_config, cri_stack, pod_config, rt  # noqa: F401 - fixtures
+from tests.support.registry import free_port
 from tests.support.tasks import wait_for
 
 __all__ = ["cri_stack", "rt"]
 
 SERVE = "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p {port} -h /www"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fetch(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - a test's own server
-            return answer.read().decode().strip()
-    except OSError:
-        return None
 
 
 def start(rt: CriClient, pod: str, config: cri.PodSandboxConfig, name: str, script: str) -> str:
