@@ -3,7 +3,11 @@
 Figures (medians; ratios Skiff/dockerd, lower is better):
 - ``docker run --rm busybox true`` with ``--network none`` and with the default network;
 - 50 ``docker run -d`` launched at once: wall time and launches per second;
-- ``GET /containers/json`` with those 50 containers.
+- ``GET /containers/json`` with those 50 containers;
+- memory per running container: the PSS (/proc/PID/smaps_rollup) the engine's own processes have
+  with those 50 running, less what they had with none, over 50. Skiff's: apiserver, daemon,
+  highlevel, every shim and the shim zygote; dockerd's: dockerd, containerd and every
+  containerd-shim-runc-v2 (the containers' own processes are neither's).
 
 Each engine runs under its own temporary root and socket; dockerd is started by the benchmark
 when installed and stopped after, with the host's iptables rules and docker0 put back as found.
@@ -150,7 +154,70 @@ def list_latency(sock: Path, runs: int = 20) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, sock: Path, tar: Path, runs: int, count: int) -> dict[str, float | str]:
+# What a process's command line names when it is one of the engine's own (its state folder is named too).
+ENGINE_PROCESSES = {
+    "skiff": ("services.apiserver", "services.daemon", "services.highlevel", "services.shim"),
+    "dockerd": ("dockerd", "containerd", "containerd-shim-runc-v2"),
+}
+SHIM_PROCESSES = {"skiff": "services.shim", "dockerd": "containerd-shim-runc-v2"}
+
+
+def engine_processes(name: str, folder: Path) -> dict[int, str]:
+    """pid -> role of the engine's processes under ``folder`` (a Skiff service's role is its module;
+    shims are re-parented to init, so /proc is searched rather than the engine's process tree)."""
+    marks = ENGINE_PROCESSES[name]
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if str(folder) not in " ".join(argv):
+            continue
+        if name == "skiff":
+            module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+            role = next((m for m in marks if module == m or module.startswith(m + ".")), "")
+            role = module if role else ""
+        else:
+            role = os.path.basename(argv[0]) if os.path.basename(argv[0]) in marks else ""
+        if role:
+            found[int(entry)] = role
+    return found
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass  # gone meanwhile
+    return 0
+
+
+def engine_pss(name: str, folder: Path) -> tuple[int, dict[str, int]]:
+    """The engine's PSS in KiB, and by role (every shim's under one role)."""
+    by_role: dict[str, int] = {}
+    for pid, role in engine_processes(name, folder).items():
+        by_role[role] = by_role.get(role, 0) + pss_kib(pid)
+    return sum(by_role.values()), by_role
+
+
+def settled_without_shims(name: str, folder: Path, timeout: float = 20.0) -> None:
+    """Waits for the last ``run --rm``'s shim to be gone (the zygote stays: it is not a container's)."""
+    deadline = time.monotonic() + timeout
+    shim = SHIM_PROCESSES[name]
+    while time.monotonic() < deadline:
+        if not any(role == shim for role in engine_processes(name, folder).values()):
+            return
+        time.sleep(0.1)
+
+
+def measure(name: str, sock: Path, tar: Path, runs: int, count: int, folder: Path) -> dict[str, float | str]:
     fig: dict[str, float | str] = {}
     loaded = cli(sock, "load", "-i", str(tar))
     if loaded.returncode != 0:
@@ -162,6 +229,8 @@ def measure(name: str, sock: Path, tar: Path, runs: int, count: int) -> dict[str
         except RuntimeError as e:
             fig[label] = f"failed: {e}"[:80]
     names = [f"skiff-bench-{i}" for i in range(count)]
+    settled_without_shims(name, folder)
+    idle_kib, _ = engine_pss(name, folder)
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=count) as pool:
         results = list(pool.map(lambda n: cli(sock, "run", "-d", "--network", "none", "--name", n, "busybox",
@@ -171,6 +240,11 @@ def measure(name: str, sock: Path, tar: Path, runs: int, count: int) -> dict[str
     fig[f"{count} x run -d, wall s"] = wall
     fig["launches per second"] = (count - failed) / wall
     fig["failed launches"] = float(failed)
+    busy_kib, roles = engine_pss(name, folder)
+    if count > failed:
+        fig["memory per running container, KiB"] = float(busy_kib - idle_kib) / (count - failed)
+        print(f"{name}: engine PSS {idle_kib / 1024:.1f} MiB with 0 running, {busy_kib / 1024:.1f} MiB with "
+              f"{count - failed}: " + ", ".join(f"{r} {k / 1024:.2f}" for r, k in sorted(roles.items())))
     fig[f"GET /containers/json ({count} containers), ms"] = list_latency(sock) * 1000
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda n: cli(sock, "rm", "-f", n), names))
@@ -199,7 +273,7 @@ def main() -> int:
             folder.mkdir()
             try:
                 with starter(folder) as sock:
-                    results[name] = measure(name, sock, tar, args.runs, args.count)
+                    results[name] = measure(name, sock, tar, args.runs, args.count, folder)
             except RuntimeError as e:
                 print(f"{name}: {e}")
     finally:
