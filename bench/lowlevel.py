@@ -1,9 +1,16 @@
 """``run`` of /bin/true from a busybox bundle, and create/start/delete split, for skiff-lowlevel,
 runc and crun side by side: medians and ratios to runc.
 
-``skiff-lowlevel`` is the engine's own path (services.common.config.resolve_runtime);
-``skiff-lowlevel (installed)`` is the command pip installed beside this Python (or the first on PATH),
-as tools that take a runc-compatible binary call it (services/lowlevel/skiff-lowlevel).
+The rows, and the exact command each runs (printed at the top of the output too):
+
+- ``skiff-lowlevel``: the installed command, as users and tools that take a runc-compatible binary
+  call it: ``<venv>/bin/skiff-lowlevel`` (services/lowlevel/skiff-lowlevel, a /bin/sh script), the
+  one pip installed beside this Python, else the first on PATH. Its ``start`` and ``delete`` of a
+  container in the plain case run in the shell alone (no Python: see the script); every other
+  command, and those two whenever anything is in doubt, exec ``python -I -S .../__main__.py``.
+- ``skiff-lowlevel (python)``: ``python -I -S services/lowlevel/__main__.py`` with no shell in
+  front (services.common.config.resolve_runtime's argv): every command in Python, as the engine's
+  shim runs it when it does not fork it in-process.
 
 Usage (as root): .venv/bin/python bench/lowlevel.py [--runs N] [--max-installed-ratio R]
 The runtimes take turns, one round of each per run, so that a change of load on the machine
@@ -33,13 +40,18 @@ from tests.support.busybox import make_bundle  # noqa: E402
 CRUN_WRAPPER = 'set -e; e=$(mktemp); mount --bind "$e" /sys/fs/cgroup/unified/cgroup.controllers; rm -f "$e"; exec "$@"'
 
 
-INSTALLED = "skiff-lowlevel (installed)"
+INSTALLED = "skiff-lowlevel"
+PYTHON = "skiff-lowlevel (python)"
+WRAPPER_SOURCE = Path(__file__).resolve().parents[1] / "services" / "lowlevel" / "skiff-lowlevel"
 
 
 def installed_command() -> list[str] | None:
     """The skiff-lowlevel command of this Python's install (its bin/), else the one on PATH."""
     beside = Path(sys.executable).parent / "skiff-lowlevel"
     found = str(beside) if beside.exists() else shutil.which("skiff-lowlevel")
+    if found and Path(found).resolve().read_bytes() != WRAPPER_SOURCE.read_bytes():
+        # pip copies the script at install time: a stale copy would be measured instead.
+        print(f"warning: {found} differs from {WRAPPER_SOURCE} (reinstall: pip install -e .)")
     return [found] if found else None
 
 
@@ -47,7 +59,7 @@ def runtime_argv(name: str) -> list[str] | None:
     if name == INSTALLED:
         return installed_command()
     try:
-        argv = resolve_runtime(name)
+        argv = resolve_runtime("skiff-lowlevel" if name == PYTHON else name)
     except FileNotFoundError:
         return None
     if name == "crun":
@@ -98,12 +110,13 @@ def main() -> int:
     try:
         bundle = make_bundle(work / "bundle", ["/bin/true"])
         runtimes: dict[str, list[str]] = {}
-        for name in ("skiff-lowlevel", INSTALLED, "runc", "crun"):
+        for name in (INSTALLED, PYTHON, "runc", "crun"):
             argv = runtime_argv(name)
             if argv is None:
                 print(f"{name}: not installed, skipped")
             else:
                 runtimes[name] = argv
+                print(f"{name:26}{' '.join(argv)}")
         samples: dict[str, dict[str, list[float]]] = {
             name: {"run": [], "create": [], "start": [], "delete": []} for name in runtimes
         }

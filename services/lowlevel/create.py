@@ -311,6 +311,10 @@ def _spawn(
             pass  # written by the init itself, while it still had the privilege
         st.status = state.Status.CREATED
         state.save(opts.root, st)
+        spec_hooks = spec.get("hooks") or {}
+        if not (spec_hooks.get("poststart") or spec_hooks.get("poststop")):
+            # The installed command's start and delete then need no Python (skiff-lowlevel).
+            state.save_shell_state(opts.root, st, list(dict.fromkeys(cgroup.paths().values())))
         return init_pid
     except BaseException as failure:
         # A child that failed early has said why and gone; what we then hit (a reset socket, a
@@ -571,6 +575,14 @@ def _init(
     sock.close()
     # Blocks until ``start`` opens the other end.
     wfd = os.open(state.EXEC_FIFO, os.O_WRONLY | os.O_CLOEXEC, dir_fd=fifo_dir_fd)
+    # ``start`` has opened the other end. The fifo goes now, before the byte that lets start
+    # return, so "created" (the fifo's presence) is over when start is; the installed command's
+    # shell start then needs no ``rm`` (a process less). Where the init may not (the root of a user
+    # namespace owns nothing in the state folder), the starter removes it, as it did before.
+    try:
+        os.unlink(state.EXEC_FIFO, dir_fd=fifo_dir_fd)
+    except OSError:
+        pass
     os.write(wfd, b"0")
     os.close(wfd)
     os.close(fifo_dir_fd)

@@ -44,9 +44,14 @@ def start(
     fifo = os.path.join(state.container_dir(root, container_id), state.EXEC_FIFO)
     if _read_exec_fifo(fifo) != b"0":
         raise FailedPrecondition("cannot start container: its init process is gone")
-    os.unlink(fifo)
+    try:
+        os.unlink(fifo)
+    except FileNotFoundError:
+        pass  # the init removed it, as it does unless a user namespace keeps it from doing so
+    # The stored status stays "created": from here on the status follows from the init and the
+    # exec fifo (state.current_status), and the installed command's shell start (skiff-lowlevel)
+    # cannot rewrite the file either, so both leave the same state behind.
     st.status = state.Status.RUNNING
-    state.save(root, st)
     spec = spec if spec is not None else load_spec_of(root, container_id)
     try:
         hooks.run_hooks(spec, "poststart", state.oci_state(root, st, state.Status.RUNNING))

@@ -1,4 +1,5 @@
-"""The container's state file: small, written atomically, loaded by every command.
+"""The container's state file: small, written atomically, loaded by every command; and its
+shell-state, what the installed command's shell start and delete read instead (save_shell_state).
 
 Plain classes rather than dataclasses and enums: those imports cost several milliseconds on
 every launch, and the runtime's whole budget is a few tens of them.
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 EXEC_FIFO = "exec.fifo"
+# What the installed command's shell fast path (skiff-lowlevel, the /bin/sh wrapper) reads to
+# start or delete a container without Python: see save_shell_state.
+SHELL_STATE = "shell-state"
+SHELL_STATE_VERSION = "v1"
 _ID_EXTRA = set("_+-.")
 
 
@@ -124,6 +129,30 @@ def save(root: str, state: ContainerState) -> None:
     # the rename alone keeps readers from ever seeing half a file.
     path = os.path.join(container_dir(root, state.id), STATE_FILE)
     atomic_write(path, json.dumps(state.to_dict()).encode(), durable=False)
+
+
+def save_shell_state(root: str, state: ContainerState, cgroup_dirs: list[str]) -> None:
+    """The facts that never change after ``create``, as the installed command's shell reads them
+    (``.``, one read, where ``read`` would take a system call a byte): the init's pid and start
+    time, and the cgroup folders ``delete`` removes, each value single-quoted.
+
+    Written only for a container the shell may handle alone, with no poststart or poststop hook
+    to run: its presence says so. Containers without it (or with an unknown version) go to Python.
+    The stored status needs no copy: this file is written once the container is created, and
+    from then on the status follows from the init's pid and the exec fifo alone (current_status).
+    Sourcing it trusts the state folder no more than Python does: its config.json's hooks run.
+    """
+    lines = [
+        "# skiff-lowlevel's shell state (services/lowlevel/state.py): sourced by services/lowlevel/skiff-lowlevel",
+        f"shell_state={SHELL_STATE_VERSION} init_pid={state.pid} init_started={state.pid_start}",
+        "set -- " + " ".join(_sh_quote(d) for d in cgroup_dirs),
+    ]
+    path = os.path.join(container_dir(root, state.id), SHELL_STATE)
+    atomic_write(path, ("\n".join(lines) + "\n").encode(), durable=False)
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def load(root: str, container_id: str) -> ContainerState:
