@@ -285,14 +285,13 @@ class ContainerManager:
                                                                start_context(self.records, record)),
                     runtime=runtime_for(self.settings.current, cfg.host.runtime, self.runtime),
                     terminal=cfg.tty, stdin=cfg.open_stdin, stdin_once=cfg.stdin_once,
-                    log=logdrivers.task_log(record))
+                    log=logdrivers.task_log(record), start=True)
                 try:
-                    await call(self.tasks.create(create))
+                    started = await call(self.tasks.create(create))
                 except AlreadyExists:
                     # A first start cut short after its task was made (the daemon killed): that one goes.
                     await self._ignore_missing(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))
-                    await call(self.tasks.create(create))
-                started = await call(self.tasks.start(hl.StartRequest(id=record.id)))
+                    started = await call(self.tasks.create(create))
             except SkiffError as exc:
                 with contextlib.suppress(SkiffError):
                     await call(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True)))

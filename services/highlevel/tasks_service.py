@@ -92,6 +92,8 @@ class TasksService(TasksBase):
             if r.spec:
                 await asyncio.to_thread(remove_bundle, folder)
             raise
+        if r.start:
+            return CreateTaskResponse(pid=await self.manager.start(r.id))
         return CreateTaskResponse(pid=task.init.pid)
 
     @grpc_errors

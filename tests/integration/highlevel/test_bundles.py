@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.grpc import call
 from services.gen.skiff.highlevel.v1 import (
     CreateTaskRequest,
     DeleteTaskRequest,
+    KillRequest,
     LogConfig,
     StartRequest,
     StateRequest,
+    TaskStatus,
     WaitRequest,
 )
 from tests.support.tasks import Bundles, Highlevel, run
@@ -70,3 +72,27 @@ def test_bad_specs_leave_no_bundle(highlevel: Highlevel, bundles: Bundles, new_i
     run(body())
     assert not (highlevel.paths.highlevel_run / "x").exists()
     assert highlevel.leftovers(["nj1", "brk1", "both1", "bad1"]) == []  # nothing under t/ either
+
+
+def test_create_with_start_runs_the_process_in_one_call(highlevel: Highlevel, bundles: Bundles, new_id: str) -> None:
+    """The daemon's launch path: Create with start set answers once the process runs, with its pid."""
+    spec = (bundles.make(new_id, ["sh", "-c", "read line; echo got-$line"]) / "config.json").read_bytes()
+    log_path = highlevel.prefix / "logs" / f"{new_id}-json.log"
+
+    async def body() -> None:
+        async with highlevel.client() as tasks:
+            created = await call(tasks.create(CreateTaskRequest(id=new_id, spec=spec, stdin=True, start=True,
+                                                                log=LogConfig(path=str(log_path)))))
+            state = await call(tasks.state(StateRequest(id=new_id)))
+            assert state.pid == created.pid > 0
+            assert state.status == TaskStatus.RUNNING
+            # Started already: a second Start is refused as for any running task.
+            await expect(FailedPrecondition, tasks.start(StartRequest(id=new_id)))
+            await call(tasks.kill(KillRequest(id=new_id, signal=9)))
+            async for message in tasks.wait(WaitRequest(id=new_id), timeout=30):
+                if message.exited:
+                    assert message.exit.exit_code == 137
+            await call(tasks.delete(DeleteTaskRequest(id=new_id)))
+
+    run(body())
+    assert highlevel.leftovers([new_id]) == []

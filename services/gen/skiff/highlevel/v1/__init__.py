@@ -404,6 +404,12 @@ class CreateTaskRequest(betterproto.Message):
     stdin_once: bool = betterproto.bool_field(6)
     log: "LogConfig" = betterproto.message_field(7)
     namespace: str = betterproto.string_field(9)
+    start: bool = betterproto.bool_field(10)
+    """
+    Start the task's process too, as a Start right after would: one call instead of two on the
+     launch path. The answer's pid is then the started process's; a failed start leaves the task
+     created (the caller deletes it, as after a failed Start).
+    """
 
 
 @dataclass(eq=False, repr=False)
