@@ -15,15 +15,31 @@ from services.common import cgroupfs
 from services.common import jsonio as json
 from services.common.errors import ErrorKind, SkiffError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _become_subreaper() -> None:
-    # ctypes is imported here only, in the detached shim: the launcher never pays for it.
-    import ctypes
+_prctl: Any = None
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+
+def prctl() -> Any:
+    """libc's prctl, made once: the zygote makes it before it forks (services/shim/zygote.py)."""
+    global _prctl
+    if _prctl is None:
+        # ctypes is imported here only, in the detached shim: the launcher never pays for it.
+        import ctypes
+
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return _prctl
+
+
+def _become_subreaper() -> None:
+    if prctl()(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        import ctypes
+
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 

@@ -32,11 +32,17 @@ from services.common.errors import ErrorKind
 from services.lowlevel.preload import PRELOAD
 from services.shim import __main__ as shim_main
 from services.shim import server  # noqa: F401 - loaded by _serve in every shim
+from services.shim.prefork import fill_holes
 
 # skiff-lowlevel runs inside forked shims (shim/runtime.py): the modules it names are loaded here
 # once too. A name that does not import stops the zygote (highlevel then spawns shims directly).
 for _module in PRELOAD:
     __import__(f"services.lowlevel.{_module}")
+# What a shim would otherwise load on its own, each time: jsonio.loads decodes with utf-8-sig (its
+# codec module is imported on first use) and the subreaper's prctl is a ctypes function (a CDLL
+# makes a class per library).
+b"".decode("utf-8-sig")
+shim_main.prctl()
 
 REQUEST_TIMEOUT = 5.0
 
@@ -96,6 +102,7 @@ def _launch(listener: socket.socket, conn: socket.socket, state_dir: str) -> Non
 def serve(listener: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     gc.collect()
+    fillers = fill_holes()  # noqa: F841 - kept for the zygote's life: shims allocate around them
     gc.freeze()
     while True:
         try:
