@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: skiff-shim STATE_DIR", file=sys.stderr)
         return 2
     state_dir = os.path.abspath(args[0])
-    with open(os.path.join(state_dir, "bootstrap.json")) as f:
+    # Binary files throughout: a text file's codec objects would be made in every shim.
+    with open(os.path.join(state_dir, "bootstrap.json"), "rb") as f:
         boot = json.loads(f.read())
 
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
@@ -121,8 +122,8 @@ def _serve(state_dir: str, boot: dict, ready_w: int) -> int:
     try:
         _leave_cgroups()
         _become_subreaper()
-        with open(os.path.join(state_dir, "shim.pid"), "w") as f:
-            f.write(str(os.getpid()))
+        with open(os.path.join(state_dir, "shim.pid"), "wb") as f:
+            f.write(str(os.getpid()).encode())
         shim = Shim(state_dir, boot)
         pid = shim.create()
     except SkiffError as exc:

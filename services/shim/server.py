@@ -94,7 +94,7 @@ class Shim:
             if want_stdin:
                 proc.stdin_fd = os.dup(proc.master)
                 os.set_inheritable(proc.stdin_fd, False)
-        with open(pid_file) as f:
+        with open(pid_file, "rb") as f:
             proc.pid = int(f.read().strip())
         self.stdio.watch(proc)
 

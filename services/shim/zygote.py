@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _signal as signal
 import _socket as socket
+import codecs
 
 # Everything a shim imports is imported here once (the noqa ones too): the forked shims share it.
 import ctypes  # noqa: F401 - used by the shim's subreaper prctl
@@ -41,7 +42,7 @@ for _module in PRELOAD:
 # What a shim would otherwise load on its own, each time: jsonio.loads decodes with utf-8-sig (its
 # codec module is imported on first use) and the subreaper's prctl is a ctypes function (a CDLL
 # makes a class per library).
-b"".decode("utf-8-sig")
+codecs.lookup("utf-8-sig")
 shim_main.prctl()
 
 REQUEST_TIMEOUT = 5.0
