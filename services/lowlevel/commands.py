@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from services.common import jsonio as json
-from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.lowlevel import fastos as os
 from services.lowlevel import state
@@ -405,6 +404,8 @@ def cmd_update(p: Parsed, root: str) -> int:
             current[section].update(values)
         else:
             current[section] = values
+    from services.common.atomic import atomic_write
+
     path = os.path.join(state.container_dir(root, container_id), state.CONFIG_FILE)
     atomic_write(path, json.dumps(spec).encode(), durable=False)
     return 0

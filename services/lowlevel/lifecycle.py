@@ -52,7 +52,9 @@ def start(
     # exec fifo (state.current_status), and the installed command's shell start (skiff-lowlevel)
     # cannot rewrite the file either, so both leave the same state behind.
     st.status = state.Status.RUNNING
-    spec = spec if spec is not None else load_spec_of(root, container_id)
+    if spec is None:
+        # Reading and parsing config.json only to find no hook: skipped when create said so.
+        spec = {} if state.hookless(root, container_id) else load_spec_of(root, container_id)
     try:
         hooks.run_hooks(spec, "poststart", state.oci_state(root, st, state.Status.RUNNING))
     except SkiffError:
@@ -162,6 +164,8 @@ def delete(
                 raise FailedPrecondition(f"container {container_id}: init {st.pid} did not exit after SIGKILL")
     _wait_cgroup_empty(cgroup)
     cgroup.destroy()
+    if spec is None and state.hookless(root, container_id):
+        spec = {}
     if spec is None:
         try:
             spec = load_spec_of(root, container_id)

@@ -13,16 +13,15 @@ costs ~0.05 ms inside the window, and extends it) until ``done()``, so that the 
 moves, whenever they come, fall into the window. Any failure is ignored: at worst the real move
 waits as it did before.
 
-Imports only ``posix``, ``_thread``, ``sys``, ``time`` (loaded at start-up) and
-services/common/cgroupfs.py (which finds the cgroup and holds the write loop): it runs first.
+Imports only ``posix``, ``_thread``, ``sys``, ``time`` (loaded at start-up) and, for those three
+commands alone, services/common/cgroupfs.py (which finds the cgroup and holds the write loop): it
+runs first, and start, delete or state pay for nothing here.
 """
 
 import _thread
 import posix
 import sys
 import time
-
-from services.common.cgroupfs import keep_switched, own_procs_file
 
 _COMMANDS = ("create", "run", "exec")
 # Global flags that take a value (runc's): their value is not the command.
@@ -55,6 +54,8 @@ def prime_for(argv: list[str]) -> None:
         return
     _started = True
     try:
+        from services.common.cgroupfs import own_procs_file
+
         target = own_procs_file()
         if target is not None:
             # The main thread is busy importing and seldom lets go of the GIL: with the default
@@ -72,5 +73,7 @@ def done() -> None:
 
 
 def _keep_switched(path: str, pid: bytes) -> None:
+    from services.common.cgroupfs import keep_switched
+
     deadline = time.monotonic() + KEEP_LIMIT
     keep_switched(path, pid, lambda: not _done and time.monotonic() < deadline)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 from services.common import jsonio as json
-from services.common.atomic import atomic_write
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.lowlevel import fastos as os
 
@@ -127,6 +126,8 @@ def remove_container_dir(root: str, container_id: str) -> None:
 def save(root: str, state: ContainerState) -> None:
     # Not durable: the state lives under /run (tmpfs) and, as runc's, does not outlive a reboot;
     # the rename alone keeps readers from ever seeing half a file.
+    from services.common.atomic import atomic_write  # start, delete and state write nothing
+
     path = os.path.join(container_dir(root, state.id), STATE_FILE)
     atomic_write(path, json.dumps(state.to_dict()).encode(), durable=False)
 
@@ -147,12 +148,19 @@ def save_shell_state(root: str, state: ContainerState, cgroup_dirs: list[str]) -
         f"shell_state={SHELL_STATE_VERSION} init_pid={state.pid} init_started={state.pid_start}",
         "set -- " + " ".join(_sh_quote(d) for d in cgroup_dirs),
     ]
+    from services.common.atomic import atomic_write
+
     path = os.path.join(container_dir(root, state.id), SHELL_STATE)
     atomic_write(path, ("\n".join(lines) + "\n").encode(), durable=False)
 
 
 def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def hookless(root: str, container_id: str) -> bool:
+    """No poststart or poststop hook to run: create said so by writing the shell-state."""
+    return os.path.exists(os.path.join(container_dir(root, container_id), SHELL_STATE))
 
 
 def load(root: str, container_id: str) -> ContainerState:
