@@ -504,8 +504,14 @@ class ContainerManager:
         async with entry.lock:
             if entry.removed:
                 return
+            exited_for_good = record.config.host.auto_remove and record.state.started_at \
+                and record.state.status == State.EXITED
             record.state.status = State.REMOVING
-            await self.save(record)
+            if not exited_for_good:
+                # Saved so that a removal cut short by a crash is finished at restore. An exited --rm
+                # container's saved record already is (reconcile auto-removes it): one fsync'd write
+                # less on docker run --rm's path.
+                await self.save(record)
             # Independent of one another: the task (shim, runtime state, cgroups), the snapshot (the
             # container's mount namespace is gone with its processes) and the network go at once.
             outcomes = await asyncio.gather(
@@ -517,11 +523,13 @@ class ContainerManager:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            await asyncio.to_thread(self._remove_files, record.id)
             self.records.drop(record)
             entry.removed = True
             entry.notify()
             self.emit("destroy", entry)
+            # The record's folder goes after the waiters hear of the removal (docker run --rm's CLI waits
+            # for it): a crash first leaves a record that restore removes, as above.
+            self._spawn(asyncio.to_thread(self._remove_files, record.id))
         if entry.watcher is not None:
             entry.watcher.cancel()
         # Docker: --rm and rm -v take the container's anonymous volumes with it.
