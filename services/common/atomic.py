@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from os import PathLike
 
 _SWEPT: set[str] = set()  # the folders this process has swept already
+# A folder per container: at 4,096 the set held ~1 MiB of paths in the daemon and highlevel alike
+# and took ~7 minutes of 10 launches/s to fill (skiff soak's RSS growth after the first minute);
+# forgetting costs one more listdir of a small folder, cheaper than the write's fsync.
+SWEPT_MAX = 256
 
 
 def _writer_pid(name: str) -> int:
@@ -75,8 +79,8 @@ def atomic_write(
     head, _, name = path.rpartition("/")
     folder = head + "/" if head or path.startswith("/") else ""
     if folder not in _SWEPT:
-        if len(_SWEPT) >= 4096:
-            _SWEPT.clear()  # bounded memory (a folder per container); a second sweep costs one listdir
+        if len(_SWEPT) >= SWEPT_MAX:
+            _SWEPT.clear()
         _SWEPT.add(folder)
         sweep(folder)
     # The pid keeps two processes writing the same file from sharing (and truncating) one temp file.
