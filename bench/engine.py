@@ -230,7 +230,7 @@ def measure(name: str, sock: Path, tar: Path, runs: int, count: int, folder: Pat
             fig[label] = f"failed: {e}"[:80]
     names = [f"skiff-bench-{i}" for i in range(count)]
     settled_without_shims(name, folder)
-    idle_kib, _ = engine_pss(name, folder)
+    idle_kib, idle_roles = engine_pss(name, folder)
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=count) as pool:
         results = list(pool.map(lambda n: cli(sock, "run", "-d", "--network", "none", "--name", n, "busybox",
@@ -243,8 +243,9 @@ def measure(name: str, sock: Path, tar: Path, runs: int, count: int, folder: Pat
     busy_kib, roles = engine_pss(name, folder)
     if count > failed:
         fig["memory per running container, KiB"] = float(busy_kib - idle_kib) / (count - failed)
+        growth = ", ".join(f"{r} {(k - idle_roles.get(r, 0)) / 1024:+.2f}" for r, k in sorted(roles.items()))
         print(f"{name}: engine PSS {idle_kib / 1024:.1f} MiB with 0 running, {busy_kib / 1024:.1f} MiB with "
-              f"{count - failed}: " + ", ".join(f"{r} {k / 1024:.2f}" for r, k in sorted(roles.items())))
+              f"{count - failed}; MiB gained by {growth}")
     fig[f"GET /containers/json ({count} containers), ms"] = list_latency(sock) * 1000
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda n: cli(sock, "rm", "-f", n), names))
