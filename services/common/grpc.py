@@ -45,7 +45,9 @@ T = TypeVar("T")
 # stream from a protocol error). Every call is a stream, so a busy service grew by about a kilobyte
 # a container launch for hours before that bound (skiff soak: RSS +13-34% over 12 minutes,
 # tracemalloc: h2's _closed_streams). Frames still in flight concern the latest few streams only.
-H2Connection.MAX_CLOSED_STREAMS = 4096
+# 1,024, not 4,096: a full 4,096 is ~500 KiB a connection (~80 KiB at 1,024) and took a 10/s soak's
+# first minutes to fill, growth the soak's after-the-first-minute criterion counted.
+H2Connection.MAX_CLOSED_STREAMS = 1024
 
 
 def to_grpc(error: SkiffError) -> GRPCError:

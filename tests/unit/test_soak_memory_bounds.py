@@ -42,3 +42,28 @@ def test_a_forgotten_folder_is_swept_again(tmp_path: Path) -> None:
     atomic.atomic_write(first / "state", b"2", durable=False)
     assert not stale.exists()
     assert (first / "state").read_bytes() == b"2"
+
+
+def test_h2_remembers_few_closed_streams() -> None:
+    """Each gRPC call is an HTTP/2 stream; h2 remembers the closed ones per connection (an OrderedDict):
+    ~500 KiB a connection at 4,096, filling over a 10/s soak's first minutes; ~80 KiB at 1,024
+    (tests/unit/test_grpc_streams.py checks the bound is kept)."""
+    import tracemalloc
+
+    from h2.stream import StreamClosedBy
+    from h2.utilities import SizeLimitDict
+
+    from services.common import grpc
+
+    limit = grpc.H2Connection.MAX_CLOSED_STREAMS
+    assert limit <= 1024
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        closed = SizeLimitDict(size_limit=limit)
+        for stream_id in range(100_001, 100_001 + 8 * limit, 2):
+            closed[stream_id] = StreamClosedBy.SEND_END_STREAM
+        assert len(closed) == limit
+        assert tracemalloc.get_traced_memory()[0] - before < 256 * 1024  # ~500 KiB at 4,096
+    finally:
+        tracemalloc.stop()
