@@ -22,6 +22,8 @@ class Poller:
     WRITE = select.EPOLLOUT
     PRIORITY = select.EPOLLPRI | select.EPOLLERR  # kernfs files (cgroup v2 memory.events) wake with these
 
+    __slots__ = ("epoll", "keys")
+
     def __init__(self) -> None:
         self.epoll = select.epoll()
         self.keys: dict[int, tuple[int, Any]] = {}

@@ -44,6 +44,11 @@ LIVE = (ProcStatus.RUNNING, ProcStatus.PAUSED)
 
 
 class Shim:
+    # Slots, as every class of the shim's: no instance dict, whose keys a forked shim would add to
+    # the class's shared keys (a write to each name's page shared with the zygote).
+    __slots__ = ("dir", "boot", "id", "sel", "reaper", "runtime", "clients", "stdio", "oom", "procs",
+                 "subscribers", "deleted")
+
     def __init__(self, state_dir: str, boot: dict[str, Any]) -> None:
         self.dir = state_dir
         self.boot = boot
