@@ -22,6 +22,7 @@ crun refuses this machine's hybrid cgroups unless it runs in a private mount nam
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import statistics
@@ -67,37 +68,53 @@ def runtime_argv(name: str) -> list[str] | None:
     return argv
 
 
-def timed(argv: list[str], cwd: Path) -> float:
-    """Wall time of one command. A blocking wait: Popen.wait(timeout) polls with sleeps of up to
+def timed(argv: list[str], cwd: Path, cpu: list[float]) -> float:
+    """Wall time of one command; its CPU time (user + system, its own and that of the children it
+    waited for) goes to ``cpu``. A blocking wait: Popen.wait(timeout) polls with sleeps of up to
     50 ms, which would swamp the figures; the alarm still bounds a hung runtime."""
     t = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     signal.alarm(60)
     try:
-        code = proc.wait()
+        _, status, usage = os.wait4(proc.pid, 0)
     finally:
         signal.alarm(0)
     elapsed = time.perf_counter() - t
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise subprocess.CalledProcessError(code, argv)
+    cpu.append(usage.ru_utime + usage.ru_stime)
     return elapsed
 
 
-def bench_round(name: str, argv: list[str], bundle: Path, state: Path, figures: dict[str, list[float]]) -> None:
+def bench_round(
+    name: str, argv: list[str], bundle: Path, state: Path, figures: dict[str, list[float]], cpu: dict[str, list[float]]
+) -> None:
     """One run, then one create/start/delete, of one runtime."""
     root = ["--root", str(state / name)]
     cid = f"skiff-bench-{uuid.uuid4().hex[:8]}"
-    figures["run"].append(timed([*argv, *root, "run", cid], bundle))
+    figures["run"].append(timed([*argv, *root, "run", cid], bundle, cpu["run"]))
     cid = f"skiff-bench-{uuid.uuid4().hex[:8]}"
-    figures["create"].append(timed([*argv, *root, "create", cid], bundle))
-    figures["start"].append(timed([*argv, *root, "start", cid], bundle))
+    figures["create"].append(timed([*argv, *root, "create", cid], bundle, cpu["create"]))
+    figures["start"].append(timed([*argv, *root, "start", cid], bundle, cpu["start"]))
     # Wait for /bin/true to be gone: ``state`` says stopped.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         out = subprocess.run([*argv, *root, "state", cid], capture_output=True, text=True, timeout=10)
         if '"stopped"' in out.stdout:
             break
-    figures["delete"].append(timed([*argv, *root, "delete", cid], bundle))
+    figures["delete"].append(timed([*argv, *root, "delete", cid], bundle, cpu["delete"]))
+
+
+def print_table(results: dict[str, dict[str, float]]) -> None:
+    base = results.get("runc")
+    print(f"{'runtime':26}" + "".join(f"{k:>18}" for k in ("run", "create", "start", "delete")))
+    for name, fig in results.items():
+        cells = []
+        for k in ("run", "create", "start", "delete"):
+            ratio = f" ({fig[k] / base[k]:.2f}x)" if base else ""
+            cells.append(f"{fig[k]:8.1f}{ratio:>10}")
+        print(f"{name:26}" + "".join(cells))
 
 
 def main() -> int:
@@ -120,23 +137,25 @@ def main() -> int:
         samples: dict[str, dict[str, list[float]]] = {
             name: {"run": [], "create": [], "start": [], "delete": []} for name in runtimes
         }
+        cpu_samples: dict[str, dict[str, list[float]]] = {
+            name: {"run": [], "create": [], "start": [], "delete": []} for name in runtimes
+        }
         for _ in range(args.runs):
             for name, argv in list(runtimes.items()):
                 try:
-                    bench_round(name, argv, bundle, work / "state", samples[name])
+                    bench_round(name, argv, bundle, work / "state", samples[name], cpu_samples[name])
                 except subprocess.CalledProcessError as e:
                     print(f"{name}: failed ({e}), skipped")
-                    del runtimes[name], samples[name]
+                    del runtimes[name], samples[name], cpu_samples[name]
         results = {name: {k: statistics.median(v) * 1000 for k, v in fig.items()} for name, fig in samples.items()}
-        base = results.get("runc")
         print(f"medians over {args.runs} runs, ms (ratio to runc)")
-        print(f"{'runtime':26}" + "".join(f"{k:>18}" for k in ("run", "create", "start", "delete")))
-        for name, fig in results.items():
-            cells = []
-            for k in ("run", "create", "start", "delete"):
-                ratio = f" ({fig[k] / base[k]:.2f}x)" if base else ""
-                cells.append(f"{fig[k]:8.1f}{ratio:>10}")
-            print(f"{name:26}" + "".join(cells))
+        print_table(results)
+        # Less swayed by other load on the machine than wall time. Not counted: what a command does
+        # not wait for (the shell start's watchdog sleep, which it kills; runc's and crun's init).
+        print("CPU time, user + system of the command and the children it waited for: medians, ms")
+        cpu = {name: {k: statistics.median(v) * 1000 for k, v in fig.items()} for name, fig in cpu_samples.items()}
+        print_table(cpu)
+        base = results.get("runc")
         if args.max_installed_ratio is not None and base and INSTALLED in results:
             ratio = results[INSTALLED]["run"] / base["run"]
             if ratio > args.max_installed_ratio:
