@@ -33,7 +33,7 @@ from services.common.errors import ErrorKind
 from services.lowlevel.preload import PRELOAD
 from services.shim import __main__ as shim_main
 from services.shim import server  # noqa: F401 - loaded by _serve in every shim
-from services.shim.prefork import fill_holes
+from services.shim.prefork import fill_holes, warm_type_cache
 
 # skiff-lowlevel runs inside forked shims (shim/runtime.py): the modules it names are loaded here
 # once too. A name that does not import stops the zygote (highlevel then spawns shims directly).
@@ -103,6 +103,7 @@ def _launch(listener: socket.socket, conn: socket.socket, state_dir: str) -> Non
 def serve(listener: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     gc.collect()
+    warm_type_cache(("services.shim", "services.common"))
     fillers = fill_holes()  # noqa: F841 - kept for the zygote's life: shims allocate around them
     gc.freeze()
     while True:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.shim.prefork import MallInfo2, fill_heap_holes, fill_pool_holes, small_object_stats
+from services.shim.prefork import MallInfo2, fill_heap_holes, fill_pool_holes, small_object_stats, warm_type_cache
 
 
 def test_small_object_stats_reads_every_size_class() -> None:
@@ -38,3 +38,21 @@ def test_the_heap_fill_takes_mallocs_free_chunks() -> None:
     before = holes()
     fillers = fill_heap_holes()
     assert fillers and holes() < before
+
+
+def test_the_type_cache_warm_up_survives_attributes_that_raise() -> None:
+    import sys
+    import types
+
+    class Raising(type):
+        @property
+        def broken(cls) -> int:
+            raise RuntimeError("not at class level")
+
+    module = types.ModuleType("prefork_test_fixture.module")
+    module.Odd = Raising("Odd", (), {})  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        warm_type_cache(("prefork_test_fixture",))
+    finally:
+        del sys.modules[module.__name__]
