@@ -178,3 +178,22 @@ def test_anything_unusual_goes_to_python(srt: ShellRuntime) -> None:
     assert srt.shell_only("delete", cid).returncode != 0
     srt.installed("delete", cid).ok()
     srt.assert_nothing_left(cid, bundle)
+
+
+def test_start_in_a_user_namespace(srt: ShellRuntime) -> None:
+    """The init, root of a user namespace, may not remove the exec fifo from the host's state
+    folder: the shell's start removes it itself."""
+
+    def userns(spec: dict) -> None:
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/sys/fs/cgroup"]
+
+    cid, bundle, _ = srt.bundle(["sleep", "30"], edit=userns)
+    srt.create(cid, bundle, out=bundle.parent / "out").ok()
+    srt.shell_only("start", cid).ok()
+    assert not (srt.root / cid / "exec.fifo").exists()
+    assert srt.status(cid) == "running"
+    srt.installed("delete", "--force", cid).ok()
+    srt.assert_nothing_left(cid, bundle)
