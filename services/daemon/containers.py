@@ -26,7 +26,6 @@ from services.common.errors import (
     Internal,
     InvalidArgument,
     NotFound,
-    NotSupported,
     SkiffError,
     Unavailable,
 )
@@ -41,12 +40,9 @@ from services.daemon.spec import NetworkAttachment, build_spec, image_keys, rend
 from services.dockermodel.health import merge_image_healthcheck
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
-    AttachInfo,
     Container,
     ContainerConfig,
     ContainerState,
-    LogEntry,
-    LogStream,
     MountPoint,
     State,
     WaitCondition,
@@ -504,20 +500,18 @@ class ContainerManager:
         async with entry.lock:
             if entry.removed:
                 return
-            exited_for_good = record.config.host.auto_remove and record.state.started_at \
-                and record.state.status == State.EXITED
+            saved_exited = record.state.status == State.EXITED and record.config.host.auto_remove \
+                and record.state.started_at
             record.state.status = State.REMOVING
-            if not exited_for_good:
-                # Saved so that a removal cut short by a crash is finished at restore. An exited --rm
-                # container's saved record already is (reconcile auto-removes it): one fsync'd write
-                # less on docker run --rm's path.
-                await self.save(record)
+            if not saved_exited:  # an exited --rm container's saved record is removed at restore already
+                await self.save(record)  # so that restore finishes a removal cut short by a crash
             # Independent of one another: the task (shim, runtime state, cgroups), the snapshot (the
-            # container's mount namespace is gone with its processes) and the network go at once.
+            # container's mount namespace is gone with its processes), the network and the attach feed.
             outcomes = await asyncio.gather(
                 self._ignore_missing(self.tasks.delete(hl.DeleteTaskRequest(id=record.id, force=True))),
                 self._ignore_missing(self.snapshots.remove(hl.SnapshotKeyRequest(key=record.id))),
                 self.network.teardown(record),
+                asyncio.to_thread(logfile.remove_feed, logdrivers.attach_feed(self.paths.run, record.id)),
                 return_exceptions=True,
             )
             for outcome in outcomes:
@@ -529,7 +523,7 @@ class ContainerManager:
             self.emit("destroy", entry)
             # The record's folder goes after the waiters hear of the removal (docker run --rm's CLI waits
             # for it): a crash first leaves a record that restore removes, as above.
-            self._spawn(asyncio.to_thread(self._remove_files, record.id))
+            self._spawn(asyncio.to_thread(self.records.store.delete, record.id))
         if entry.watcher is not None:
             entry.watcher.cancel()
         # Docker: --rm and rm -v take the container's anonymous volumes with it.
@@ -544,59 +538,6 @@ class ContainerManager:
     def _remove_files(self, container_id: str) -> None:
         self.records.store.delete(container_id)
         logfile.remove_feed(logdrivers.attach_feed(self.paths.run, container_id))
-
-    # ---- logs ----
-
-    async def logs(self, ref: str, *, follow: bool, stdout: bool, stderr: bool, tail: int) -> AsyncIterator[LogEntry]:
-        entry = self.get(ref)
-        if not logdrivers.readable(entry.record):
-            raise NotSupported(logfile.NOT_READABLE)
-        wanted = {LogStream.STDOUT} if stdout else set()
-        if stderr:
-            wanted.add(LogStream.STDERR)
-        path = entry.record.log_path
-        codec = logfile.codec_of(entry.record.config.host.log_driver)
-        entries, cursor = await asyncio.to_thread(logfile.read_all, path, codec)
-        if tail >= 0:
-            entries = entries[-tail:] if tail else []
-        for item in entries:
-            if item.stream in wanted:
-                yield item
-        if follow:
-            async for item in self._follow(entry, path, codec, cursor, wanted, entry.exits, stop_when_stopped=True):
-                yield item
-
-    async def attach_output(self, ref: str, stdout: bool, stderr: bool) -> AsyncIterator[LogEntry]:
-        """Live output from now until the container's next exit, read from the shim's log. A container not
-        running is followed through its next run, as dockerd's attach (``docker start -a``) is."""
-        entry = self.get(ref)
-        wanted = ({LogStream.STDOUT} if stdout else set()) | ({LogStream.STDERR} if stderr else set())
-        exits = entry.exits
-        codec = logfile.codec_of(entry.record.config.host.log_driver)
-        cursor = await asyncio.to_thread(logfile.end_cursor, entry.record.log_path, codec)
-        # An empty first entry: armed. The caller lets its client start the container only after it.
-        cfg = entry.record.config
-        yield LogEntry(attached=AttachInfo(id=entry.record.id, tty=cfg.tty, open_stdin=cfg.open_stdin,
-                                           stdin_once=cfg.stdin_once))
-        async for item in self._follow(entry, entry.record.log_path, codec, cursor, wanted, exits,
-                                       stop_when_stopped=False):
-            yield item
-
-    async def _follow(self, entry: Entry, path: str, codec: logfile.Codec, cursor: logfile.Cursor,
-                      wanted: set[LogStream], exits: int, *, stop_when_stopped: bool) -> AsyncIterator[LogEntry]:
-        """Polls the log (the shim writes it, nothing tells us) until the container's exit is drained."""
-        try:
-            while True:
-                done = entry.removed or entry.exits > exits or (stop_when_stopped and not entry.running)
-                for item in await asyncio.to_thread(logfile.read_new, path, cursor, codec):
-                    if item.stream in wanted:
-                        yield item
-                if done:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(entry.changed.wait(), 0.05)
-        finally:
-            cursor.close()
 
     async def close(self) -> None:
         for entry in self.entries.values():

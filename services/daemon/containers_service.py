@@ -9,6 +9,7 @@ from services.common.config import Config
 from services.common.daemon_config import apply_log_defaults, apply_runtime_default, apply_ulimit_defaults
 from services.common.errors import FailedPrecondition, Unavailable
 from services.common.grpc import call, finish_even_if_caller_goes, grpc_errors
+from services.daemon import container_output
 from services.daemon.containers import ContainerManager
 from services.daemon.hostopts import prepare
 from services.daemon.links import link_names
@@ -118,13 +119,14 @@ class ContainersService(ContainersBase):
     @grpc_errors
     async def logs(self, logs_request: LogsRequest) -> AsyncIterator[LogEntry]:
         r = logs_request
-        async for entry in self.manager.logs(r.id, follow=r.follow, stdout=r.stdout, stderr=r.stderr, tail=r.tail):
+        async for entry in container_output.logs(self.manager.get(r.id), follow=r.follow, stdout=r.stdout,
+                                                  stderr=r.stderr, tail=r.tail):
             yield entry
 
     @grpc_errors
     async def attach(self, attach_request: AttachRequest) -> AsyncIterator[LogEntry]:
         r = attach_request
-        async for entry in self.manager.attach_output(r.id, r.stdout, r.stderr):
+        async for entry in container_output.attach_output(self.manager.get(r.id), r.stdout, r.stderr):
             yield entry
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from services.common.daemon_config import apply_runtime_default, apply_ulimit_defaults
 from services.common.errors import NotFound, SkiffError
 from services.common.grpc import call
+from services.daemon import container_output
 from services.daemon.containers import ContainerManager
 from services.daemon.hostopts import prepare
 from services.gen.skiff import highlevel
@@ -132,7 +133,7 @@ class Steps:
                 self.kept.append(cid)
 
     async def _start_and_wait(self, cid: str) -> int:
-        output = self.manager.attach_output(cid, True, True)
+        output = container_output.attach_output(self.manager.get(cid), True, True)
         try:
             await output.__anext__()  # armed: nothing the command writes is missed
             try:
