@@ -29,9 +29,8 @@ from services.lowlevel.process import (
     preload_modules,
     prepare_identity,
     set_oom_score_adj,
-    validate_process,
 )
-from services.lowlevel.spec import load_spec, rootfs_path
+from services.lowlevel.spec import load_spec_checked, rootfs_path
 
 # typing costs milliseconds of import on every launch; annotations are strings here.
 TYPE_CHECKING = False
@@ -190,29 +189,6 @@ def resources_with_default_devices(linux: dict[str, Any]) -> dict[str, Any]:
     rules += DEFAULT_ALLOWED_DEVICES
     resources["devices"] = rules
     return resources
-
-
-def load_spec_checked(bundle: str) -> dict[str, Any]:
-    spec = load_spec(bundle)
-    process = spec.get("process") or {}
-    validate_process(process)
-    linux = spec.get("linux") or {}
-    ns_types = {ns.get("type") for ns in linux.get("namespaces") or ()}
-    # runc's config validator: what only a namespace of the container's own can do.
-    if spec.get("hostname") and "uts" not in ns_types:
-        raise InvalidArgument("unable to set hostname without a private UTS namespace")
-    if (linux.get("maskedPaths") or linux.get("readonlyPaths")) and "mount" not in ns_types:
-        raise InvalidArgument("unable to restrict sys entries without a private MNT namespace")
-    for device in linux.get("devices") or ():
-        # Checked before anything is made, as runc's spec conversion does.
-        if device.get("type") not in ("c", "u", "b", "p"):
-            raise InvalidArgument(f"invalid device type {json.dumps(device.get('type'))}")
-    seccomp = (spec.get("linux") or {}).get("seccomp")
-    if seccomp:
-        from services.common.oci_seccomp import validate_seccomp
-
-        validate_seccomp(seccomp)
-    return spec
 
 
 def _write_pid_file(path: str, pid: int) -> None:

@@ -142,5 +142,31 @@ def validate_spec(spec: Any, bundle: str) -> None:
             raise InvalidArgument(f"config.json: mount destination must be an absolute path: {m!r}")
 
 
+def load_spec_checked(bundle: str) -> dict[str, Any]:
+    """config.json, loaded and refused as runc refuses it before anything is made."""
+    from services.lowlevel.process import validate_process  # create imports it anyway; `spec` need not
+
+    spec = load_spec(bundle)
+    process = spec.get("process") or {}
+    validate_process(process)
+    linux = spec.get("linux") or {}
+    ns_types = {ns.get("type") for ns in linux.get("namespaces") or ()}
+    # runc's config validator: what only a namespace of the container's own can do.
+    if spec.get("hostname") and "uts" not in ns_types:
+        raise InvalidArgument("unable to set hostname without a private UTS namespace")
+    if (linux.get("maskedPaths") or linux.get("readonlyPaths")) and "mount" not in ns_types:
+        raise InvalidArgument("unable to restrict sys entries without a private MNT namespace")
+    for device in linux.get("devices") or ():
+        # Checked before anything is made, as runc's spec conversion does.
+        if device.get("type") not in ("c", "u", "b", "p"):
+            raise InvalidArgument(f"invalid device type {json.dumps(device.get('type'))}")
+    seccomp = (spec.get("linux") or {}).get("seccomp")
+    if seccomp:
+        from services.common.oci_seccomp import validate_seccomp
+
+        validate_seccomp(seccomp)
+    return spec
+
+
 def rootfs_path(spec: dict[str, Any], bundle: str) -> str:
     return os.path.normpath(os.path.join(bundle, spec["root"]["path"]))
