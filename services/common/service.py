@@ -12,6 +12,8 @@
   server that stopped answering is restarted by systemd;
 - ``STATUS=`` lines from the service's ``status()`` (e.g. "3 containers running");
 - ``RELOADING=1`` on SIGHUP, the service's ``reload()`` (daemon.json read again), then ``READY=1``;
+- glibc's malloc held to two arenas and trimmed every 30 s (``common/malloc.py``): a long-lived
+  service's RSS follows what it uses, not its threads' past peaks;
 - ``STOPPING=1`` on the signal, the service's own orderly stop, its socket file removed (unless
   systemd owns it), and an exit code: 0 after a signal, 1 when the start failed.
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from services.common import malloc
 from services.common.sd_notify import Notifier, listen_fds, watchdog_interval
 
 STATUS_EVERY = 5.0  # seconds between two looks at status() when it changes
@@ -248,6 +251,7 @@ async def run_service(name: str, start: Callable[[], Awaitable[Serving]]) -> int
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     notifier.send(f"STATUS={name}: starting", f"MAINPID={os.getpid()}")
+    malloc.limit_arenas()  # before start() makes the thread pools' threads (common/malloc.py)
     starting = asyncio.ensure_future(start())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -281,6 +285,7 @@ async def run_service(name: str, start: Callable[[], Awaitable[Serving]]) -> int
             helpers.append(asyncio.create_task(_watchdog(serving, notifier, interval, log)))
         if serving.status is not None and notifier.enabled:
             helpers.append(asyncio.create_task(_status(serving, notifier, status, log)))
+        helpers.append(asyncio.create_task(malloc.trim_every()))
         await stop.wait()
         notifier.send("STOPPING=1", f"STATUS={name}: stopping")
         log.info("stopping")
