@@ -69,6 +69,21 @@ def test_h2_remembers_few_closed_streams() -> None:
         tracemalloc.stop()
 
 
+# The arenas glibc's malloc has made so far, as malloc_info lists them (one <heap> each).
+_HEAPS = """
+def heaps():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.fopen.restype = ctypes.c_void_p
+    path = tempfile.mktemp()
+    fp = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(fp))
+    libc.fclose(ctypes.c_void_p(fp))
+    with open(path) as f:
+        count = f.read().count("<heap nr=")
+    os.unlink(path)
+    return count
+"""
+
 _ARENAS = """
 import ctypes, os, sys, tempfile, threading
 sys.path.insert(0, {repo!r})
@@ -84,14 +99,8 @@ def work():
 threads = [threading.Thread(target=work) for _ in range(8)]
 go = [t.start() for t in threads]
 done = [t.join() for t in threads]
-libc = ctypes.CDLL("libc.so.6")
-libc.fopen.restype = ctypes.c_void_p
-path = tempfile.mktemp()
-fp = libc.fopen(path.encode(), b"w")
-libc.malloc_info(0, ctypes.c_void_p(fp))
-libc.fclose(ctypes.c_void_p(fp))
-print(open(path).read().count("<heap nr="))
-os.unlink(path)
+{heaps}
+print(heaps())
 assert malloc.trim() in (True, False)
 """
 
@@ -106,7 +115,7 @@ def test_services_keep_two_malloc_arenas_whatever_their_threads() -> None:
     repo = str(Path(__file__).resolve().parents[2])
 
     def heaps(limit: bool) -> int:
-        done = subprocess.run([sys.executable, "-c", _ARENAS.format(repo=repo, limit=limit)],
+        done = subprocess.run([sys.executable, "-c", _ARENAS.format(repo=repo, limit=limit, heaps=_HEAPS)],
                               capture_output=True, text=True, timeout=60, check=True)
         return int(done.stdout.strip())
 
@@ -127,17 +136,7 @@ def work():
     together.wait()
     del kept[::2]
 
-def heaps():
-    libc = ctypes.CDLL("libc.so.6")
-    libc.fopen.restype = ctypes.c_void_p
-    path = tempfile.mktemp()
-    fp = libc.fopen(path.encode(), b"w")
-    libc.malloc_info(0, ctypes.c_void_p(fp))
-    libc.fclose(ctypes.c_void_p(fp))
-    with open(path) as f:
-        count = f.read().count("<heap nr=")
-    os.unlink(path)
-    return count
+{heaps}
 
 async def probe(path):
     await asyncio.gather(*(asyncio.to_thread(work) for _ in range(4)))
@@ -162,7 +161,7 @@ def test_run_service_keeps_two_arenas(tmp_path: Path) -> None:
     import sys
 
     repo = str(Path(__file__).resolve().parents[2])
-    code = _TOY_SERVICE.format(repo=repo, sock=str(tmp_path / "toy.sock"))
+    code = _TOY_SERVICE.format(repo=repo, sock=str(tmp_path / "toy.sock"), heaps=_HEAPS)
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
