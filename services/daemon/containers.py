@@ -363,9 +363,11 @@ class ContainerManager:
         state.exit_code = status.exit_code
         state.oom_killed = status.oom_killed
         state.finished_at = status.exited_at or now_rfc3339()
+        # Counted with the status: a client that saw "exited" (a wait answers on it) and attaches for
+        # the next run must not take this exit, counted after the awaits below, for that run's end.
+        entry.exits += 1
         await self.network.teardown(entry.record)
         await self.save(entry.record)
-        entry.exits += 1
         entry.notify()
 
     # ---- signals ----
