@@ -1,7 +1,8 @@
 """The OCI runtime's commands, run by the shim: ``<runtime> --root R --log L --log-format json ARGS``.
 
 skiff-lowlevel runs in a forked child of the shim (its in-process fork: the one declared import of
-another service's modules, a measured speed-up); other runtimes (runc, crun) are posix_spawn'ed.
+another service's modules, a measured speed-up), and a hookless start in the shim itself; other
+runtimes (runc, crun) are posix_spawn'ed.
 A failure becomes the typed error the runtime logged (services/common/runtime_output.py).
 Commands run to completion inside the loop (tens of milliseconds; the pipes buffer the
 container's output meanwhile), reaping while they wait.
@@ -49,7 +50,7 @@ class RuntimeResult:
 
 
 class Runtime:
-    __slots__ = ("dir", "argv", "name_len", "in_process", "log_path", "reaper")
+    __slots__ = ("dir", "argv", "name_len", "in_process", "root", "log_path", "reaper")
 
     def __init__(self, state_dir: str, boot: dict, reaper: Reaper) -> None:
         self.dir = state_dir
@@ -57,6 +58,7 @@ class Runtime:
         self.name_len = len(boot["runtime"])
         self.in_process = boot.get("runtime_name") == "skiff-lowlevel" and os.environ.get(
             "SKIFF_SHIM_FORK_RUNTIME", "1") != "0"
+        self.root: str = boot["runtime_root"]
         # The runtime's own errors go to its log: its stderr may be the container's stderr pipe.
         self.log_path = os.path.join(state_dir, "runtime.log")
         self.reaper = reaper
@@ -67,6 +69,19 @@ class Runtime:
         if result.code != 0:
             raise result.error(args[0])
         return result.out
+
+    def start(self, container_id: str) -> None:
+        """The init's start. skiff-lowlevel's, for a container with no poststart hook, runs right here:
+        it is only the exec fifo's byte read (``skiff-lowlevel start`` does the same), so the fork,
+        the child's work and its reaping are saved on every launch. A hook runs in a child of its
+        own (the shim's reaper would take the hook's exit from its waiter), so that case forks."""
+        if self.in_process:
+            from services.lowlevel import lifecycle, state  # preloaded by the zygote: shared, no import
+
+            if state.hookless(self.root, container_id):
+                lifecycle.start(self.root, container_id)
+                return
+        self.call(["start", container_id])
 
     def pids(self, container_id: str) -> list[int]:
         """The pids in the container's cgroup (``ps --format json``)."""

@@ -220,7 +220,7 @@ class Shim:
         if proc.status != ProcStatus.CREATED:
             raise FailedPrecondition(f"{proc.describe(self.id)} is {proc.status}, not created")
         if proc.exec_id == "":
-            self.runtime.call(["start", self.id])
+            self.runtime.start(self.id)
         else:
             self._running_init()
             process_file = os.path.join(self.dir, f"{proc.exec_id}.json")

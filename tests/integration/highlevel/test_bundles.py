@@ -96,3 +96,26 @@ def test_create_with_start_runs_the_process_in_one_call(highlevel: Highlevel, bu
 
     run(body())
     assert highlevel.leftovers([new_id]) == []
+
+
+def test_a_poststart_hook_still_runs_on_start(highlevel: Highlevel, bundles: Bundles, new_id: str) -> None:
+    """A hookless start runs inside the shim (no fork); a container with a poststart hook still gets
+    its start from a forked runtime, which runs the hook with the container's state on stdin."""
+    seen = highlevel.prefix / f"{new_id}-poststart.json"
+    config = json.loads((bundles.make(new_id, ["sleep", "30"]) / "config.json").read_text())
+    config["hooks"] = {"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {seen}"]}]}
+    spec = json.dumps(config).encode()
+
+    async def body() -> None:
+        async with highlevel.client() as tasks:
+            created = await call(tasks.create(CreateTaskRequest(id=new_id, spec=spec, start=True)))
+            state = json.loads(seen.read_text())
+            assert (state["id"], state["pid"], state["status"]) == (new_id, created.pid, "running")
+            await call(tasks.kill(KillRequest(id=new_id, signal=9)))
+            async for message in tasks.wait(WaitRequest(id=new_id), timeout=30):
+                if message.exited:
+                    assert message.exit.exit_code == 137
+            await call(tasks.delete(DeleteTaskRequest(id=new_id)))
+
+    run(body())
+    assert highlevel.leftovers([new_id]) == []
