@@ -41,13 +41,7 @@ def start(
         raise FailedPrecondition("cannot start a container that has stopped")
     if status != state.Status.CREATED:
         raise FailedPrecondition(f"cannot start an already {status} container")
-    fifo = os.path.join(state.container_dir(root, container_id), state.EXEC_FIFO)
-    if _read_exec_fifo(fifo) != b"0":
-        raise FailedPrecondition("cannot start container: its init process is gone")
-    try:
-        os.unlink(fifo)
-    except FileNotFoundError:
-        pass  # the init removed it, as it does unless a user namespace keeps it from doing so
+    release_init(root, container_id)
     # The stored status stays "created": from here on the status follows from the init and the
     # exec fifo (state.current_status), and the installed command's shell start (skiff-lowlevel)
     # cannot rewrite the file either, so both leave the same state behind.
@@ -62,6 +56,19 @@ def start(
         kill(root, container_id, signal.SIGKILL, all_processes=True)
         raise
     return st
+
+
+def release_init(root: str, container_id: str) -> None:
+    """The start itself: the init's byte read from the exec fifo (it execs the process then), and the
+    fifo gone. The shim calls it alone for a container it created with no poststart hook, whose
+    status it knows: the least code run in the shim, whose pages are shared with its zygote."""
+    fifo = os.path.join(state.container_dir(root, container_id), state.EXEC_FIFO)
+    if _read_exec_fifo(fifo) != b"0":
+        raise FailedPrecondition("cannot start container: its init process is gone")
+    try:
+        os.unlink(fifo)
+    except FileNotFoundError:
+        pass  # the init removed it, as it does unless a user namespace keeps it from doing so
 
 
 class _FifoTimeout(Exception):

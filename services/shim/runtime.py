@@ -79,7 +79,9 @@ class Runtime:
             from services.lowlevel import lifecycle, state  # preloaded by the zygote: shared, no import
 
             if state.hookless(self.root, container_id):
-                lifecycle.start(self.root, container_id)
+                # The status checks of `skiff-lowlevel start` are the shim's own (op_start): only the
+                # release runs here, each line of it a write to a code object's page shared with the zygote.
+                lifecycle.release_init(self.root, container_id)
                 return
         self.call(["start", container_id])
 
