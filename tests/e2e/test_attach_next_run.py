@@ -13,15 +13,7 @@ import socket
 import docker
 
 from tests.e2e.stack import Stack
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"stream ended after {data!r}"
-        data += chunk
-    return data
+from tests.e2e.test_exec_attach_conformance import _read_frame
 
 
 def test_attach_right_after_an_exit_gets_the_next_run(stack: Stack, client: docker.DockerClient) -> None:
@@ -36,8 +28,7 @@ def test_attach_right_after_an_exit_gets_the_next_run(stack: Stack, client: dock
             sock.settimeout(30)
             try:
                 api.start(box)
-                header = _read_exactly(sock, 8)
-                assert (header[0], _read_exactly(sock, int.from_bytes(header[4:], "big"))) == (1, b"run\n"), round_
+                assert _read_frame(sock) == (1, b"run\n"), round_
                 assert sock.recv(1) == b""  # the run's exit ends the stream
             finally:
                 sock.close()

@@ -74,6 +74,15 @@ def test_bad_specs_leave_no_bundle(highlevel: Highlevel, bundles: Bundles, new_i
     assert highlevel.leftovers(["nj1", "brk1", "both1", "bad1"]) == []  # nothing under t/ either
 
 
+async def _kill_and_delete(tasks, task_id: str) -> None:  # noqa: ANN001
+    """SIGKILL a running task, see it exit 137, delete it."""
+    await call(tasks.kill(KillRequest(id=task_id, signal=9)))
+    async for message in tasks.wait(WaitRequest(id=task_id), timeout=30):
+        if message.exited:
+            assert message.exit.exit_code == 137
+    await call(tasks.delete(DeleteTaskRequest(id=task_id)))
+
+
 def test_create_with_start_runs_the_process_in_one_call(highlevel: Highlevel, bundles: Bundles, new_id: str) -> None:
     """The daemon's launch path: Create with start set answers once the process runs, with its pid."""
     spec = (bundles.make(new_id, ["sh", "-c", "read line; echo got-$line"]) / "config.json").read_bytes()
@@ -88,11 +97,7 @@ def test_create_with_start_runs_the_process_in_one_call(highlevel: Highlevel, bu
             assert state.status == TaskStatus.RUNNING
             # Started already: a second Start is refused as for any running task.
             await expect(FailedPrecondition, tasks.start(StartRequest(id=new_id)))
-            await call(tasks.kill(KillRequest(id=new_id, signal=9)))
-            async for message in tasks.wait(WaitRequest(id=new_id), timeout=30):
-                if message.exited:
-                    assert message.exit.exit_code == 137
-            await call(tasks.delete(DeleteTaskRequest(id=new_id)))
+            await _kill_and_delete(tasks, new_id)
 
     run(body())
     assert highlevel.leftovers([new_id]) == []
@@ -111,11 +116,7 @@ def test_a_poststart_hook_still_runs_on_start(highlevel: Highlevel, bundles: Bun
             created = await call(tasks.create(CreateTaskRequest(id=new_id, spec=spec, start=True)))
             state = json.loads(seen.read_text())
             assert (state["id"], state["pid"], state["status"]) == (new_id, created.pid, "running")
-            await call(tasks.kill(KillRequest(id=new_id, signal=9)))
-            async for message in tasks.wait(WaitRequest(id=new_id), timeout=30):
-                if message.exited:
-                    assert message.exit.exit_code == 137
-            await call(tasks.delete(DeleteTaskRequest(id=new_id)))
+            await _kill_and_delete(tasks, new_id)
 
     run(body())
     assert highlevel.leftovers([new_id]) == []
