@@ -29,6 +29,7 @@ from services.daemon import links as legacy_links
 from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile, resolver
 from services.daemon.network.ipam import Ipam
 from services.daemon.network.portproxy import PortMapping, ProxyRegistry
+from services.daemon.network.releases import EndpointReleases
 from services.daemon.records import ContainerRecords, Entry, now_rfc3339
 from services.daemon.spec import NetworkAttachment
 from services.gen.skiff.daemon.v1 import (
@@ -97,6 +98,7 @@ class Networking:
         self.paths = paths
         self.folder = paths.daemon_lib / "network"
         self.ipam = Ipam(self.folder / "ipam")
+        self.releases = EndpointReleases(self.ipam.release)
         self.records = NetworkRecords(self.folder / "records")
         self.proxies = ProxyRegistry()
         self.resolvers = resolver.Resolvers(lambda cid, name: resolver.lookup_in(self, cid, name))  # 127.0.0.11
@@ -254,6 +256,8 @@ class Networking:
         return net
 
     async def _drop_bridge(self, net: Network) -> None:
+        await self.releases.settled()  # its last endpoints' veths gone before the bridge they sit on
+
         def drop() -> None:
             firewall.remove_network(net.bridge, ipaddress.IPv4Network(net.subnet))
             bridge.delete_bridge(net.bridge)
@@ -414,6 +418,7 @@ class Networking:
         if net.driver != "bridge":
             raise InvalidArgument(f"container cannot be connected to network {net.name} ({net.driver})")
         want = ipamconfig.endpoint_request(cfg, net)
+        await self.releases.settled()  # an address (or this container's own) still held by a dying veth
         addr = await asyncio.to_thread(self.ipam.allocate, net.id, record.id, want.ipv4)
         addr6 = None
         try:
@@ -506,15 +511,11 @@ class Networking:
         await self.proxies.unpublish(record.id)
         await self.resolvers.stop(record.id)
         left = [ep.network_id for ep in settings.endpoints]
-
-        def release() -> None:
-            for ep in settings.endpoints:
-                bridge.detach(ep.host_ifname)
-                self.ipam.release(ep.network_id, record.id)
-            if settings.sandbox_key:
-                netns.remove(self.paths.netns, record.id)
-
-        await asyncio.to_thread(release)
+        if settings.sandbox_key:
+            # The kernel destroys the namespace, and the endpoints' veths in it, once unpinned; their
+            # addresses are handed back after that, off this path (network/releases.py).
+            await asyncio.to_thread(netns.remove, self.paths.netns, record.id)
+        self.releases.start(record.id, [(ep.host_ifname, ep.network_id) for ep in settings.endpoints])
         files = (settings.hosts_path, settings.hostname_path, settings.resolv_conf_path)
         record.network_settings = NetworkSettings(
             hosts_path=files[0], hostname_path=files[1], resolv_conf_path=files[2]
@@ -593,6 +594,7 @@ class Networking:
             await asyncio.to_thread(dns.update_hosts, Path(s.hosts_path).parent, self._dns_of(record))
 
     async def close(self) -> None:
+        await self.releases.settled()
         # Stopping the daemon never stops a container: proxies go with this process, restore() rebinds them.
         for cid in list(self.proxies.proxies):
             await self.proxies.unpublish(cid)
