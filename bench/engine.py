@@ -11,7 +11,9 @@ Figures (medians; ratios Skiff/dockerd, lower is better):
 
 Each engine runs under its own temporary root and socket; dockerd is started by the benchmark
 when installed and stopped after, with the host's iptables rules and docker0 put back as found.
-Usage (as root): .venv/bin/python bench/engine.py [--runs N] [--count 50]
+Both run for the whole benchmark and take turns, sample by sample (``measure``): on a machine whose
+speed drifts by a third within minutes, one engine measured after the other compared two machines.
+Usage (as root): .venv/bin/python bench/engine.py [--runs N] [--count 50] [--bursts 3]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -217,17 +219,9 @@ def settled_without_shims(name: str, folder: Path, timeout: float = 20.0) -> Non
         time.sleep(0.1)
 
 
-def measure(name: str, sock: Path, tar: Path, runs: int, count: int, folder: Path) -> dict[str, float | str]:
-    fig: dict[str, float | str] = {}
-    loaded = cli(sock, "load", "-i", str(tar))
-    if loaded.returncode != 0:
-        raise RuntimeError(f"{name}: docker load: {loaded.stderr.decode().strip()}")
-    for label, network in (("run --network none", "none"), ("run (default network)", None)):
-        try:
-            timed_run(sock, network)  # warm-up
-            fig[label] = statistics.median(timed_run(sock, network) for _ in range(runs)) * 1000
-        except RuntimeError as e:
-            fig[label] = f"failed: {e}"[:80]
+def burst(name: str, sock: Path, count: int, folder: Path) -> dict[str, float]:
+    """``count`` ``docker run -d`` at once; the memory they hold and the list's latency while they run."""
+    fig: dict[str, float] = {}
     names = [f"skiff-bench-{i}" for i in range(count)]
     settled_without_shims(name, folder)
     idle_kib, idle_roles = engine_pss(name, folder)
@@ -252,10 +246,56 @@ def measure(name: str, sock: Path, tar: Path, runs: int, count: int, folder: Pat
     return fig
 
 
+def measure(socks: dict[str, Path], folders: dict[str, Path], tar: Path, runs: int, count: int,
+            bursts: int) -> dict[str, dict[str, float | str]]:
+    """Every figure of every engine, the engines interleaved: run i of one engine, then run i of the
+    other (in turns, first one then the other first), so that the machine's drift during the
+    benchmark falls on both alike. Each figure is the median of its samples."""
+    figs: dict[str, dict[str, float | str]] = {name: {} for name in socks}
+    for name, sock in socks.items():
+        loaded = cli(sock, "load", "-i", str(tar))
+        if loaded.returncode != 0:
+            raise RuntimeError(f"{name}: docker load: {loaded.stderr.decode().strip()}")
+
+    def turns(i: int) -> list[str]:
+        order = list(socks)
+        return order if i % 2 == 0 else order[::-1]
+
+    for label, network in (("run --network none", "none"), ("run (default network)", None)):
+        samples: dict[str, list[float]] = {name: [] for name in socks}
+        failed: dict[str, str] = {}
+        for name, sock in socks.items():
+            try:
+                timed_run(sock, network)  # warm-up
+            except RuntimeError as e:
+                failed[name] = f"failed: {e}"[:80]
+        for i in range(runs):
+            for name in turns(i):
+                if name not in failed:
+                    try:
+                        samples[name].append(timed_run(socks[name], network))
+                    except RuntimeError as e:
+                        failed[name] = f"failed: {e}"[:80]
+        for name in socks:
+            figs[name][label] = failed.get(name) or statistics.median(samples[name]) * 1000
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in socks}
+    for i in range(bursts):
+        for name in turns(i):
+            rounds[name].append(burst(name, socks[name], count, folders[name]))
+        if len(socks) == 2:
+            a, b = (rounds[n][-1]["launches per second"] for n in socks)
+            print(f"burst {i + 1}: launches per second {' / '.join(socks)} {a:.1f} / {b:.1f} = {a / b:.2f}")
+    for name in socks:
+        for key in rounds[name][0]:
+            figs[name][key] = statistics.median(r[key] for r in rounds[name] if key in r)
+    return figs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--bursts", type=int, default=3, help="rounds of the concurrent launch (medians)")
     args = parser.parse_args()
     if DOCKER is None:
         print("the docker CLI is not installed: nothing to compare through", file=sys.stderr)
@@ -269,19 +309,22 @@ def main() -> int:
             engines.append(("dockerd", dockerd))
         else:
             print("dockerd: not installed, skipped")
-        for name, starter in engines:
-            folder = work / name
-            folder.mkdir()
+        folders = {name: work / name for name, _ in engines}
+        with ExitStack() as stack:
+            socks: dict[str, Path] = {}
+            for name, starter in engines:
+                folders[name].mkdir()
+                socks[name] = stack.enter_context(starter(folders[name]))
             try:
-                with starter(folder) as sock:
-                    results[name] = measure(name, sock, tar, args.runs, args.count, folder)
+                results = measure(socks, folders, tar, args.runs, args.count, args.bursts)
             except RuntimeError as e:
-                print(f"{name}: {e}")
+                print(e)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    keys = sorted({k for r in results.values() for k in r}, key=lambda k: list(
-        next(iter(results.values())).keys()).index(k) if k in next(iter(results.values())) else 99)
-    print(f"medians over {args.runs} runs (times in ms unless said)")
+    if not results:
+        return 1
+    keys = list(next(iter(results.values())))
+    print(f"medians over {args.runs} runs and {args.bursts} bursts, engines interleaved (times in ms unless said)")
     print(f"{'':44}" + "".join(f"{n:>14}" for n in results) + "         ratio")
     for k in keys:
         row = [results[n].get(k, "-") for n in results]

@@ -41,6 +41,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 # bench/engine.py's list, `docker ps` (CLI 20.10), docker-py's APIClient.containers()
 LIST_PATHS = ("/containers/json?all=1", "/v1.41/containers/json",
               "/v1.41/containers/json?limit=-1&all=0&size=0&trunc_cmd=0")
+PY_SPY_EXTRA: list[str] = []  # ["--gil"]: sample only the thread holding the GIL, Python's CPU time
 WALL: dict[str, list[float]] = {}  # per phase, each call's wall time (noise on a loaded box: CPU is the figure)
 
 
@@ -112,7 +113,7 @@ class Sampler:
             out = work / f"{phase}-{module}.txt"
             self.procs[module] = (subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking",
-                 "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
+                 *PY_SPY_EXTRA, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
         time.sleep(1.0)  # py-spy attaches
 
     def folded(self) -> dict[str, collections.Counter[str]]:
@@ -214,7 +215,11 @@ def main() -> int:
                         help="the list's path and query (repeatable; default: bench/engine.py's, docker ps's, "
                              "docker-py's)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"))
+    parser.add_argument("--gil", action="store_true",
+                        help="py-spy samples only the thread holding the GIL (CPU in Python, no thread waits)")
     args = parser.parse_args()
+    if args.gil:
+        PY_SPY_EXTRA.append("--gil")
     work = Path(tempfile.mkdtemp(prefix="skiff-profile-"))
     report: list[str] = []
     try:
@@ -252,7 +257,7 @@ def main() -> int:
                     raise RuntimeError(f"{len(failed)} launches failed: {failed[0]}")
 
             report += phase(launch_phase, args.count, pids, cgroup, args.py_spy, work, launches, args.top)
-            for path in args.list_path or LIST_PATHS:
+            for path in (args.list_path or LIST_PATHS) if args.lists > 0 else ():
                 list_phase = f"GET {path} ({args.count} running, keep-alive)"
 
                 def lists(path: str = path, list_phase: str = list_phase) -> None:
