@@ -39,7 +39,7 @@ from services.common.errors import (
 from services.common.paths import Paths
 from services.common.shimproto import FrameKind, Op, rfc3339_nano
 from services.gen.skiff.highlevel.v1 import EventType, ExitStatus
-from services.highlevel import cgroup_warm
+from services.highlevel import cgroup_warm, shim_process
 from services.highlevel.bundles import check_id
 from services.highlevel.events import EventBus
 from services.highlevel.shim_client import ShimClient, ShimGone, shim_error
@@ -138,17 +138,7 @@ class CreateOptions:
     log_compress: bool = False
     log_attrs: dict[str, str] | None = None
     namespace: str = DEFAULT_NAMESPACE
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    start: bool = False  # the init started too, by the shim before it answers (Tasks.Create's start)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -237,7 +227,7 @@ class TaskManager:
             "log_path": opts.log_path or str(state_dir / "log.json"),
             "log_max_size": opts.log_max_size, "log_max_file": opts.log_max_file or 1,
             "log_format": opts.log_format, "log_compress": opts.log_compress, "log_attrs": opts.log_attrs or {},
-            "namespace": opts.namespace}
+            "namespace": opts.namespace, "start": opts.start}
         # The shim's whole truth: never seen half-written (by the shim, or by recover after a crash).
         atomic_write(state_dir / "bootstrap.json", json.dumps(boot).encode(), durable=False)
         try:
@@ -256,9 +246,13 @@ class TaskManager:
                     int(answer["shim_pid"]), init, namespace=opts.namespace)
         self.tasks[opts.id] = task
         self.events.publish(EventType.CREATE, opts.id, pid=init.pid)
+        if opts.start:
+            task.started_at = answer.get("started_at", "")
+            self.events.publish(EventType.START, opts.id, pid=init.pid)
+            init.started.set()
         init.watcher = asyncio.create_task(self._watch(task, init))
         task.oom_watcher = asyncio.create_task(self._watch_oom(task))
-        log.info("task created", id=opts.id, pid=init.pid, runtime=runtime)
+        log.info("task created", id=opts.id, pid=init.pid, runtime=runtime, started=opts.start)
         return task
 
     def stop_zygote(self) -> None:
@@ -268,7 +262,7 @@ class TaskManager:
     async def _cleanup_failed(self, id_: str, runtime_argv: list[str], state_dir: Path) -> None:
         """Creation failed: the shim exits by itself; make sure nothing of it stays behind."""
         shim_pid = read_json(state_dir / "bootstrap.json") and read_int(state_dir / "shim.pid")
-        fd = shim_pidfd(shim_pid, state_dir) if shim_pid else None
+        fd = shim_process.pidfd(shim_pid, state_dir) if shim_pid else None
         if fd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
@@ -316,7 +310,7 @@ class TaskManager:
                 break
             except ShimGone:
                 attempts += 1
-                if attempts >= 3 or not pid_alive(task.shim_pid):
+                if attempts >= 3 or not shim_process.alive(task.shim_pid):
                     if proc.exec_id == "":
                         await self._shim_died(task)
                     else:
@@ -512,23 +506,8 @@ class TaskManager:
             return task.init.pid, task.init.exit
 
     async def _wait_shim_exit(self, task: Task) -> None:
-        """The shim exits right after answering delete; waited for (5 s at most) so "nothing left" holds.
-
-        A pidfd turns readable the moment the process ends: no polling interval on every delete."""
-        fd = shim_pidfd(task.shim_pid, task.state_dir)
-        if fd is None:
-            return
-        loop = asyncio.get_running_loop()
-        gone = loop.create_future()
-        loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
-        try:
-            await asyncio.wait_for(gone, SHIM_EXIT_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
+        """The shim exits right after answering delete; waited for (5 s at most) so "nothing left" holds."""
+        await shim_process.wait_exit(task.shim_pid, task.state_dir, SHIM_EXIT_TIMEOUT)
 
     # ---- restart ----------------------------------------------------------------------------
 
@@ -577,24 +556,3 @@ class TaskManager:
             proc.watcher = asyncio.create_task(self._watch(task, proc))
         task.oom_watcher = asyncio.create_task(self._watch_oom(task, recovered=True))
         log.info("task recovered", id=id_, pid=init.pid, status=reply.get("status"), execs=len(task.execs))
-
-
-def shim_pidfd(pid: int, state_dir: Path) -> int | None:
-    """A pidfd of the shim serving ``state_dir``, or None when ``pid`` is no longer that shim.
-
-    A shim is not highlevel's child, so its pid may be reused once it has gone (pid_max is 32768
-    on many machines): only a pidfd whose process still names the folder may be waited on or
-    killed, and the pidfd keeps naming that process whatever happens to the number."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if os.fsencode(str(state_dir)) in f.read():
-                return fd
-    except OSError:
-        pass
-    os.close(fd)
-    return None
-

@@ -2,7 +2,8 @@
 
 The state folder holds ``bootstrap.json`` (written by highlevel: id, bundle, runtime argv and
 root, socket path, stdio and log settings). The launching process exits once the container is
-created (status 0, ``{"pid": N}`` on stdout) or creation failed (status 1, ``{"error": ...}``);
+created (status 0, ``{"pid": N, "shim_pid": M}`` on stdout; with bootstrap's ``start`` the init is
+started too, and ``started_at`` is added) or creation failed (status 1, ``{"error": ...}``);
 the shim itself lives on in its own session, re-parented to init, in the root cgroups.
 """
 
@@ -125,14 +126,19 @@ def _serve(state_dir: str, boot: dict, ready_w: int) -> int:
         with open(os.path.join(state_dir, "shim.pid"), "wb") as f:
             f.write(str(os.getpid()).encode())
         shim = Shim(state_dir, boot)
-        pid = shim.create()
+        answer: dict[str, object] = {}
+        if boot.get("start"):
+            answer["pid"], answer["started_at"] = shim.create_and_start()
+        else:
+            answer["pid"] = shim.create()
     except SkiffError as exc:
         os.write(ready_w, json.dumps({"error": {"kind": exc.kind, "message": exc.message}}).encode())
         os._exit(1)
     except Exception as exc:  # noqa: BLE001 - reported to highlevel, which owns the clean-up
         os.write(ready_w, json.dumps({"error": {"kind": ErrorKind.INTERNAL, "message": f"shim: {exc!r}"}}).encode())
         os._exit(1)
-    os.write(ready_w, json.dumps({"pid": pid, "shim_pid": os.getpid()}).encode())
+    answer["shim_pid"] = os.getpid()
+    os.write(ready_w, json.dumps(answer).encode())
     os.close(ready_w)
     shim.serve()
     return 0

@@ -215,24 +215,37 @@ class Shim:
         self.save_state()
         return init.pid
 
+    def create_and_start(self) -> tuple[int, str]:
+        """``create`` then the init's start, before the shim serves (bootstrap's ``start``): the task
+        create of a ``docker start`` saves highlevel's connection to the shim and one request."""
+        pid = self.create()
+        init = self.procs[""]
+        self._start_init(init)
+        return pid, init.started_at
+
+    def _start_init(self, init: Proc) -> None:
+        self.runtime.start(self.id)
+        init.started_at = rfc3339_nano()
+        if init.exit is None:
+            init.status = ProcStatus.RUNNING
+        self.save_state()
+
     def op_start(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         proc = self._get(req.get("exec_id", ""))
         if proc.status != ProcStatus.CREATED:
             raise FailedPrecondition(f"{proc.describe(self.id)} is {proc.status}, not created")
         if proc.exec_id == "":
-            self.runtime.start(self.id)
-        else:
-            self._running_init()
-            process_file = os.path.join(self.dir, f"{proc.exec_id}.json")
-            atomic_write(process_file, json.dumps(proc.process).encode())
-            want_stdin = proc.stdin_fd == -2
-            proc.stdin_fd = -1
-            self._launch(proc, ["exec", "--process", process_file, "--detach", self.id], want_stdin)
+            self._start_init(proc)
+            return self._proc_state(proc)
+        self._running_init()
+        process_file = os.path.join(self.dir, f"{proc.exec_id}.json")
+        atomic_write(process_file, json.dumps(proc.process).encode())
+        want_stdin = proc.stdin_fd == -2
+        proc.stdin_fd = -1
+        self._launch(proc, ["exec", "--process", process_file, "--detach", self.id], want_stdin)
         proc.started_at = rfc3339_nano()
         if proc.exit is None:
             proc.status = ProcStatus.RUNNING
-        if proc.exec_id == "":
-            self.save_state()
         return self._proc_state(proc)
 
     def op_exec(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
@@ -321,9 +334,10 @@ class Shim:
             return self._proc_state(proc)
         if proc.exit is None and proc.status != ProcStatus.CREATED and not req.get("force"):
             raise FailedPrecondition(f"container {self.id} is {proc.status}: stop it first")
-        result = self.runtime.run(["delete"] + (["--force"] if proc.exit is None else []) + [self.id])
-        if result.code != 0 and result.kind != NotFound.kind and "not exist" not in result.message:
-            raise result.error("delete")
+        if proc.exit is None or not self.runtime.delete_stopped(self.id):
+            result = self.runtime.run(["delete"] + (["--force"] if proc.exit is None else []) + [self.id])
+            if result.code != 0 and result.kind != NotFound.kind and "not exist" not in result.message:
+                raise result.error("delete")
         if proc.exit is None and proc.pid:
             self._wait_exit(proc)
         self.deleted = True

@@ -95,6 +95,7 @@ def test_create_with_start_runs_the_process_in_one_call(highlevel: Highlevel, bu
             state = await call(tasks.state(StateRequest(id=new_id)))
             assert state.pid == created.pid > 0
             assert state.status == TaskStatus.RUNNING
+            assert state.started_at  # the shim started it before answering the create, and said when
             # Started already: a second Start is refused as for any running task.
             await expect(FailedPrecondition, tasks.start(StartRequest(id=new_id)))
             await _kill_and_delete(tasks, new_id)
@@ -117,6 +118,28 @@ def test_a_poststart_hook_still_runs_on_start(highlevel: Highlevel, bundles: Bun
             state = json.loads(seen.read_text())
             assert (state["id"], state["pid"], state["status"]) == (new_id, created.pid, "running")
             await _kill_and_delete(tasks, new_id)
+
+    run(body())
+    assert highlevel.leftovers([new_id]) == []
+
+
+def test_a_poststop_hook_still_runs_on_delete(highlevel: Highlevel, bundles: Bundles, new_id: str) -> None:
+    """A stopped hookless container's delete runs inside the shim; one with a poststop hook still gets
+    a forked runtime's delete, which runs the hook."""
+    seen = highlevel.prefix / f"{new_id}-poststop.json"
+    config = json.loads((bundles.make(new_id, ["true"]) / "config.json").read_text())
+    config["hooks"] = {"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {seen}"]}]}
+    spec = json.dumps(config).encode()
+
+    async def body() -> None:
+        async with highlevel.client() as tasks:
+            await call(tasks.create(CreateTaskRequest(id=new_id, spec=spec, start=True)))
+            async for message in tasks.wait(WaitRequest(id=new_id), timeout=30):
+                if message.exited:
+                    assert message.exit.exit_code == 0
+            assert not seen.exists()
+            await call(tasks.delete(DeleteTaskRequest(id=new_id)))
+            assert json.loads(seen.read_text())["id"] == new_id
 
     run(body())
     assert highlevel.leftovers([new_id]) == []

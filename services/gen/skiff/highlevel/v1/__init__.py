@@ -407,8 +407,8 @@ class CreateTaskRequest(betterproto.Message):
     start: bool = betterproto.bool_field(10)
     """
     Start the task's process too, as a Start right after would: one call instead of two on the
-     launch path. The answer's pid is then the started process's; a failed start leaves the task
-     created (the caller deletes it, as after a failed Start).
+     launch path, and the shim starts it before it answers the create. A failed start fails the
+     create and leaves no task.
     """
 
 
