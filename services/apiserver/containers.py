@@ -18,8 +18,9 @@ from services.apiserver import stdin as stdin_pump
 from services.apiserver.app import Routes, backend
 from services.apiserver.params import flag, int_query, json_body, parse_filters, since_ns
 from services.apiserver.streams import MULTIPLEXED, RAW, frame, hijack, relay
-from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, NotSupported, SkiffError
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, NotSupported, SkiffError
 from services.common.grpc import call, client_errors
+from services.dockermodel.attach import check_attachable
 from services.dockermodel.health import check_health_filter
 from services.dockermodel.render import container_inspect, stats_json
 from services.dockermodel.request import container_config_from_request
@@ -38,7 +39,6 @@ from services.gen.skiff.daemon.v1 import (
     LogStream,
     RemoveRequest,
     RenameRequest,
-    State,
     StatsSample,
     StopRequest,
     TopRequest,
@@ -322,25 +322,27 @@ async def attach(request: web.Request) -> web.StreamResponse:
     stdin, stdout, stderr = flag(request, "stdin"), flag(request, "stdout"), flag(request, "stderr")
     detach_text = request.query.get("detachKeys", "")
     keys = stdin_pump.parse_detach_keys(detach_text) if detach_text else stdin_pump.DEFAULT_DETACH_KEYS
-    record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
-    if record.state.status == State.PAUSED:
-        raise Conflict(f"container {request.match_info['id']} is paused, unpause the container before attach")
-    if record.state.status == State.RESTARTING:
-        raise Conflict(f"container {request.match_info['id']} is restarting, wait until the container is running")
-    tty, logs = record.config.tty, flag(request, "logs")
+    logs = flag(request, "logs")
     live = None
     if flag(request, "stream", True):
-        live = containers.attach(AttachRequest(id=record.id, stdout=stdout, stderr=stderr)).__aiter__()
+        live = containers.attach(AttachRequest(id=request.match_info["id"], stdout=stdout,
+                                               stderr=stderr)).__aiter__()
         with client_errors():
             # The daemon's first (empty) entry says it is following (a stopped container: through its next
-            # run): only then may the client start the container. It also says what serving stdin needs.
+            # run): only then may the client start the container. It also says what serving stdin needs
+            # and the rest this answer needs: no inspect on docker run's path. Its refusals are the daemon's.
             info = (await live.__anext__()).attached
+        container_id, tty = info.id, info.tty
+    else:
+        record = await call(containers.inspect(ContainerRef(id=request.match_info["id"])))
+        check_attachable(request.match_info["id"], record.state.status)
+        container_id, tty = record.id, record.config.tty
     # The input is taken before the answer goes (taken after, the first keys a client sent were lost).
     parser = stdin_pump.read_hijacked(request) if live is not None and stdin and info.open_stdin else None
     # The upgrade answer goes out at once: the CLI starts the container only once it is attached.
     response = await hijack(request, tty)
     if logs:
-        await _attach_logs(response, containers, record.id, stdout, stderr, tty)
+        await _attach_logs(response, containers, container_id, stdout, stderr, tty)
     if live is None or (parser is None and not (stdout or stderr)):
         # Nothing to stream (no stream asked for, or no output and no stdin to take): done, as dockerd.
         if live is not None:
@@ -361,7 +363,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
                                    end_on_input_end=tty or not (stdout or stderr))
     except SkiffError as exc:
         # Headers are gone: the error can only end the stream, as dockerd does.
-        log.warning("attach ended", id=record.id, error=exc.message)
+        log.warning("attach ended", id=container_id, error=exc.message)
     except ConnectionResetError:
         pass  # the client went away; the container runs on
     finally:

@@ -14,6 +14,7 @@ from services.daemon.containers import ContainerManager
 from services.daemon.hostopts import prepare
 from services.daemon.links import link_names
 from services.daemon.summaries import Summaries
+from services.dockermodel.attach import check_attachable
 from services.dockermodel.list_rows import Row
 from services.gen.skiff import highlevel
 from services.gen.skiff.daemon.v1 import (
@@ -126,7 +127,9 @@ class ContainersService(ContainersBase):
     @grpc_errors
     async def attach(self, attach_request: AttachRequest) -> AsyncIterator[LogEntry]:
         r = attach_request
-        async for entry in container_output.attach_output(self.manager.get(r.id), r.stdout, r.stderr):
+        found = self.manager.get(r.id)
+        check_attachable(r.id, found.record.state.status)
+        async for entry in container_output.attach_output(found, r.stdout, r.stderr):
             yield entry
 
 

@@ -322,3 +322,21 @@ def test_kill_answers_once_exited(client: docker.DockerClient, stack: Stack) -> 
         assert status.stdout == "exited 137\n", status.stderr
         assert subprocess.run(["docker", "rm", "killme"], env=env, capture_output=True, timeout=60).returncode == 0
     api.remove_container(box)
+
+
+def test_attach_to_a_paused_container_is_a_conflict(client: docker.DockerClient) -> None:
+    """The daemon's attach stream refuses it (the apiserver asks no inspect first), and so does an
+    attach without a stream; both name the container as the client did."""
+    c = client.containers.run("busybox", ["sleep", "300"], detach=True)
+    try:
+        c.pause()
+        for stream in (True, False):
+            with pytest.raises(docker.errors.APIError) as caught:
+                client.api.attach(c.name, stream=stream, logs=not stream)
+            assert caught.value.status_code == 409, (stream, caught.value)
+            assert f"container {c.name} is paused, unpause the container before attach" in str(caught.value)
+        c.unpause()
+        sock = client.api.attach_socket(c.id, params={"stdout": 1, "stream": 1})
+        _raw(sock).close()  # attached once running again
+    finally:
+        c.remove(force=True)
