@@ -511,9 +511,7 @@ class Networking:
         await self.proxies.unpublish(record.id)
         await self.resolvers.stop(record.id)
         left = [ep.network_id for ep in settings.endpoints]
-        if settings.sandbox_key:
-            # The kernel destroys the namespace, and the endpoints' veths in it, once unpinned; their
-            # addresses are handed back after that, off this path (network/releases.py).
+        if settings.sandbox_key:  # unpinned, it goes with its veths; their addresses later (releases.py)
             await asyncio.to_thread(netns.remove, self.paths.netns, record.id)
         self.releases.start(record.id, [(ep.host_ifname, ep.network_id) for ep in settings.endpoints])
         files = (settings.hosts_path, settings.hostname_path, settings.resolv_conf_path)
