@@ -133,8 +133,11 @@ class ContainerManager:
             elif entry.record.state.status == State.RESTARTING and task is None:
                 entry.record.state.status = State.EXITED  # its back-off was cut short: the exit stands
             elif entry.running and task is None:
-                # The task vanished while we were down (highlevel lost it): nothing can report its exit.
+                # The task vanished while we were down (highlevel lost it, or a --rm removal had
+                # deleted it): nothing can report its exit.
                 await self._mark_exited(entry, hl.ExitStatus(exit_code=255, exited_at=now_rfc3339()))
+                if entry.record.config.host.auto_remove:
+                    self._spawn(self._auto_remove(entry.record.id))
             elif entry.running:
                 self._watch(entry)
             elif entry.record.config.host.auto_remove and entry.record.state.started_at:  # dockerd's restore:
@@ -367,7 +370,12 @@ class ContainerManager:
         # the next run must not take this exit, counted after the awaits below, for that run's end.
         entry.exits += 1
         await self.network.teardown(entry.record)
-        await self.save(entry.record)
+        if entry.record.config.host.auto_remove:
+            # Removed next: a daemon stopped before that removes it at restore, where a saved exit would
+            # serve nobody. Not saving it takes an encoding and a write off docker run --rm's path.
+            self.records.changed_in_memory(entry.record)
+        else:
+            await self.save(entry.record)
         entry.notify()
 
     # ---- signals ----

@@ -143,9 +143,13 @@ class ContainerRecords:
         """The record, encoded here on the event loop (nothing can change it half-way through) and
         written in a thread. Encoding in the thread raced coroutines that kept changing the record."""
         data = bytes(record)
+        self.changed_in_memory(record)
+        await asyncio.to_thread(self.store.write, record.id, data)
+
+    def changed_in_memory(self, record: Container) -> None:
+        """A change the disk need not keep: the list's row is made again all the same."""
         self.versions[record.id] = self.versions.get(record.id, 0) + 1
         self.changed()
-        await asyncio.to_thread(self.store.write, record.id, data)
 
     def list(self, all_: bool, filters: ListFilters, limit: int = 0) -> list[Container]:
         chosen: list[Container] = []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 
 import docker
 import pytest
+from grpclib.client import Channel
 
+from services.gen.skiff.highlevel import v1 as hl
 from tests.e2e.stack import Stack
 from tests.support.tasks import pid_alive, wait_for
 
@@ -53,5 +56,38 @@ def test_restore_after_sigkill(stack: Stack, client: docker.DockerClient, module
         assert box.exec_run(["echo", "alive"]).output == b"alive\n"
         box.stop(timeout=1)
         assert box.wait(timeout=15)["StatusCode"] == 137
+    finally:
+        restored.close()
+
+
+def _delete_task(stack: Stack, container_id: str) -> None:
+    async def delete() -> None:
+        channel = Channel(path=str(stack.paths.highlevel_socket))
+        try:
+            await hl.TasksStub(channel).delete(hl.DeleteTaskRequest(id=container_id, force=True))
+        finally:
+            channel.close()
+
+    asyncio.run(delete())
+
+
+def test_rm_containers_that_ended_while_the_daemon_was_down_are_removed(stack: Stack,
+                                                                         client: docker.DockerClient) -> None:
+    """A --rm container's exit is not saved (it is removed right after): one that exited while the daemon
+    was down, or whose task was already deleted by a removal cut short, is removed at the restart."""
+    exited = client.containers.run("busybox", ["sh", "-c", WAITER], detach=True, auto_remove=True, name="rm-exited")
+    deleted = client.containers.run("busybox", ["sleep", "300"], detach=True, auto_remove=True, name="rm-deleted")
+    exited.reload()
+    pid = exited.attrs["State"]["Pid"]
+    _kill(stack, "services.daemon")
+    try:
+        (Path(f"/proc/{pid}/root") / "go").touch()
+        wait_for(lambda: not pid_alive(pid), 15, "the exit while the daemon is down")
+        _delete_task(stack, deleted.id)  # as a removal cut short after its task delete
+    finally:
+        stack.start("services.daemon")
+    restored = docker.DockerClient(base_url=stack.base_url, timeout=30)
+    try:
+        wait_for(lambda: not restored.containers.list(all=True, filters={"name": "rm-"}), 15, "both removed")
     finally:
         restored.close()
