@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         while chunk := os.read(ready_r, 65536):
             chunks.append(chunk)
         os.waitpid(first, 0)
-        answer = b"".join(chunks) or json.dumps(
+        answer = b"".join(chunks).strip() or json.dumps(
             {"error": {"kind": ErrorKind.INTERNAL, "message": "shim died during create"}}).encode()
         sys.stdout.write(answer.decode() + "\n")
         sys.stdout.flush()
@@ -116,6 +116,26 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(state_dir, boot, ready_w)
 
 
+def launch(state_dir: str) -> int:
+    """The zygote's launch (services/shim/zygote.py), stdout being its client's connection.
+
+    The zygote forked this process, so it leads no process group and makes its own session at once;
+    the shim, forked from it, is re-parented as this one exits and answers on the connection itself:
+    one fork and one relay of the answer fewer than ``main``'s on every launch."""
+    with open(os.path.join(state_dir, "bootstrap.json"), "rb") as f:
+        boot = json.loads(f.read())
+    answer_fd = os.dup(1)  # _serve's stdio detach replaces fd 1
+    os.setsid()
+    if os.fork():
+        os.close(answer_fd)
+        return 0
+    return _serve(state_dir, boot, answer_fd)
+
+
+def _answer(fd: int, answer: dict[str, Any]) -> None:
+    os.write(fd, json.dumps(answer).encode() + b"\n")
+
+
 def _serve(state_dir: str, boot: dict, ready_w: int) -> int:
     from services.shim.server import Shim
 
@@ -126,19 +146,19 @@ def _serve(state_dir: str, boot: dict, ready_w: int) -> int:
         with open(os.path.join(state_dir, "shim.pid"), "wb") as f:
             f.write(str(os.getpid()).encode())
         shim = Shim(state_dir, boot)
-        answer: dict[str, object] = {}
+        answer: dict[str, Any] = {}
         if boot.get("start"):
             answer["pid"], answer["started_at"] = shim.create_and_start()
         else:
             answer["pid"] = shim.create()
     except SkiffError as exc:
-        os.write(ready_w, json.dumps({"error": {"kind": exc.kind, "message": exc.message}}).encode())
+        _answer(ready_w, {"error": {"kind": exc.kind, "message": exc.message}})
         os._exit(1)
     except Exception as exc:  # noqa: BLE001 - reported to highlevel, which owns the clean-up
-        os.write(ready_w, json.dumps({"error": {"kind": ErrorKind.INTERNAL, "message": f"shim: {exc!r}"}}).encode())
+        _answer(ready_w, {"error": {"kind": ErrorKind.INTERNAL, "message": f"shim: {exc!r}"}})
         os._exit(1)
     answer["shim_pid"] = os.getpid()
-    os.write(ready_w, json.dumps(answer).encode())
+    _answer(ready_w, answer)
     os.close(ready_w)
     shim.serve()
     return 0

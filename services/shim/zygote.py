@@ -4,10 +4,11 @@ One long-lived process imports the shim's code once and forks a shim per request
 share those pages (interpreter heap, code objects, module dicts) copy-on-write instead of each
 building its own. ``gc.freeze()`` keeps the collector from writing to the shared objects.
 
-Protocol: a client connects to SOCKET, sends ``STATE_DIR\\n`` and reads one line: the launcher's
+Protocol: a client connects to SOCKET, sends ``STATE_DIR\\n`` and reads one line: the shim's
 answer, exactly what ``skiff-shim STATE_DIR`` prints (``{"pid": N, "shim_pid": M}`` or
-``{"error": ...}``). The forked launcher double-forks like a directly spawned one, so each shim
-has its own session, is re-parented to init and never depends on the zygote staying alive.
+``{"error": ...}``). The forked launcher makes its own session and forks the shim, which writes the
+answer on the connection itself (shim/__main__.py's ``launch``), so each shim has its own session,
+is re-parented to init and never depends on the zygote staying alive.
 
 Started like the shim: the launcher binds the socket, double-forks the server into its own session
 in the root cgroups, prints ``ready`` and exits.
@@ -90,8 +91,7 @@ def _launch(listener: socket.socket, conn: socket.socket, state_dir: str) -> Non
         os.dup2(conn.fileno(), 1)
         conn.close()  # fd 1 is the only reference: the shim's stdio detach ends the client's read
         set_title([sys.executable, "-S", "-m", "services.shim", state_dir])
-        code = shim_main.main([state_dir])
-        sys.stdout.flush()
+        code = shim_main.launch(state_dir)
     except BaseException as exc:  # noqa: BLE001 - reported to highlevel on the connection
         try:
             os.write(1, _error(ErrorKind.INTERNAL, f"zygote launch: {exc!r}"))
