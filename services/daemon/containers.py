@@ -284,7 +284,7 @@ class ContainerManager:
                                                                start_context(self.records, record)),
                     runtime=runtime_for(self.settings.current, cfg.host.runtime, self.runtime),
                     terminal=cfg.tty, stdin=cfg.open_stdin, stdin_once=cfg.stdin_once,
-                    log=logdrivers.task_log(record), start=True)
+                    log=logdrivers.task_log(record), start=True, release_on_exit=True)
                 try:
                     started = await call(self.tasks.create(create))
                 except AlreadyExists:

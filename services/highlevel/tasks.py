@@ -139,6 +139,7 @@ class CreateOptions:
     log_attrs: dict[str, str] | None = None
     namespace: str = DEFAULT_NAMESPACE
     start: bool = False  # the init started too, by the shim before it answers (Tasks.Create's start)
+    release_on_exit: bool = False  # the runtime's state deleted by the shim once the exit is told
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -227,7 +228,8 @@ class TaskManager:
             "log_path": opts.log_path or str(state_dir / "log.json"),
             "log_max_size": opts.log_max_size, "log_max_file": opts.log_max_file or 1,
             "log_format": opts.log_format, "log_compress": opts.log_compress, "log_attrs": opts.log_attrs or {},
-            "namespace": opts.namespace, "start": opts.start}
+            "namespace": opts.namespace, "start": opts.start,
+            "release_on_exit": opts.release_on_exit}
         # The shim's whole truth: never seen half-written (by the shim, or by recover after a crash).
         atomic_write(state_dir / "bootstrap.json", json.dumps(boot).encode(), durable=False)
         try:

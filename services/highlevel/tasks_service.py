@@ -85,7 +85,8 @@ class TasksService(TasksBase):
                              log_max_size=r.log.max_size if r.log else 0, log_max_file=r.log.max_file if r.log else 1,
                              log_format=r.log.format if r.log else "", log_compress=bool(r.log and r.log.compress),
                              log_attrs=dict(r.log.attrs) if r.log else None,
-                             namespace=r.namespace or DEFAULT_NAMESPACE, start=r.start)
+                             namespace=r.namespace or DEFAULT_NAMESPACE, start=r.start,
+                             release_on_exit=r.release_on_exit)
         try:
             task = await self.manager.create(opts)
         except BaseException:

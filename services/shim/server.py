@@ -47,7 +47,7 @@ class Shim:
     # Slots, as every class of the shim's: no instance dict, whose keys a forked shim would add to
     # the class's shared keys (a write to each name's page shared with the zygote).
     __slots__ = ("dir", "boot", "id", "sel", "reaper", "runtime", "clients", "stdio", "oom", "procs",
-                 "subscribers", "deleted")
+                 "subscribers", "deleted", "released")
 
     def __init__(self, state_dir: str, boot: dict[str, Any]) -> None:
         self.dir = state_dir
@@ -62,6 +62,7 @@ class Shim:
         self.procs: dict[str, Proc] = {}
         self.subscribers: list[Conn] = []
         self.deleted = False
+        self.released = False  # the runtime's state of the stopped init deleted (_release_runtime)
 
     # ---- processes --------------------------------------------------------------------------
 
@@ -147,6 +148,13 @@ class Shim:
         for conn in proc.waiters:
             self.clients.reply(conn, self._proc_state(proc))
         proc.waiters.clear()
+        if proc.exec_id == "" and self.boot.get("release_on_exit"):
+            # The exit is told first (sent above), then the runtime's state goes: that work overlaps
+            # the exit's way to the caller, whose delete comes right after it and finds it done.
+            try:
+                self._release_runtime()
+            except (SkiffError, OSError):
+                pass  # the delete op runs the runtime's own command then
 
     def _check_grace(self) -> float | None:
         """Finalizes processes whose output outlived them too long; returns the next timeout."""
@@ -334,14 +342,22 @@ class Shim:
             return self._proc_state(proc)
         if proc.exit is None and proc.status != ProcStatus.CREATED and not req.get("force"):
             raise FailedPrecondition(f"container {self.id} is {proc.status}: stop it first")
-        if proc.exit is None or not self.runtime.delete_stopped(self.id):
+        if proc.exit is None or not self._release_runtime():
             result = self.runtime.run(["delete"] + (["--force"] if proc.exit is None else []) + [self.id])
             if result.code != 0 and result.kind != NotFound.kind and "not exist" not in result.message:
                 raise result.error("delete")
+        self.released = True
         if proc.exit is None and proc.pid:
             self._wait_exit(proc)
         self.deleted = True
         return self._proc_state(proc)
+
+    def _release_runtime(self) -> bool:
+        """The stopped init's runtime state deleted here (Runtime.delete_stopped), once; False: the
+        runtime's ``delete`` command has to do it."""
+        if not self.released:
+            self.released = self.runtime.delete_stopped(self.id)
+        return self.released
 
     def op_shutdown(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         return self.op_delete(conn, {"force": True})

@@ -16,7 +16,7 @@ from services.gen.skiff.highlevel.v1 import (
     TaskStatus,
     WaitRequest,
 )
-from tests.support.tasks import Bundles, Highlevel, run
+from tests.support.tasks import Bundles, Highlevel, cgroup_dirs_named, run, wait_for
 
 
 async def expect(kind: type[Exception], awaitable) -> str:  # noqa: ANN001
@@ -140,6 +140,30 @@ def test_a_poststop_hook_still_runs_on_delete(highlevel: Highlevel, bundles: Bun
             assert not seen.exists()
             await call(tasks.delete(DeleteTaskRequest(id=new_id)))
             assert json.loads(seen.read_text())["id"] == new_id
+
+    run(body())
+    assert highlevel.leftovers([new_id]) == []
+
+
+def test_release_on_exit_deletes_the_runtime_state_before_the_delete(highlevel: Highlevel, bundles: Bundles,
+                                                                     new_id: str) -> None:
+    """The daemon's tasks: once the init has exited and the exit is told, the shim deletes the
+    runtime's state (its folder, its cgroups) by itself; the Delete after it finds that done."""
+    spec = (bundles.make(new_id, ["true"]) / "config.json").read_bytes()
+    state_dir = highlevel.paths.highlevel_run / "runtime-state" / new_id
+
+    async def body() -> None:
+        async with highlevel.client() as tasks:
+            await call(tasks.create(CreateTaskRequest(id=new_id, spec=spec, start=True, release_on_exit=True)))
+            async for message in tasks.wait(WaitRequest(id=new_id), timeout=30):
+                if message.exited:
+                    assert message.exit.exit_code == 0
+            assert wait_for(lambda: not state_dir.exists() and not cgroup_dirs_named(new_id), 10,
+                            "the runtime's state gone before any delete")
+            state = await call(tasks.state(StateRequest(id=new_id)))
+            assert state.status == TaskStatus.STOPPED and state.exit.exit_code == 0  # the shim still tells it
+            deleted = await call(tasks.delete(DeleteTaskRequest(id=new_id)))
+            assert deleted.exit.exit_code == 0
 
     run(body())
     assert highlevel.leftovers([new_id]) == []

@@ -411,6 +411,13 @@ class CreateTaskRequest(betterproto.Message):
      create and leaves no task.
     """
 
+    release_on_exit: bool = betterproto.bool_field(11)
+    """
+    The runtime's state of the process (its cgroups, its state folder) goes as soon as the process
+     has exited and its exit is told, before any Delete: for a caller that deletes the task right
+     after its exit anyway (the daemon does), the work overlaps the exit's way to it.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class CreateTaskResponse(betterproto.Message):
