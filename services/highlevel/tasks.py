@@ -161,6 +161,7 @@ class TaskManager:
         for folder in (self.task_dirs, self.socket_dir, self.runtime_root):
             folder.mkdir(parents=True, exist_ok=True)
         self._creating: set[str] = set()
+        self._exiting: set[asyncio.Future[None]] = set()  # shims answered their delete, not yet gone
         self.launcher = ShimLauncher(paths.highlevel_run)
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -493,7 +494,7 @@ class TaskManager:
                         task.init.exit = ExitInfo.from_dict(reply["exit"])
                 except ShimGone:
                     await self._shim_died(task)
-                await self._wait_shim_exit(task)
+                self._reap_later(task)
             else:
                 await self.force_delete(task.runtime_argv, id_)
             for proc in [task.init, *task.execs.values()]:
@@ -507,9 +508,12 @@ class TaskManager:
                                 exit_=task.init.exit.to_proto() if task.init.exit else None)
             return task.init.pid, task.init.exit
 
-    async def _wait_shim_exit(self, task: Task) -> None:
-        """The shim exits right after answering delete; waited for (5 s at most) so "nothing left" holds."""
-        await shim_process.wait_exit(task.shim_pid, task.state_dir, SHIM_EXIT_TIMEOUT)
+    def _reap_later(self, task: Task) -> None:
+        """The shim exits right after answering delete (its files already gone): its end is waited for
+        off the delete's path, and after 5 s it is SIGKILLed, so "nothing left" holds."""
+        waiter = asyncio.ensure_future(shim_process.wait_exit(task.shim_pid, task.state_dir, SHIM_EXIT_TIMEOUT))
+        self._exiting.add(waiter)
+        waiter.add_done_callback(self._exiting.discard)
 
     # ---- restart ----------------------------------------------------------------------------
 

@@ -456,8 +456,9 @@ class Shim:
             self.subscribers.remove(conn)
 
     def _finish(self, conn: Conn) -> None:
-        """After delete: the answer goes out, then the shim removes its traces and exits."""
-        self.clients.send_now(conn)
+        """After delete: the shim removes its traces, then the answer goes out and it exits. Once it has
+        answered it touches no file again: highlevel does not wait for its exit, and a task of the same
+        id (a restart) may be made at once in the same folder."""
         for proc in self.procs.values():
             self.stdio.close(proc)
             if proc.log:
@@ -476,6 +477,7 @@ class Shim:
             os.rmdir(self.dir)
         except OSError:
             pass
+        self.clients.send_now(conn)
         os._exit(0)
 
     # ---- loop -------------------------------------------------------------------------------
