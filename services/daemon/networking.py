@@ -15,13 +15,11 @@ import contextlib
 import ipaddress
 import os
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from services.common.atomic import atomic_write
 from services.common.daemon_config import DaemonConfig, LiveConfig, bridge_mtu
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, SkiffError, Unavailable
 from services.common.paths import Paths
@@ -29,6 +27,7 @@ from services.daemon import links as legacy_links
 from services.daemon.network import bridge, dns, firewall, ipamconfig, netns, reconcile, resolver
 from services.daemon.network.ipam import Ipam
 from services.daemon.network.portproxy import PortMapping, ProxyRegistry
+from services.daemon.network.records import NetworkRecords
 from services.daemon.network.releases import EndpointReleases
 from services.daemon.records import ContainerRecords, Entry, now_rfc3339
 from services.daemon.spec import NetworkAttachment
@@ -69,26 +68,6 @@ def _host_port(text: str) -> int:
     if not low.isdigit() or int(low) > 65535:
         raise InvalidArgument(f'invalid host port: "{text}"')
     return int(low)
-
-
-@dataclass(slots=True)
-class NetworkRecords:
-    """Network records as JSON files under ``<lib>/daemon/network/records`` (blocking: call in a thread)."""
-
-    folder: Path
-
-    def save(self, net: Network) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / f"{net.id}.json", net.to_json().encode())
-
-    def load_all(self) -> list[Network]:
-        if not self.folder.is_dir():
-            return []
-        return [Network().from_json(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
-
-    def delete(self, network_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.folder / f"{network_id}.json").unlink()
 
 
 class Networking:
@@ -374,6 +353,7 @@ class Networking:
         mode = self._mode(record.config)
         settings = NetworkSettings()
         record.network_settings = settings
+        early_files: dict[str, Path] | None = None
         try:
             if mode == "host":
                 path = ""
@@ -386,14 +366,23 @@ class Networking:
                 settings.hosts_path, settings.hostname_path = osettings.hosts_path, osettings.hostname_path
                 settings.resolv_conf_path = osettings.resolv_conf_path
             else:
-                path = str(await asyncio.to_thread(netns.create, self.paths.netns, record.id))
-                settings.sandbox_key = path
-                for i, name in enumerate(self._wanted(record)):
+                wanted = self._wanted(record)
+                jobs = [asyncio.to_thread(netns.create, self.paths.netns, record.id)]
+                if not wanted:  # no endpoint: the DNS files name nothing of the namespace, written meanwhile
+                    jobs.append(asyncio.to_thread(dns.write_files, self._container_dir(record), self._dns_of(record)))
+                made = await asyncio.gather(*jobs, return_exceptions=True)
+                if not isinstance(made[0], BaseException):
+                    settings.sandbox_key = path = str(made[0])
+                for outcome in made:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                early_files = made[1] if len(made) > 1 else None
+                for i, name in enumerate(wanted):
                     cfg = record.config.host.endpoints.get(name) or EndpointConfig()
                     await self._attach(record, self.get(name), cfg, i)
             if not mode.startswith("container:"):
                 found = self._dns_of(record)
-                files = await asyncio.to_thread(dns.write_files, self._container_dir(record), found)
+                files = early_files or await asyncio.to_thread(dns.write_files, self._container_dir(record), found)
                 if found.embedded:
                     await self.resolvers.start(record.id, Path(path), dns.external_servers(found))
                 settings.hosts_path = str(files["/etc/hosts"])
