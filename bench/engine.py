@@ -13,6 +13,8 @@ Each engine runs under its own temporary root and socket; dockerd is started by 
 when installed and stopped after, with the host's iptables rules and docker0 put back as found.
 Both run for the whole benchmark and take turns, sample by sample (``measure``): on a machine whose
 speed drifts by a third within minutes, one engine measured after the other compared two machines.
+Their runtime state is on a tmpfs, as /run is where they are deployed (``runtime_tmpfs``). Each
+sample starts on an idle machine (``settle``).
 Usage (as root): .venv/bin/python bench/engine.py [--runs N] [--count 50] [--bursts 3]
 """
 
@@ -42,6 +44,10 @@ from tests.support.busybox import docker_archive  # noqa: E402
 
 DOCKER = shutil.which("docker")
 READY_TIMEOUT = 60.0
+# Runs not counted, each engine's: the first after an engine's start took 3x the rest (code run for
+# the first time, cold caches) and the next few still trailed.
+WARM_UP_RUNS = 5
+SETTLED_IDLE = 0.9  # the share of the CPUs idle over a window before a sample (settle)
 
 
 def wait_socket(path: Path, proc: subprocess.Popen[bytes]) -> None:
@@ -68,11 +74,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+def runtime_tmpfs(folder: Path) -> None:
+    """A tmpfs for an engine's runtime state, as /run is on the machines they run on (dockerd's
+    exec root and containerd's state below it, Skiff's <root>/run): on the disk (the bench's
+    temporary folder), both paid ext4's inode allocation for files a reboot drops anyway."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(folder)], check=True, timeout=30)
+
+
 @contextmanager
 def dockerd(work: Path) -> Iterator[Path]:
     saved = subprocess.run(["iptables-save"], capture_output=True, timeout=30).stdout
     had_docker0 = Path("/sys/class/net/docker0").exists()
     sock = work / "docker.sock"
+    runtime_tmpfs(work / "exec")
     log = open(work / "dockerd.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         ["dockerd", "--host", f"unix://{sock}", "--data-root", str(work / "data"), "--exec-root",
@@ -98,6 +113,7 @@ def skiff(work: Path, cgroup: Path | None = None) -> Iterator[Path]:
     # Its own bridge, subnet and cgroup parent (as the tests do), all removed afterwards: an engine
     # keeps its default bridge when it stops, as dockerd keeps docker0, and the bench must leave none.
     env = {**os.environ, **network_env(root), "SKIFF_CGROUP_PARENT": cgroup_parent(root)}
+    runtime_tmpfs(root / "run")
 
     def join() -> None:
         if cgroup is not None:
@@ -121,6 +137,7 @@ def skiff(work: Path, cgroup: Path | None = None) -> Iterator[Path]:
         stop(proc)
         cleanup_networks(Paths(root))
         remove_cgroup_parent(root)
+        subprocess.run(["umount", "-R", str(root / "run")], capture_output=True, timeout=30, check=False)
 
 
 def cli(sock: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
@@ -129,6 +146,26 @@ def cli(sock: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProc
         return subprocess.run([DOCKER or "docker", *args], env=env, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess([DOCKER or "docker", *args], 124, b"", b"timed out")
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def settle(idle: float = SETTLED_IDLE, window: float = 0.05, within: float = 2.0) -> None:
+    """Until the machine is idle for a window (or ``within`` passed): what the engine sampled before
+    still does after its client returned (a dockerd run's shim and snapshot clean-up, Skiff's endpoint
+    release) must not fall on the next sample, the other engine's."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        idle0, total0 = _cpu_ticks()
+        time.sleep(window)
+        idle1, total1 = _cpu_ticks()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle:
+            return
 
 
 def timed_run(sock: Path, network: str | None) -> float:
@@ -264,14 +301,17 @@ def measure(socks: dict[str, Path], folders: dict[str, Path], tar: Path, runs: i
     for label, network in (("run --network none", "none"), ("run (default network)", None)):
         samples: dict[str, list[float]] = {name: [] for name in socks}
         failed: dict[str, str] = {}
-        for name, sock in socks.items():
-            try:
-                timed_run(sock, network)  # warm-up
-            except RuntimeError as e:
-                failed[name] = f"failed: {e}"[:80]
+        for i in range(WARM_UP_RUNS):
+            for name in turns(i):
+                if name not in failed:
+                    try:
+                        timed_run(socks[name], network)
+                    except RuntimeError as e:
+                        failed[name] = f"failed: {e}"[:80]
         for i in range(runs):
             for name in turns(i):
                 if name not in failed:
+                    settle()
                     try:
                         samples[name].append(timed_run(socks[name], network))
                     except RuntimeError as e:
@@ -281,6 +321,7 @@ def measure(socks: dict[str, Path], folders: dict[str, Path], tar: Path, runs: i
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in socks}
     for i in range(bursts):
         for name in turns(i):
+            settle()
             rounds[name].append(burst(name, socks[name], count, folders[name]))
         if len(socks) == 2:
             a, b = (rounds[n][-1]["launches per second"] for n in socks)
