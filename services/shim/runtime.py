@@ -88,8 +88,9 @@ class Runtime:
     def delete_stopped(self, container_id: str) -> bool:
         """``delete`` of a container whose init has exited, run right here when it is skiff-lowlevel's
         and has no poststop hook: no fork, no child to reap, on the path of every removal. The
-        shim exits right after, so what the delete's code writes to pages shared with the zygote
-        costs nothing. False: the caller runs the command (another runtime, or a hook to run)."""
+        container has ended and its shim's end follows, so the pages shared with the zygote that
+        the delete's code writes to are not kept for long. False: the caller runs the command
+        (another runtime, or a hook to run)."""
         if not self.in_process:
             return False
         from services.lowlevel import lifecycle, state  # preloaded by the zygote: shared, no import

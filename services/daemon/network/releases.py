@@ -15,7 +15,6 @@ old allocation. After a daemon crash the start-up reconciliation removes what wa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable, Sequence
 
@@ -61,8 +60,7 @@ class EndpointReleases:
     async def _release(self, container_id: str, endpoints: list[tuple[str, str]],
                        previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
-            with contextlib.suppress(BaseException):
-                await previous
+            await asyncio.wait([previous])  # its outcome is its own (logged there)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + GONE_TIMEOUT
         while any(_present(ifname) for ifname, _ in endpoints) and loop.time() < deadline:
