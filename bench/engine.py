@@ -74,12 +74,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-def runtime_tmpfs(folder: Path) -> None:
+@contextmanager
+def runtime_tmpfs(folder: Path) -> Iterator[None]:
     """A tmpfs for an engine's runtime state, as /run is on the machines they run on (dockerd's
     exec root and containerd's state below it, Skiff's <root>/run): on the disk (the bench's
-    temporary folder), both paid ext4's inode allocation for files a reboot drops anyway."""
+    temporary folder), both paid ext4's inode allocation for files a reboot drops anyway. Unmounted
+    (with whatever the engine left mounted below) whatever happens inside."""
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(folder)], check=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-R", str(folder)], capture_output=True, timeout=30, check=False)
 
 
 @contextmanager
@@ -87,23 +93,22 @@ def dockerd(work: Path) -> Iterator[Path]:
     saved = subprocess.run(["iptables-save"], capture_output=True, timeout=30).stdout
     had_docker0 = Path("/sys/class/net/docker0").exists()
     sock = work / "docker.sock"
-    runtime_tmpfs(work / "exec")
-    log = open(work / "dockerd.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        ["dockerd", "--host", f"unix://{sock}", "--data-root", str(work / "data"), "--exec-root",
-         str(work / "exec"), "--pidfile", str(work / "dockerd.pid"), "--storage-driver", "overlay2"],
-        stdout=log, stderr=log)
-    try:
-        wait_socket(sock, proc)
-        yield sock
-    finally:
-        stop(proc)
-        log.close()
-        subprocess.run(["iptables-restore"], input=saved, timeout=30, check=False)
-        if not had_docker0 and Path("/sys/class/net/docker0").exists():
-            subprocess.run(["ip", "link", "del", "docker0"], timeout=30, check=False)
-        subprocess.run(["umount", "-R", str(work / "exec")], capture_output=True, timeout=30, check=False)
-        subprocess.run(["umount", "-R", str(work / "data")], capture_output=True, timeout=30, check=False)
+    with runtime_tmpfs(work / "exec"):
+        log = open(work / "dockerd.log", "wb")  # noqa: SIM115 - closed in finally
+        proc = subprocess.Popen(
+            ["dockerd", "--host", f"unix://{sock}", "--data-root", str(work / "data"), "--exec-root",
+             str(work / "exec"), "--pidfile", str(work / "dockerd.pid"), "--storage-driver", "overlay2"],
+            stdout=log, stderr=log)
+        try:
+            wait_socket(sock, proc)
+            yield sock
+        finally:
+            stop(proc)
+            log.close()
+            subprocess.run(["iptables-restore"], input=saved, timeout=30, check=False)
+            if not had_docker0 and Path("/sys/class/net/docker0").exists():
+                subprocess.run(["ip", "link", "del", "docker0"], timeout=30, check=False)
+            subprocess.run(["umount", "-R", str(work / "data")], capture_output=True, timeout=30, check=False)
 
 
 @contextmanager
@@ -113,31 +118,30 @@ def skiff(work: Path, cgroup: Path | None = None) -> Iterator[Path]:
     # Its own bridge, subnet and cgroup parent (as the tests do), all removed afterwards: an engine
     # keeps its default bridge when it stops, as dockerd keeps docker0, and the bench must leave none.
     env = {**os.environ, **network_env(root), "SKIFF_CGROUP_PARENT": cgroup_parent(root)}
-    runtime_tmpfs(root / "run")
+    with runtime_tmpfs(root / "run"):
 
-    def join() -> None:
-        if cgroup is not None:
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        def join() -> None:
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
-    proc = subprocess.Popen([sys.executable, "-m", "services.up", "up", "--root", str(root)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "skiff.log", "wb"),  # noqa: SIM115
-                            preexec_fn=join if cgroup is not None else None)
-    sock = root / "run" / "skiff" / "skiff.sock"
-    try:
-        wait_socket(sock, proc)
-        ready = time.monotonic() + READY_TIMEOUT
-        while cli(sock, "info").returncode != 0 and time.monotonic() < ready:
-            time.sleep(0.1)  # the API answers /_ping before the daemon behind it serves
-        yield sock
-    finally:
-        # Stopping the engine leaves containers running by design: remove them first.
-        ids = cli(sock, "ps", "-aq").stdout.decode().split()
-        if ids:
-            cli(sock, "rm", "-f", *ids)
-        stop(proc)
-        cleanup_networks(Paths(root))
-        remove_cgroup_parent(root)
-        subprocess.run(["umount", "-R", str(root / "run")], capture_output=True, timeout=30, check=False)
+        proc = subprocess.Popen([sys.executable, "-m", "services.up", "up", "--root", str(root)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=open(work / "skiff.log", "wb"),  # noqa: SIM115
+                                preexec_fn=join if cgroup is not None else None)
+        sock = root / "run" / "skiff" / "skiff.sock"
+        try:
+            wait_socket(sock, proc)
+            ready = time.monotonic() + READY_TIMEOUT
+            while cli(sock, "info").returncode != 0 and time.monotonic() < ready:
+                time.sleep(0.1)  # the API answers /_ping before the daemon behind it serves
+            yield sock
+        finally:
+            # Stopping the engine leaves containers running by design: remove them first.
+            ids = cli(sock, "ps", "-aq").stdout.decode().split()
+            if ids:
+                cli(sock, "rm", "-f", *ids)
+            stop(proc)
+            cleanup_networks(Paths(root))
+            remove_cgroup_parent(root)
 
 
 def cli(sock: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:

@@ -1,5 +1,5 @@
-"""The container states that refuse an attach, and the words of the refusal (the daemon's attach
-stream checks them, and the apiserver for an attach without a stream, which asks no stream)."""
+"""The container states that refuse an attach, and the words of the refusal: the daemon's attach
+stream checks them, and so does the apiserver for an attach that asks for no stream."""
 
 from __future__ import annotations
 
