@@ -12,6 +12,7 @@ from grpclib.client import Channel
 
 from services.common import daemon_config, grpc
 from services.common.config import Config
+from services.common.dirspread import spread_subfolders
 from services.common.list_generation import Generation, generation_path
 from services.common.service import Serving, grpc_probe, listen_unix, run_service
 from services.daemon.archive import ArchiveService
@@ -76,6 +77,7 @@ def build_daemon(config: Config, channel: Channel) -> Daemon:
     paths = config.paths
     for folder in (paths.run, paths.daemon_lib, paths.run / "daemon"):
         folder.mkdir(parents=True, exist_ok=True)
+    spread_subfolders(paths.daemon_lib / "containers")  # one folder per container (common/dirspread.py)
     records = ContainerRecords(RecordStore(paths.daemon_lib / "containers"))
     network = Networking(paths, records, config.settings)
     volume_store = VolumeStore(paths.daemon_lib / "volumes")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.atomic import atomic_write
+from services.common.dirspread import spread_subfolders
 from services.common.engine_files import ENGINE_FILES, MOUNT_POINT_DIRS
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, SyscallError
 from services.common.livetar import add_live
@@ -114,6 +115,7 @@ class Snapshotter:
         self.driver = driver or (Driver.OVERLAY if overlay_supported(root) else Driver.VFS)
         self.base = root / self.driver.value
         self.base.mkdir(exist_ok=True)
+        spread_subfolders(self.base)  # one folder per snapshot (common/dirspread.py)
         self.limits = limits or UnpackLimits()
         self._meta_path = root / f"{self.driver.value}.json"
         self._lock = threading.Lock()
