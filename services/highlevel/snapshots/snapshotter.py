@@ -30,6 +30,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, 
 from services.common.livetar import add_live
 from services.common.untar import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX, WhiteoutMode
 from services.highlevel.snapshots import mount as mnt
+from services.highlevel.snapshots.discard import FolderDiscarder
 from services.highlevel.snapshots.unpack import UnpackLimits, UnpackResult, unpack_layer
 
 
@@ -124,6 +125,7 @@ class Snapshotter:
         self._key_locks: dict[str, threading.Lock] = {}
         self._snapshots: dict[str, SnapshotInfo] = {}
         self._next_id = 1
+        self.discarder = FolderDiscarder()
         self._load()
         self._drop_unnamed()
         # A temporary folder from an unpack interrupted by a crash is never referenced.
@@ -329,7 +331,6 @@ class Snapshotter:
             if children:
                 raise FailedPrecondition(f"snapshot `{key}` has children: {', '.join(children[:3])}")
             self.unmount(key)
-            shutil.rmtree(self.dir(info), ignore_errors=True)
             with self._lock:
                 self._snapshots.pop(key, None)
                 if info.kind is SnapshotKind.ACTIVE:
@@ -339,6 +340,7 @@ class Snapshotter:
                     self._key_locks.pop(key, None)
                 change = self._changed()
             self._save(change)
+            self.discarder.discard(self.dir(info))  # after the answer (snapshots/discard.py)
 
     def gc(self, keep: set[str]) -> list[str]:
         """Remove committed snapshots neither in ``keep`` nor below an active snapshot or a kept one."""
