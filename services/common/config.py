@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -27,19 +28,25 @@ def resolve_runtime(name_or_path: str | None = None) -> list[str]:
     """
     chosen = name_or_path or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
     if chosen == DEFAULT_RUNTIME:
-        # -I -S: no site, no user paths; __main__ puts the source folder on sys.path itself.
-        main = Path(__file__).resolve().parents[1] / "lowlevel" / "__main__.py"
-        python = os.environ.get("SKIFF_LOWLEVEL_PYTHON") or ""
-        if not python:
-            system = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
-            python = system if os.access(system, os.X_OK) else sys.executable
-        return [python, "-I", "-S", str(main)]
+        return list(_lowlevel_argv(os.environ.get("SKIFF_LOWLEVEL_PYTHON") or ""))
     if os.sep in chosen:
         return [chosen]
     found = shutil.which(chosen)
     if found is None:
         raise FileNotFoundError(f"OCI runtime `{chosen}` not found on PATH")
     return [found]
+
+
+@functools.lru_cache(maxsize=4)
+def _lowlevel_argv(python: str) -> tuple[str, ...]:
+    """skiff-lowlevel's argv for an interpreter (or the chosen one): the same for the process's
+    life, and highlevel asks at every task create (a realpath and an access(2) each time)."""
+    # -I -S: no site, no user paths; __main__ puts the source folder on sys.path itself.
+    main = Path(__file__).resolve().parents[1] / "lowlevel" / "__main__.py"
+    if not python:
+        system = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
+        python = system if os.access(system, os.X_OK) else sys.executable
+    return (python, "-I", "-S", str(main))
 
 
 @dataclass(frozen=True, slots=True)
