@@ -6,9 +6,10 @@ building its own. ``gc.freeze()`` keeps the collector from writing to the shared
 
 Protocol: a client connects to SOCKET, sends ``STATE_DIR\\n`` and reads one line: the shim's
 answer, exactly what ``skiff-shim STATE_DIR`` prints (``{"pid": N, "shim_pid": M}`` or
-``{"error": ...}``). The forked launcher makes its own session and forks the shim, which writes the
-answer on the connection itself (shim/__main__.py's ``launch``), so each shim has its own session,
-is re-parented to init and never depends on the zygote staying alive.
+``{"error": ...}``). The forked child makes its own session and is the shim, which writes the
+answer on the connection itself (shim/__main__.py's ``launch``): each shim has its own session and
+never depends on the zygote staying alive (reaped by the kernel while the zygote ignores SIGCHLD,
+re-parented once it is gone).
 
 Started like the shim: the launcher binds the socket, double-forks the server into its own session
 in the root cgroups, prints ``ready`` and exits.
@@ -85,7 +86,7 @@ def _launch(listener: socket.socket, conn: socket.socket, state_dir: str) -> Non
     code = 1
     try:
         listener.close()
-        # The zygote ignores SIGCHLD (auto-reap); the launcher waits for its child.
+        # The zygote ignores SIGCHLD (auto-reap); the shim reaps its own children.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         conn.settimeout(None)
         os.dup2(conn.fileno(), 1)
