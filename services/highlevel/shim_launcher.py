@@ -41,6 +41,13 @@ class ShimLauncher:
         self.zygote_socket = str(run_dir / "zygote.sock")
         self._zygote_lock = asyncio.Lock()
         self.use_zygote = USE_ZYGOTE
+        self.seccomp_cache = str(run_dir / "seccomp")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The shims' environment, which their runtime commands inherit: skiff-lowlevel keeps the
+        seccomp programs it builds in the folder named there, on this tmpfs (lowlevel/seccomp.py)."""
+        return dict(os.environ, PYTHONPATH=CODE_ROOT, SKIFF_SECCOMP_CACHE=self.seccomp_cache)
 
     async def launch(self, id_: str, state_dir: Path) -> tuple[bytes, bytes]:
         """The launcher's answer and stderr: forked by the zygote, or a fresh ``skiff-shim``."""
@@ -54,9 +61,8 @@ class ShimLauncher:
                         continue
                     log.warning("shim zygote unavailable, spawning directly", error=str(exc))
                     break
-        env = dict(os.environ, PYTHONPATH=CODE_ROOT)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-S", "-m", "services.shim", str(state_dir), env=env,
+            sys.executable, "-S", "-m", "services.shim", str(state_dir), env=self.env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True)
         try:
@@ -93,11 +99,10 @@ class ShimLauncher:
                 _, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.zygote_socket), 2)
                 writer.close()
                 return True  # another create started it meanwhile
-            env = dict(os.environ, PYTHONPATH=CODE_ROOT)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-S", "-m", "services.shim.zygote", self.zygote_socket, " " * ZYGOTE_TITLE_ROOM,
-                    env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE, start_new_session=True)
                 out, err = await asyncio.wait_for(proc.communicate(), ZYGOTE_START_TIMEOUT)
             except (OSError, TimeoutError) as exc:

@@ -10,7 +10,7 @@ same semantics (errno saved around each call, ``argtypes``/``restype`` on a func
 from __future__ import annotations
 
 import _ctypes
-from _ctypes import Array, Structure, byref, get_errno  # noqa: F401 - re-exported
+from _ctypes import Array, Structure, addressof, byref, get_errno  # noqa: F401 - re-exported
 
 _SimpleCData = _ctypes._SimpleCData
 
@@ -35,6 +35,14 @@ class c_uint64(_SimpleCData):
     _type_ = "Q"
 
 
+class c_ushort(_SimpleCData):
+    _type_ = "H"
+
+
+class c_char(_SimpleCData):
+    _type_ = "c"
+
+
 class c_void_p(_SimpleCData):
     _type_ = "P"
 
@@ -44,6 +52,12 @@ class c_char_p(_SimpleCData):
 
 
 c_uint32 = c_uint  # "I" is 4 bytes on every Linux ABI
+
+
+def buffer_of(data: bytes) -> Array:
+    """A C array holding a copy of ``data`` (``addressof`` gives its address), as ``c_char * n``."""
+    array_type = type(Array)(f"c_char_Array_{len(data)}", (Array,), {"_type_": c_char, "_length_": len(data)})
+    return array_type.from_buffer_copy(data)
 c_size_t = c_ulong  # LP64 and ILP32 alike
 
 

@@ -8,5 +8,5 @@ tests/unit/test_shim_preload.py) instead of being skipped.
 
 PRELOAD = (
     "cli", "commands", "state", "lifecycle", "create", "mounts", "process", "syscalls", "capabilities",
-    "console", "hooks", "spec", "exec", "cgroups", "cgroups.v1", "cgroups.v2",
+    "console", "hooks", "spec", "exec", "cgroups", "cgroups.v1", "cgroups.v2", "seccomp",
 )

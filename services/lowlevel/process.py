@@ -51,7 +51,7 @@ def preload_modules(process: dict[str, Any], seccomp: dict[str, Any] | None, spe
     if seccomp:
         from services.lowlevel.seccomp import preload
 
-        preload()  # dlopen libseccomp: after pivot_root the container's root may have none
+        preload(seccomp)  # the cached program, or libseccomp: after pivot_root the root may have neither
     if process.get("terminal"):
         import services.lowlevel.console  # noqa: F401
     if spec_hooks and spec_hooks.get("startContainer"):

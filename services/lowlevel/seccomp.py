@@ -10,15 +10,51 @@ made) by services/common/oci_seccomp.py, whose :func:`parse` gives the numbers u
 
 libseccomp is opened only here, when a config is present: most containers of a plain ``run``
 pay nothing for it. Its calls return ``-errno`` rather than setting ``errno``.
+
+Compiled programs are kept where ``SKIFF_SECCOMP_CACHE`` names a folder (highlevel gives its
+shims one on its tmpfs): building Docker's default filter through libseccomp was 1.2 ms of every
+container's init, for the same few profiles each time. :func:`preload` (in the runtime, before it
+forks) then reads the program made for this exact profile, or builds it once, exports it
+(``seccomp_export_bpf``) and keeps it; the init loads those bytes with ``seccomp(2)`` itself,
+with the flags libseccomp would have passed. The key is the profile's JSON with libseccomp's
+version, the kernel's release and the machine: anything that could change the program.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 
 from services.common.errors import InvalidArgument, SyscallError
 from services.common.oci_seccomp import ARCHES, FLAGS, Condition, parse
-from services.lowlevel.libc import CDLL, Structure, c_char_p, c_int, c_uint, c_uint32, c_uint64, c_void_p
+from services.lowlevel.libc import (
+    CDLL,
+    Structure,
+    addressof,
+    buffer_of,
+    byref,
+    c_char_p,
+    c_int,
+    c_uint,
+    c_uint32,
+    c_uint64,
+    c_ulong,
+    c_ushort,
+    c_void_p,
+    get_errno,
+    libc,
+)
+
+CACHE_ENV = "SKIFF_SECCOMP_CACHE"
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}.get(os.uname().machine, 0)
+_SECCOMP_SET_MODE_FILTER = 1
+# seccomp(2)'s flags for the OCI names; libseccomp passes the same for its TSYNC/LOG/SSB attributes.
+_KERNEL_FLAGS = {
+    "SECCOMP_FILTER_FLAG_TSYNC": 1,
+    "SECCOMP_FILTER_FLAG_LOG": 2,
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
+}
+_prepared: tuple[dict, bytes, int] | None = None  # (the config, its program, seccomp(2)'s flags)
 
 _NR_SCMP_ERROR = -1  # seccomp_syscall_resolve_name's "no such syscall"
 # enum scmp_filter_attr values (seccomp.h, libseccomp 2.5).
@@ -45,8 +81,21 @@ def load_seccomp(config: dict) -> None:
     same). ``NO_NEW_PRIVS`` is left to the caller: the filter's own NNP attribute is turned off,
     so the process's ``noNewPrivileges`` setting stays the config's.
     """
-    default_action, arches, flags, rules = parse(config)
+    prepared = _prepared
+    if prepared is not None and prepared[0] is config:
+        _load_program(prepared[1], prepared[2])
+        return
     lib = _libseccomp()
+    ctx = _build(lib, config)
+    try:
+        _check(lib.seccomp_load(ctx), "seccomp_load")
+    finally:
+        lib.seccomp_release(ctx)
+
+
+def _build(lib: CDLL, config: dict) -> int:
+    """libseccomp's filter context for ``config`` (the caller releases it)."""
+    default_action, arches, flags, rules = parse(config)
     ctx = lib.seccomp_init(default_action)
     if not ctx:
         raise SyscallError("seccomp_init", None, errno.ENOMEM)
@@ -72,9 +121,79 @@ def load_seccomp(config: dict) -> None:
                 if nr == _NR_SCMP_ERROR:
                     continue
                 _add_rule(lib, ctx, name, nr, action, conds)
-        _check(lib.seccomp_load(ctx), "seccomp_load")
-    finally:
+    except BaseException:
         lib.seccomp_release(ctx)
+        raise
+    return ctx
+
+
+class _SockFprog(Structure):
+    """struct sock_fprog: the program's length in instructions and a pointer to them."""
+
+    _fields_ = [("len", c_ushort), ("filter", c_void_p)]
+
+
+def _load_program(program: bytes, flags: int) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flags, program): what seccomp_load does with its export."""
+    instructions = buffer_of(program)
+    fprog = _SockFprog(len(program) // 8, addressof(instructions))
+    if libc().syscall(c_ulong(_SYS_SECCOMP), c_ulong(_SECCOMP_SET_MODE_FILTER), c_ulong(flags), byref(fprog)) != 0:
+        raise SyscallError("seccomp_load", None, get_errno())
+
+
+def _export(config: dict) -> bytes:
+    """The BPF program libseccomp makes of ``config``, as seccomp_load would load it."""
+    lib = _libseccomp()
+    ctx = _build(lib, config)
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    try:
+        _check(lib.seccomp_export_bpf(ctx, fd), "seccomp_export_bpf")
+        size = os.lseek(fd, 0, os.SEEK_CUR)
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+        lib.seccomp_release(ctx)
+
+
+def _cache_key(config: dict) -> str:
+    # Imported here: only a runtime given a cache folder needs them (the shim's zygote has them
+    # loaded already); the C module alone, hashlib's import would cost every launch.
+    from services.common import jsonio as json
+
+    try:
+        from _sha256 import sha256
+    except ImportError:  # pragma: no cover - Python 3.12 renamed it
+        from hashlib import sha256
+    lib = _libseccomp()
+    version = _Version.from_address(lib.seccomp_version())
+    uname = os.uname()
+    ident = [config, [version.major, version.minor, version.micro], uname.release, uname.machine]
+    return sha256(json.dumps(ident).encode()).hexdigest()  # another key order: only another file
+
+
+class _Version(Structure):
+    _fields_ = [("major", c_uint), ("minor", c_uint), ("micro", c_uint)]
+
+
+def _prepare(config: dict, folder: str) -> None:
+    """The program for ``config`` from the cache folder, else built and stored there."""
+    global _prepared
+    path = os.path.join(folder, _cache_key(config) + ".bpf")
+    try:
+        with open(path, "rb") as f:
+            program = f.read()
+    except FileNotFoundError:
+        from services.common.atomic import atomic_write
+
+        program = _export(config)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        atomic_write(path, program, durable=False)
+    if not program or len(program) % 8:
+        raise SyscallError("seccomp cache", path, errno.EINVAL)
+    flags = 0
+    for flag in parse(config)[2]:
+        flags |= _KERNEL_FLAGS[flag]
+    _prepared = (config, program, flags)
 
 
 def _add_rule(lib: CDLL, ctx: int, name: str, nr: int, action: int, conds: list[Condition]) -> None:
@@ -98,8 +217,16 @@ def _check(rc: int, operation: str) -> None:
 _lib: CDLL | None = None
 
 
-def preload() -> None:
-    """Open libseccomp now, while the host's filesystem is in sight (before pivot_root or setns)."""
+def preload(config: dict | None = None) -> None:
+    """Before pivot_root or setns, while the host's filesystem is in sight: the cached program for
+    ``config`` when there is a cache folder (see the module's doc), else libseccomp opened."""
+    prepared = _prepared
+    if prepared is not None and prepared[0] is config:
+        return
+    folder = os.environ.get(CACHE_ENV)
+    if config is not None and folder and _SYS_SECCOMP:
+        _prepare(config, folder)
+        return
     _libseccomp()
 
 
@@ -123,5 +250,7 @@ def _libseccomp() -> CDLL:
     lib.seccomp_syscall_resolve_name.restype = c_int
     lib.seccomp_rule_add_array.argtypes = [ptr, u32, c_int, c_uint, c_void_p]
     lib.seccomp_rule_add_array.restype = c_int
+    lib.seccomp_export_bpf.argtypes, lib.seccomp_export_bpf.restype = [ptr, c_int], c_int
+    lib.seccomp_version.argtypes, lib.seccomp_version.restype = [], ptr
     _lib = lib
     return lib

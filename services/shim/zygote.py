@@ -31,7 +31,7 @@ import sys
 import termios  # noqa: F401
 
 from services.common import jsonio as json
-from services.common.errors import ErrorKind
+from services.common.errors import ErrorKind, SyscallError
 from services.lowlevel.preload import PRELOAD
 from services.shim import __main__ as shim_main
 from services.shim import server  # noqa: F401 - loaded by _serve in every shim
@@ -46,6 +46,16 @@ for _module in PRELOAD:
 # makes a class per library).
 codecs.lookup("utf-8-sig")
 shim_main.prctl()
+# A default container's filter is read from skiff-lowlevel's cache (lowlevel/seccomp.py): the key
+# needs libseccomp's version and sha256, each a library load in every runtime command otherwise.
+try:
+    import _sha256  # noqa: F401
+
+    from services.lowlevel.seccomp import preload as _seccomp_preload
+
+    _seccomp_preload()
+except (ImportError, SyscallError):
+    pass  # no libseccomp here: a container with a filter fails in its runtime, as without a zygote
 
 REQUEST_TIMEOUT = 5.0
 
