@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bytecode import compile_sources  # noqa: E402
 from services.common.paths import Paths  # noqa: E402
 from tests.e2e.netstack import cgroup_parent, cleanup_networks, network_env, remove_cgroup_parent  # noqa: E402
 from tests.support.busybox import docker_archive  # noqa: E402
@@ -342,6 +343,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--bursts", type=int, default=3, help="rounds of the concurrent launch (medians)")
     args = parser.parse_args()
+    compile_sources()  # as installed (bench/bytecode.py)
     if DOCKER is None:
         print("the docker CLI is not installed: nothing to compare through", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bytecode import compile_sources  # noqa: E402
 from services.common.config import resolve_runtime  # noqa: E402
 from services.gen.skiff.highlevel.v1 import (  # noqa: E402
     CreateTaskRequest,
@@ -159,6 +160,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--runtimes", default="skiff-lowlevel,runc,crun")
     args = parser.parse_args()
+    compile_sources()  # as installed (bench/bytecode.py)
     print(f"shim interpreter start + imports (python -S): {shim_import_ms(args.runs):.1f} ms median")
     results = {}
     for name in args.runtimes.split(","):

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bytecode import compile_sources  # noqa: E402
 from services.common.config import resolve_runtime  # noqa: E402
 from tests.support.busybox import make_bundle  # noqa: E402
 
@@ -123,6 +124,7 @@ def main() -> int:
     parser.add_argument("--max-installed-ratio", type=float, default=None,
                         help="exit 1 when the installed command's run median exceeds this ratio to runc's")
     args = parser.parse_args()
+    compile_sources()  # as installed (bench/bytecode.py)
     work = Path(tempfile.mkdtemp(prefix="skiff-bench-"))
     try:
         bundle = make_bundle(work / "bundle", ["/bin/true"])
