@@ -17,7 +17,6 @@ from tests.integration.lowlevel.test_seccomp_caps import (  # noqa: F401 - the a
     deny,
     exit_code,
     run_child,
-    tmpdir_,
 )
 
 
@@ -39,8 +38,8 @@ def through_cache(profile: dict) -> None:
     load_seccomp(profile)
 
 
-def test_cached_filter_denies_as_libseccomps_own(cache: Path, tmpdir_: Path) -> None:
-    target = tmpdir_ / "x"
+def test_cached_filter_denies_as_libseccomps_own(cache: Path, tmp_path: Path) -> None:
+    target = tmp_path / "x"
     profile = deny(["mkdir", "mkdirat"], errnoRet=1)
     status, out = run_child(lambda: through_cache(profile), ["mkdir", str(target)])
     assert exit_code(status) != 0 and "Operation not permitted" in out
@@ -59,13 +58,13 @@ def test_cached_filter_denies_as_libseccomps_own(cache: Path, tmpdir_: Path) -> 
     assert entries(cache) == [entry]
 
 
-def test_other_profile_other_entry_and_flags_passed(cache: Path, tmpdir_: Path) -> None:
+def test_other_profile_other_entry_and_flags_passed(cache: Path, tmp_path: Path) -> None:
     allowed = deny(["personality"], errnoRet=1)
     allowed["flags"] = ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG"]
-    status, out = run_child(lambda: through_cache(allowed), ["mkdir", str(tmpdir_ / "y")])
+    status, out = run_child(lambda: through_cache(allowed), ["mkdir", str(tmp_path / "y")])
     assert exit_code(status) == 0, out
     status, out = run_child(lambda: through_cache(deny(["mkdir", "mkdirat"], errnoRet=38)),
-                            ["mkdir", str(tmpdir_ / "z")])
+                            ["mkdir", str(tmp_path / "z")])
     assert "Function not implemented" in out
     assert len(entries(cache)) == 2
 
