@@ -52,13 +52,13 @@ class c_char_p(_SimpleCData):
 
 
 c_uint32 = c_uint  # "I" is 4 bytes on every Linux ABI
+c_size_t = c_ulong  # LP64 and ILP32 alike
 
 
 def buffer_of(data: bytes) -> Array:
     """A C array holding a copy of ``data`` (``addressof`` gives its address), as ``c_char * n``."""
     array_type = type(Array)(f"c_char_Array_{len(data)}", (Array,), {"_type_": c_char, "_length_": len(data)})
     return array_type.from_buffer_copy(data)
-c_size_t = c_ulong  # LP64 and ILP32 alike
 
 
 class CDLL:

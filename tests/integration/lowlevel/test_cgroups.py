@@ -246,6 +246,9 @@ def test_v1_stats(v1_group: V1Cgroup, child: subprocess.Popen[bytes]) -> None:
     assert wait_until(lambda: v1_group.stats()["pids"].get("current") == 1)  # sh exec'ed sleep
     # Pages are charged as the new image faults them in, a moment after the exec.
     assert wait_until(lambda: v1_group.stats()["memory"]["usage"].get("usage", 0) > 0)
+    # The busy loop over (sleep exec'ed): the total and the per-CPU counters are read one after
+    # the other, and a loop still running between the two reads put 0.39 ms more in the second.
+    assert wait_until(lambda: read(f"/proc/{child.pid}/comm").strip() == "sleep")
     stats = v1_group.stats()
     usage = stats["cpu"]["usage"]
     assert len(usage["percpu"]) == os.cpu_count()
