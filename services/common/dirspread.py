@@ -37,16 +37,3 @@ def spread_subfolders(folder: Path) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def spreads_subfolders(folder: Path) -> bool:
-    """Whether ``folder`` carries the flag."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        flags = array.array("i", [0])
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
-        return bool(flags[0] & FS_TOPDIR_FL)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)

@@ -353,7 +353,8 @@ class Networking:
         mode = self._mode(record.config)
         settings = NetworkSettings()
         record.network_settings = settings
-        early_files: dict[str, Path] | None = None
+        early_files: dict[str, Path] | None = None  # with their DNS, when written beside the netns
+        found: dns.ContainerDns | None = None
         try:
             if mode == "host":
                 path = ""
@@ -369,7 +370,8 @@ class Networking:
                 wanted = self._wanted(record)
                 jobs = [asyncio.to_thread(netns.create, self.paths.netns, record.id)]
                 if not wanted:  # no endpoint: the DNS files name nothing of the namespace, written meanwhile
-                    jobs.append(asyncio.to_thread(dns.write_files, self._container_dir(record), self._dns_of(record)))
+                    found = self._dns_of(record)
+                    jobs.append(asyncio.to_thread(dns.write_files, self._container_dir(record), found))
                 made = await asyncio.gather(*jobs, return_exceptions=True)
                 if not isinstance(made[0], BaseException):
                     settings.sandbox_key = path = str(made[0])
@@ -381,8 +383,11 @@ class Networking:
                     cfg = record.config.host.endpoints.get(name) or EndpointConfig()
                     await self._attach(record, self.get(name), cfg, i)
             if not mode.startswith("container:"):
-                found = self._dns_of(record)
-                files = early_files or await asyncio.to_thread(dns.write_files, self._container_dir(record), found)
+                if early_files is None or found is None:
+                    found = self._dns_of(record)  # the endpoints attached above are in it
+                    files = await asyncio.to_thread(dns.write_files, self._container_dir(record), found)
+                else:
+                    files = early_files
                 if found.embedded:
                     await self.resolvers.start(record.id, Path(path), dns.external_servers(found))
                 settings.hosts_path = str(files["/etc/hosts"])

@@ -1,4 +1,4 @@
-"""A shim's process as highlevel sees it: not its child (shims double-fork to init), found by pid.
+"""A shim's process as highlevel sees it: not its child (the zygote's, or double-forked to init), found by pid.
 
 A shim's pid may be reused once it has gone (pid_max is 32768 on many machines): only a pidfd whose
 process still names the shim's state folder may be waited on or killed, and the pidfd keeps

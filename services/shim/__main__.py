@@ -4,7 +4,8 @@ The state folder holds ``bootstrap.json`` (written by highlevel: id, bundle, run
 root, socket path, stdio and log settings). The launching process exits once the container is
 created (status 0, ``{"pid": N, "shim_pid": M}`` on stdout; with bootstrap's ``start`` the init is
 started too, and ``started_at`` is added) or creation failed (status 1, ``{"error": ...}``);
-the shim itself lives on in its own session, re-parented to init, in the root cgroups.
+the shim itself lives on in its own session, re-parented to init, in the root cgroups. Forked by
+the zygote instead (``launch``), it is the zygote's own child and answers on its connection.
 """
 
 from __future__ import annotations

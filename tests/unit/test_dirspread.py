@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.dirspread import spread_subfolders, spreads_subfolders
+from services.common.dirspread import spread_subfolders
 from services.highlevel.snapshots.snapshotter import Snapshotter
 
 
@@ -16,6 +16,12 @@ def fs_type(path: Path) -> str:
     """The type of the file system holding path (the top one where mounts are stacked)."""
     return subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)], capture_output=True, text=True,
                           timeout=10).stdout.split()[-1]
+
+
+def spreads_subfolders(folder: Path) -> bool:
+    """The flag as e2fsprogs' lsattr reads it (its 'T'), not through the module under test."""
+    done = subprocess.run(["lsattr", "-d", str(folder)], capture_output=True, text=True, timeout=10)
+    return done.returncode == 0 and "T" in done.stdout.split()[0]
 
 
 def test_set_on_ext4_and_kept(tmp_path: Path) -> None:
