@@ -83,12 +83,19 @@ def test_a_fault_that_loses_something_fails_the_run(prefix: Path, tmp_path: Path
 
         def running() -> list[dict[str, object]]:
             with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                # Not the warm-up launch, soak-<run id>-0: the run id is hex and may itself begin with 0.
                 found = [c for c in client.api.containers(filters={"label": "org.skiff.soak"})
-                         if "-0" not in str(c["Names"])]  # not the warm-up launch
+                         if not str(c["Names"][0]).endswith("-0")]
                 return found if len(found) == 3 else []
             return []
 
-        victims = wait_for(running, 60, "the soak's three containers running")
+        try:
+            victims = wait_for(running, 60, "the soak's three containers running")
+        except AssertionError:
+            proc.terminate()
+            out, err = proc.communicate(timeout=90)
+            raise AssertionError(explain(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+                                         logs)) from None
         client.api.remove_container(victims[0]["Id"], force=True)
         shim = root / "run" / "skiff" / "highlevel" / "t" / str(victims[1]["Id"]) / "shim.pid"
         os.kill(int(shim.read_text()), signal.SIGKILL)
