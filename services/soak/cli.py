@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from services.common.paths import resolve_paths
@@ -33,6 +34,7 @@ from services.soak.workloads import WORKLOADS, Launches, Settings, Workload, swe
 
 PROBE_DEADLINE = 120.0  # launches wait at most this long for a failed engine to answer again
 SETTLE_TIMEOUT = 30.0  # after the sweep: the engine's own clean-up (a shim's exit, a netns) gets this long
+WARM_UP_HOLD = 0.3  # seconds: the default --hold
 
 
 def duration(text: str) -> float:
@@ -78,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default="busybox:latest")
     p.add_argument("--network", help="the containers' network (default: the engine's default)")
     p.add_argument("--lines", type=int, default=20, help="numbered lines each container prints")
-    p.add_argument("--hold", type=float, default=0.3, help="seconds each container lives after its lines")
+    p.add_argument("--hold", type=float, default=0.3,
+                   help=f"seconds each container lives after its lines (the warm-up's at most {WARM_UP_HOLD})")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds any one API call may take")
     p.add_argument("--faults", type=faults, default=[], help=f"comma-separated: {','.join(KINDS)}")
     p.add_argument("--fault-every", default="10s", help="a duration, or 'random' (exponential, mean --fault-mean)")
@@ -161,8 +164,11 @@ async def soak(args: argparse.Namespace, engine: Engine | None) -> int:
     target = target_of(args, engine)
     try:
         await prepare(api, args)
+        # Warm-up: what an engine makes once and keeps is in the baseline. It holds briefly: a long
+        # --hold is a window for the faults, and none runs yet.
+        warm_up = replace(settings, hold=min(settings.hold, WARM_UP_HOLD))
+        await Workload(api, account, warm_up, launches, args.workload).launch(0)
         workload = Workload(api, account, settings, launches, args.workload)
-        await workload.launch(0)  # warm-up: what an engine makes once and keeps is in the baseline
         if account.verdict():
             print("skiff soak: the warm-up launch failed:\n" + account.render(), file=sys.stderr)
             return 1
