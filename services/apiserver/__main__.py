@@ -13,6 +13,16 @@ from services.common.daemon_config import ConfigError, add_config_file_flag, par
 from services.common.logging import setup_logging
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skiff-apiserver", description=__doc__)
     parser.add_argument("--root", help="state prefix (default: $SKIFF_ROOT, else /)")
@@ -29,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tlskey", help="the server's key")
     parser.add_argument("--metrics-addr", metavar="HOST:PORT",
                         help="serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9323; off by default)")
+    parser.add_argument("--metrics-refresh", type=positive_seconds, default=5.0, metavar="SECONDS",
+                        help="how often the running, shim and restart figures are read (default 5)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = Config.load(args.root, config_file=args.config_file)
@@ -44,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         from services.apiserver import metrics
 
         try:
-            metrics.enable(args.metrics_addr)
+            metrics.enable(args.metrics_addr, refresh=args.metrics_refresh)
         except (OSError, ValueError) as exc:
             print(f"skiff-apiserver: --metrics-addr {args.metrics_addr}: {exc}", file=sys.stderr)
             return 1

@@ -7,7 +7,7 @@ convention; off by default), made with the prometheus_client library.
   answered without error): latency histograms;
 - ``skiff_containers_running`` (the daemon's count), ``skiff_shims`` (live shims in highlevel's task
   folders), ``skiff_service_restarts_total{service}`` (a new pid behind daemon.sock or
-  highlevel.sock, read with SO_PEERCRED): refreshed every ``REFRESH`` seconds by one task;
+  highlevel.sock, read with SO_PEERCRED): refreshed every ``--metrics-refresh`` seconds (5) by one task;
 - the client library's own process metrics (the apiserver's memory, fds, start time).
 
 The endpoint is the library's HTTP server thread: it reads only what the loop already computed.
@@ -46,15 +46,16 @@ SHIMS = Gauge("skiff_shims", "Live shims (one per task)")
 RESTARTS = Counter("skiff_service_restarts", "Restarts of a service seen by the apiserver", ("service",))
 
 _address: str | None = None
+_refresh = REFRESH
 
 
-def enable(address: str) -> None:
-    """Serves the endpoint on ``host:port`` (a thread of the client library); raises OSError when it
-    cannot listen."""
-    global _address
+def enable(address: str, *, refresh: float = REFRESH) -> None:
+    """Serves the endpoint on ``host:port`` (a thread of the client library), the gauges read every
+    ``refresh`` seconds; raises OSError when it cannot listen."""
+    global _address, _refresh
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
-    _address = address
+    _address, _refresh = address, refresh
 
 
 def route_of(request: web.Request) -> str:
@@ -111,7 +112,7 @@ async def refresh(config: Config, system: SystemStub) -> None:
     sockets = {"daemon": config.paths.daemon_socket, "highlevel": config.paths.highlevel_socket}
     while True:
         with contextlib.suppress(Exception):  # the daemon may be down: the gauge keeps its last value
-            RUNNING.set((await asyncio.wait_for(call(system.info(Empty())), REFRESH)).running)
+            RUNNING.set((await asyncio.wait_for(call(system.info(Empty())), max(_refresh, 1.0))).running)
         SHIMS.set(await asyncio.to_thread(live_shims, config.paths.highlevel_run / "t"))
         for service, path in sockets.items():
             pid = await asyncio.to_thread(server_pid, str(path))
@@ -120,7 +121,7 @@ async def refresh(config: Config, system: SystemStub) -> None:
             if service in pids and pids[service] != pid:
                 RESTARTS.labels(service).inc()
             pids[service] = pid
-        await asyncio.sleep(REFRESH)
+        await asyncio.sleep(_refresh)
 
 
 def live_shims(folder: Path) -> int:

@@ -228,8 +228,9 @@ def free_port() -> int:
 
 
 def test_the_apiserver_serves_prometheus_metrics(prefix: Path, tmp_path: Path) -> None:
-    """``skiff-apiserver --metrics-addr``: requests by route and status, the launch histogram, running
-    containers, shims, and a daemon restart counted (its socket's server pid changed)."""
+    """``skiff-apiserver --metrics-addr`` (gauges read every ``--metrics-refresh`` 0.5 s): requests by
+    route and status, the launch histogram, running containers, shims, and a daemon restart counted
+    (its socket's server pid changed)."""
     import urllib.request
 
     from tests.e2e.stack import accepts
@@ -237,12 +238,18 @@ def test_the_apiserver_serves_prometheus_metrics(prefix: Path, tmp_path: Path) -
     needs_root()
     s = Stack(prefix, os.environ.get("SKIFF_TEST_RUNTIME") or "skiff-lowlevel")
     address = f"127.0.0.1:{free_port()}"
+    for bad in ("0", "-1", "soon", "nan"):
+        refused = subprocess.run([sys.executable, "-m", "services.apiserver", "--root", str(prefix), "--metrics-addr",
+                                  address, "--metrics-refresh", bad], cwd=REPO, capture_output=True, text=True,
+                                 timeout=30)
+        assert refused.returncode == 2 and "--metrics-refresh" in refused.stderr, refused.stderr
     api = None
     try:
         s.start("services.highlevel")
         s.start("services.daemon")
         api = subprocess.Popen([sys.executable, "-m", "services.apiserver", "--root", str(prefix), "--metrics-addr",
-                                address], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                address, "--metrics-refresh", "0.5"],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: accepts(s.paths.api_socket), 30, "the apiserver")
         client = docker.DockerClient(base_url=s.base_url, timeout=30)
         with open(busybox_archive(tmp_path), "rb") as archive:
