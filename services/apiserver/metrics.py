@@ -111,7 +111,9 @@ async def refresh(config: Config, system: SystemStub) -> None:
     pids: dict[str, int] = {}
     sockets = {"daemon": config.paths.daemon_socket, "highlevel": config.paths.highlevel_socket}
     while True:
-        with contextlib.suppress(Exception):  # the daemon may be down: the gauge keeps its last value
+        # The daemon may be down or busy: the gauge keeps its last value. A short refresh does not
+        # shorten the answer's bound below 1 s, or a loaded daemon would never be counted.
+        with contextlib.suppress(Exception):
             RUNNING.set((await asyncio.wait_for(call(system.info(Empty())), max(_refresh, 1.0))).running)
         SHIMS.set(await asyncio.to_thread(live_shims, config.paths.highlevel_run / "t"))
         for service, path in sockets.items():

@@ -33,7 +33,7 @@ def test_folder_left_by_a_dead_highlevel_goes_at_start(tmp_path: Path) -> None:
     assert again.stat("c2").id > int(folder.name)  # numbers are not reused
 
 
-def test_discarder_keeps_order_and_survives_a_missing_folder(tmp_path: Path) -> None:
+def test_discarder_removes_each_and_survives_a_missing_folder(tmp_path: Path) -> None:
     discarder = FolderDiscarder()
     folders = [tmp_path / f"f{i}" for i in range(5)]
     for f in folders:
